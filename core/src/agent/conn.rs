@@ -1,0 +1,86 @@
+//! One proxied connection as the agent's user sees it.
+
+use super::upstream::delegate_io;
+use crate::wire::mux::MuxStream;
+use crate::wire::StreamHeader;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A public client's connection, delivered through the tunnel.
+///
+/// It carries plaintext when the edge or the agent terminated TLS, and the client's
+/// raw TLS bytes in upstream (passthrough) mode.
+pub struct Conn {
+    header: StreamHeader,
+    io: ConnIo,
+}
+
+pub(crate) enum ConnIo {
+    Plain(MuxStream),
+    Tls(Box<tokio_rustls::server::TlsStream<MuxStream>>),
+}
+
+delegate_io!(ConnIo { Plain, Tls });
+
+impl Conn {
+    pub(crate) fn new(header: StreamHeader, io: ConnIo) -> Self {
+        Conn { header, io }
+    }
+
+    /// The public client's address as the edge saw it.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.header.client_addr
+    }
+
+    /// The SNI the client sent, if any.
+    pub fn sni(&self) -> Option<&str> {
+        self.header.sni.as_deref()
+    }
+
+    /// The negotiated ALPN protocol, when the edge or agent terminated TLS.
+    pub fn alpn(&self) -> Option<String> {
+        match &self.io {
+            ConnIo::Tls(tls) => tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            ConnIo::Plain(_) => self.header.alpn.clone(),
+        }
+    }
+
+    /// True when burrow (edge or agent) terminated TLS and this carries plaintext.
+    pub fn is_terminated(&self) -> bool {
+        self.header.edge_terminated || matches!(self.io, ConnIo::Tls(_))
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

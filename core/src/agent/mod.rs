@@ -1,0 +1,263 @@
+//! The agent: a session with an edge, its endpoints, and forwarding to upstreams.
+
+mod conn;
+mod endpoint;
+mod runner;
+mod upstream;
+
+pub use conn::Conn;
+pub use endpoint::{Forwarder, Listener, TcpEndpointBuilder, TerminateAt, TlsEndpointBuilder};
+pub use upstream::Upstream;
+
+use crate::edge::Edge;
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::{BindSpec, SecretPem};
+use runner::{Request, Runner};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+/// Environment variable read by [`SessionBuilder::authtoken_from_env`].
+pub const AUTHTOKEN_ENV: &str = "BURROW_AUTHTOKEN";
+/// Fallback for drop-in use with ngrok's environment.
+pub const NGROK_AUTHTOKEN_ENV: &str = "NGROK_AUTHTOKEN";
+/// Environment variable naming the edge's tunnel address.
+pub const SERVER_ADDR_ENV: &str = "BURROW_SERVER_ADDR";
+
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Configures and opens a [`Session`].
+#[derive(Default)]
+pub struct SessionBuilder {
+    authtoken: Option<SecretPem>,
+    server_addr: Option<String>,
+    root_cas: Option<Vec<u8>>,
+    metadata: String,
+}
+
+impl fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("authtoken", &self.authtoken.as_ref().map(|_| "<redacted>"))
+            .field("server_addr", &self.server_addr)
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionBuilder {
+    /// The authtoken presented to the edge.
+    pub fn authtoken(mut self, token: impl Into<String>) -> Self {
+        self.authtoken = Some(SecretPem(token.into()));
+        self
+    }
+
+    /// Reads the authtoken from `BURROW_AUTHTOKEN`, then `NGROK_AUTHTOKEN`.
+    pub fn authtoken_from_env(mut self) -> Self {
+        let token = std::env::var(AUTHTOKEN_ENV)
+            .or_else(|_| std::env::var(NGROK_AUTHTOKEN_ENV))
+            .ok()
+            .filter(|t| !t.is_empty());
+        if let Some(t) = token {
+            self.authtoken = Some(SecretPem(t));
+        }
+        self
+    }
+
+    /// The edge's tunnel address (`host:port`). Without one (and without
+    /// `BURROW_SERVER_ADDR`), `connect` starts an embedded edge in this process.
+    pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
+        self.server_addr = Some(addr.into());
+        self
+    }
+
+    /// CA bundle (PEM) the edge's tunnel certificate must chain to; default: platform roots.
+    pub fn root_cas(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cas = Some(pem.into());
+        self
+    }
+
+    /// Free-form metadata sent to the edge.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    /// Connects and authenticates; fails with the edge's refusal if there is one.
+    pub async fn connect(self) -> Result<Session> {
+        let env_addr = std::env::var(SERVER_ADDR_ENV)
+            .ok()
+            .filter(|a| !a.is_empty());
+        let (server_addr, root_cas, edge) = match self.server_addr.or(env_addr) {
+            Some(addr) => (addr, self.root_cas, None),
+            None => {
+                let edge = Edge::embedded().await?;
+                tracing::info!(
+                    tunnel = %edge.tunnel_addr(),
+                    tls = %edge.tls_addr(),
+                    "no server address given: started an embedded edge in this process"
+                );
+                let ca = edge.ca_pem().as_bytes().to_vec();
+                (edge.tunnel_addr().to_string(), Some(ca), Some(edge))
+            }
+        };
+        let settings = runner::Settings::new(
+            server_addr,
+            root_cas.as_deref(),
+            self.authtoken,
+            self.metadata,
+        )?;
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let first = runner::establish(&settings, None, stop.child_token()).await?;
+        let (requests, request_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(SessionInner {
+            id: Mutex::new(first.session_id.clone()),
+            endpoints: Mutex::new(HashMap::new()),
+            requests,
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+            edge,
+        });
+        let runner = Runner::new(inner.clone(), settings, request_rx);
+        tasks.spawn(runner.run(first));
+        Ok(Session {
+            _guard: Arc::new(stop.clone().drop_guard()),
+            inner,
+        })
+    }
+}
+
+/// An endpoint the session serves, as the runner needs it to route and rebind.
+pub(crate) struct Registered {
+    pub(crate) spec: BindSpec,
+    pub(crate) url: String,
+    pub(crate) conns: mpsc::Sender<Conn>,
+    pub(crate) agent_tls: Option<TlsAcceptor>,
+}
+
+pub(crate) struct SessionInner {
+    pub(crate) id: Mutex<String>,
+    pub(crate) endpoints: Mutex<HashMap<String, Registered>>,
+    pub(crate) requests: mpsc::UnboundedSender<Request>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    edge: Option<Edge>,
+}
+
+impl SessionInner {
+    pub(crate) fn endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection to an edge that serves endpoints; cheap to clone.
+///
+/// The session reconnects by itself when the tunnel drops and rebinds the same URLs.
+/// It closes when [`Session::close`] is called or the last clone (and every
+/// listener made from it) is dropped.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+    _guard: Arc<DropGuard>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.id()).finish()
+    }
+}
+
+impl Session {
+    /// Starts configuring a session.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The id the edge gave the current connection of this session.
+    pub fn id(&self) -> String {
+        self.inner
+            .id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The embedded edge, when this session started one.
+    pub fn embedded_edge(&self) -> Option<&Edge> {
+        self.inner.edge.as_ref()
+    }
+
+    /// A TLS (SNI-routed) endpoint.
+    pub fn tls_endpoint(&self) -> TlsEndpointBuilder {
+        TlsEndpointBuilder::new(self.clone())
+    }
+
+    /// A TCP endpoint on a port of its own.
+    pub fn tcp_endpoint(&self) -> TcpEndpointBuilder {
+        TcpEndpointBuilder::new(self.clone())
+    }
+
+    /// True until the session is closed.
+    pub fn is_open(&self) -> bool {
+        !self.inner.stop.is_cancelled()
+    }
+
+    /// Closes every endpoint and the tunnel, and waits until all of the session's tasks ended.
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Asks the edge to serve `spec`; returns the public URL.
+    pub(crate) async fn bind(
+        &self,
+        spec: BindSpec,
+        agent_tls: Option<TlsAcceptor>,
+        conns: mpsc::Sender<Conn>,
+    ) -> Result<String> {
+        if self.inner.stop.is_cancelled() {
+            return Err(Error::new(ErrorCode::Closed, "the session is closed"));
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Bind {
+            spec,
+            agent_tls,
+            conns,
+            reply,
+        };
+        let closed = || Error::new(ErrorCode::Closed, "the session is closed");
+        self.inner.requests.send(request).map_err(|_| closed())?;
+        match tokio::time::timeout(BIND_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!("the edge did not answer the bind within {BIND_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    /// Stops serving an endpoint.
+    pub(crate) fn unbind(&self, endpoint_id: &str) {
+        if self.inner.endpoints().remove(endpoint_id).is_some() {
+            let _ = self.inner.requests.send(Request::Unbind {
+                endpoint_id: endpoint_id.to_owned(),
+            });
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> CancellationToken {
+        self.inner.stop.clone()
+    }
+
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+}

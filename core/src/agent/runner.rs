@@ -1,0 +1,524 @@
+//! The session's one long-running task: keeps the tunnel up, talks on the
+//! control stream, rebinds after a reconnect and dispatches proxy streams.
+
+use super::conn::{Conn, ConnIo};
+use super::{Registered, SessionInner};
+use crate::error::{Error, ErrorCode, Result};
+use crate::tls;
+use crate::wire::mux::{self, MuxHandle, MuxStream, Side};
+use crate::wire::{
+    read_header, AgentMsg, BindSpec, ControlChannel, EdgeMsg, SecretPem, StreamHeader,
+    PROTOCOL_VERSION,
+};
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What a user call asks of the runner.
+pub(crate) enum Request {
+    Bind {
+        spec: BindSpec,
+        agent_tls: Option<TlsAcceptor>,
+        conns: mpsc::Sender<Conn>,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    Unbind {
+        endpoint_id: String,
+    },
+}
+
+/// How to reach and authenticate with the edge.
+pub(crate) struct Settings {
+    addr: String,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    authtoken: Option<SecretPem>,
+    metadata: String,
+}
+
+impl Settings {
+    pub(crate) fn new(
+        addr: String,
+        root_cas: Option<&[u8]>,
+        authtoken: Option<SecretPem>,
+        metadata: String,
+    ) -> Result<Self> {
+        let host = match addr.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::InvalidUrl,
+                    format!("server_addr {addr:?} is not host:port"),
+                ))
+            }
+        };
+        let server_name = ServerName::try_from(host).map_err(|_| {
+            Error::new(
+                ErrorCode::InvalidUrl,
+                format!("server_addr {addr:?} has an invalid host"),
+            )
+        })?;
+        let config = tls::tunnel_client_config(root_cas)?;
+        Ok(Settings {
+            addr,
+            server_name,
+            connector: TlsConnector::from(Arc::new(config)),
+            authtoken,
+            metadata,
+        })
+    }
+}
+
+/// An authenticated tunnel connection.
+pub(crate) struct Connected {
+    pub(crate) session_id: String,
+    heartbeat: Duration,
+    control: ControlChannel<MuxStream>,
+    inbound: mpsc::UnboundedReceiver<MuxStream>,
+    _tunnel: MuxHandle,
+    stop: CancellationToken,
+}
+
+/// Dials the edge, starts the multiplexer and authenticates.
+pub(crate) async fn establish(
+    settings: &Settings,
+    resume: Option<String>,
+    stop: CancellationToken,
+) -> Result<Connected> {
+    let addr = &settings.addr;
+    let unreachable = |detail: String| {
+        Error::new(
+            ErrorCode::ConnectFailed,
+            format!("cannot reach the edge at {addr}: {detail}"),
+        )
+    };
+    let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = timeout(
+        CONNECT_TIMEOUT,
+        settings
+            .connector
+            .connect(settings.server_name.clone(), tcp),
+    )
+    .await
+    .map_err(|_| unreachable("TLS handshake timed out".into()))?
+    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+    let mux = mux::start(tls, Side::Agent, stop.clone());
+    let fail = |e: Error| {
+        stop.cancel();
+        e
+    };
+    let stream = mux.handle.open().await.map_err(fail)?;
+    let mut control = ControlChannel::new(stream);
+    control
+        .send(&AgentMsg::Auth {
+            version: PROTOCOL_VERSION,
+            authtoken: settings.authtoken.clone(),
+            metadata: settings.metadata.clone(),
+            resume,
+        })
+        .await
+        .map_err(fail)?;
+    let answer = timeout(CONNECT_TIMEOUT, control.recv::<EdgeMsg>())
+        .await
+        .map_err(|_| fail(unreachable("the edge did not answer Auth".into())))?
+        .map_err(fail)?;
+    match answer {
+        Some(EdgeMsg::AuthOk {
+            session_id,
+            heartbeat_ms,
+            ..
+        }) => Ok(Connected {
+            session_id,
+            heartbeat: Duration::from_millis(heartbeat_ms.max(50)),
+            control,
+            inbound: mux.inbound,
+            _tunnel: mux.handle,
+            stop,
+        }),
+        Some(EdgeMsg::Error { code, message, .. }) => Err(fail(Error::new(code, message))),
+        Some(other) => Err(fail(Error::protocol(format!(
+            "expected AuthOk, the edge sent {other:?}"
+        )))),
+        None => Err(fail(unreachable(
+            "the edge closed the tunnel during Auth".into(),
+        ))),
+    }
+}
+
+enum Pending {
+    /// A user's bind, waiting for the edge's answer.
+    New {
+        spec: BindSpec,
+        agent_tls: Option<TlsAcceptor>,
+        conns: mpsc::Sender<Conn>,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    /// Re-binding a registered endpoint after a reconnect.
+    Rebind { endpoint_id: String },
+}
+
+pub(crate) struct Runner {
+    inner: Arc<SessionInner>,
+    settings: Settings,
+    requests: mpsc::UnboundedReceiver<Request>,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+}
+
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+impl Runner {
+    pub(crate) fn new(
+        inner: Arc<SessionInner>,
+        settings: Settings,
+        requests: mpsc::UnboundedReceiver<Request>,
+    ) -> Self {
+        Runner {
+            inner,
+            settings,
+            requests,
+            pending: HashMap::new(),
+            next_request: 1,
+        }
+    }
+
+    pub(crate) async fn run(mut self, first: Connected) {
+        let mut conn = first;
+        loop {
+            let session_id = conn.session_id.clone();
+            match self.serve(conn).await {
+                Ended::Stopped => break,
+                Ended::Lost(why) => tracing::warn!(reason = %why, "tunnel lost; reconnecting"),
+            }
+            conn = match self.reconnect(session_id).await {
+                Some(c) => c,
+                None => break,
+            };
+        }
+        for (_, pending) in self.pending.drain() {
+            if let Pending::New { reply, .. } = pending {
+                let _ = reply.send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
+            }
+        }
+        self.inner.endpoints().clear();
+    }
+
+    async fn reconnect(&mut self, resume: String) -> Option<Connected> {
+        let mut delay = BACKOFF_MIN;
+        let mut attempt = 0u32;
+        loop {
+            // Jitter: wait between half and all of the current delay.
+            let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => return None,
+                _ = sleep(jittered) => {}
+            }
+            attempt += 1;
+            match establish(
+                &self.settings,
+                Some(resume.clone()),
+                self.inner.stop.child_token(),
+            )
+            .await
+            {
+                Ok(conn) => {
+                    tracing::info!(attempt, "tunnel re-established");
+                    return Some(conn);
+                }
+                Err(e) => tracing::warn!(attempt, error = %e, "reconnect failed"),
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn serve(&mut self, mut conn: Connected) -> Ended {
+        *self.inner.id.lock().unwrap_or_else(|p| p.into_inner()) = conn.session_id.clone();
+        let result = self.serve_inner(&mut conn).await;
+        conn.stop.cancel();
+        result
+    }
+
+    async fn serve_inner(&mut self, conn: &mut Connected) -> Ended {
+        if let Err(e) = self.rebind_all(&mut conn.control).await {
+            return Ended::Lost(e.to_string());
+        }
+        let mut ticker = interval(conn.heartbeat);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence_limit = conn.heartbeat * 3;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.inner.stop.cancelled() => {
+                    conn.control.close().await;
+                    return Ended::Stopped;
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        return Ended::Lost(format!("no heartbeat from the edge for {silence_limit:?}"));
+                    }
+                    if let Err(e) = conn.control.send(&AgentMsg::Heartbeat).await {
+                        return Ended::Lost(e.to_string());
+                    }
+                }
+                request = self.requests.recv() => {
+                    let Some(request) = request else { return Ended::Stopped };
+                    if let Err(e) = self.send_request(&mut conn.control, request).await {
+                        return Ended::Lost(e.to_string());
+                    }
+                }
+                stream = conn.inbound.recv() => {
+                    let Some(stream) = stream else { return Ended::Lost("tunnel closed".into()) };
+                    let inner = self.inner.clone();
+                    let stop = self.inner.stop.clone();
+                    self.inner.tasks.spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = dispatch(inner, stream) => {}
+                        }
+                    });
+                }
+                msg = conn.control.recv::<EdgeMsg>() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Ok(Some(msg)) => {
+                            if let Some(ended) = self.on_edge_msg(&mut conn.control, msg).await {
+                                return ended;
+                            }
+                        }
+                        Ok(None) => return Ended::Lost("the edge closed the control stream".into()),
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    /// Re-sends binds for registered endpoints and for binds that were in flight.
+    async fn rebind_all(&mut self, control: &mut ControlChannel<MuxStream>) -> Result<()> {
+        let specs: Vec<BindSpec> = self
+            .inner
+            .endpoints()
+            .values()
+            .map(|r| r.spec.clone())
+            .collect();
+        for spec in specs {
+            let request_id = self.request_id();
+            self.pending.insert(
+                request_id,
+                Pending::Rebind {
+                    endpoint_id: spec.endpoint_id.clone(),
+                },
+            );
+            control.send(&AgentMsg::Bind { request_id, spec }).await?;
+        }
+        let in_flight: Vec<(u64, BindSpec)> = self
+            .pending
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Pending::New { spec, .. } => Some((*id, spec.clone())),
+                Pending::Rebind { .. } => None,
+            })
+            .collect();
+        for (request_id, spec) in in_flight {
+            control.send(&AgentMsg::Bind { request_id, spec }).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_request(
+        &mut self,
+        control: &mut ControlChannel<MuxStream>,
+        request: Request,
+    ) -> Result<()> {
+        match request {
+            Request::Bind {
+                spec,
+                agent_tls,
+                conns,
+                reply,
+            } => {
+                let request_id = self.request_id();
+                let msg = AgentMsg::Bind {
+                    request_id,
+                    spec: spec.clone(),
+                };
+                self.pending.insert(
+                    request_id,
+                    Pending::New {
+                        spec,
+                        agent_tls,
+                        conns,
+                        reply,
+                    },
+                );
+                control.send(&msg).await
+            }
+            Request::Unbind { endpoint_id } => {
+                control.send(&AgentMsg::Unbind { endpoint_id }).await
+            }
+        }
+    }
+
+    async fn on_edge_msg(
+        &mut self,
+        control: &mut ControlChannel<MuxStream>,
+        msg: EdgeMsg,
+    ) -> Option<Ended> {
+        match msg {
+            EdgeMsg::Heartbeat | EdgeMsg::AuthOk { .. } => None,
+            EdgeMsg::Stop { reason } => Some(Ended::Lost(format!(
+                "the edge stopped the session: {reason}"
+            ))),
+            EdgeMsg::Error {
+                request_id: None,
+                code,
+                message,
+            } => Some(Ended::Lost(format!("the edge reported {code}: {message}"))),
+            EdgeMsg::Error {
+                request_id: Some(id),
+                code,
+                message,
+            } => {
+                match self.pending.remove(&id) {
+                    Some(Pending::New { reply, .. }) => {
+                        let _ = reply.send(Err(Error::new(code, message)));
+                    }
+                    Some(Pending::Rebind { endpoint_id }) => {
+                        tracing::error!(%endpoint_id, %code, %message, "could not rebind endpoint after reconnect; it stays closed until the next reconnect");
+                    }
+                    None => {}
+                }
+                None
+            }
+            EdgeMsg::BindOk {
+                request_id,
+                endpoint_id,
+                url,
+            } => {
+                match self.pending.remove(&request_id) {
+                    Some(Pending::New {
+                        mut spec,
+                        agent_tls,
+                        conns,
+                        reply,
+                    }) => {
+                        pin_to_url(&mut spec, &url);
+                        self.inner.endpoints().insert(
+                            endpoint_id.clone(),
+                            Registered {
+                                spec,
+                                url: url.clone(),
+                                conns,
+                                agent_tls,
+                            },
+                        );
+                        if reply.send(Ok(url)).is_err() {
+                            // The caller gave up (timeout): do not serve an endpoint nobody owns.
+                            self.inner.endpoints().remove(&endpoint_id);
+                            let _ = control.send(&AgentMsg::Unbind { endpoint_id }).await;
+                        }
+                    }
+                    Some(Pending::Rebind { .. }) => {
+                        let known = {
+                            let mut endpoints = self.inner.endpoints();
+                            match endpoints.get_mut(&endpoint_id) {
+                                Some(reg) if reg.url != url => {
+                                    tracing::warn!(old = %reg.url, new = %url, "endpoint came back under a new URL");
+                                    reg.url = url;
+                                    true
+                                }
+                                Some(_) => {
+                                    tracing::info!(%url, "endpoint rebound");
+                                    true
+                                }
+                                None => false,
+                            }
+                        };
+                        if !known {
+                            // Closed while the rebind was in flight.
+                            let _ = control.send(&AgentMsg::Unbind { endpoint_id }).await;
+                        }
+                    }
+                    None => {}
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Makes a rebind ask for exactly what the first bind got.
+fn pin_to_url(spec: &mut BindSpec, url: &str) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()),
+        None => (rest, None),
+    };
+    match spec.proto {
+        crate::wire::Proto::Tls => spec.domain = Some(host.to_owned()),
+        crate::wire::Proto::Tcp => spec.remote_port = port,
+    }
+}
+
+/// Reads a proxy stream's header and hands the connection to its endpoint.
+async fn dispatch(inner: Arc<SessionInner>, mut stream: MuxStream) {
+    let header: StreamHeader = match timeout(STREAM_HEADER_TIMEOUT, read_header(&mut stream)).await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return tracing::warn!(error = %e, "bad proxy stream"),
+        Err(_) => return tracing::warn!("proxy stream sent no header in time"),
+    };
+    let target = inner
+        .endpoints()
+        .get(&header.endpoint_id)
+        .map(|r| (r.conns.clone(), r.agent_tls.clone()));
+    let Some((conns, agent_tls)) = target else {
+        tracing::debug!(endpoint_id = %header.endpoint_id, "stream for a closed endpoint");
+        return;
+    };
+    let io = match agent_tls {
+        Some(acceptor) if !header.edge_terminated => {
+            match timeout(AGENT_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => ConnIo::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    return tracing::info!(client = %header.client_addr, error = %e, "agent TLS handshake failed")
+                }
+                Err(_) => {
+                    return tracing::info!(client = %header.client_addr, "agent TLS handshake timed out")
+                }
+            }
+        }
+        _ => ConnIo::Plain(stream),
+    };
+    let _ = conns.send(Conn::new(header, io)).await;
+}

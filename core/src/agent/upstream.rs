@@ -1,0 +1,282 @@
+//! Where the agent sends proxied connections: a local address, plain or TLS.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::tls;
+use rustls::pki_types::ServerName;
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream service address: `8080`, `host:port`, `tcp://host:port` or `tls://host:port`.
+#[derive(Clone)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+    tls: Option<UpstreamTls>,
+}
+
+#[derive(Clone)]
+struct UpstreamTls {
+    verify: bool,
+    root_cas: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Upstream({self})")
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn bad(input: &str, why: &str) -> Error {
+    Error::new(
+        ErrorCode::InvalidUrl,
+        format!("upstream address {input:?} {why} (expected 8080, host:port, tcp://host:port or tls://host:port)"),
+    )
+}
+
+impl FromStr for Upstream {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self> {
+        let s = input.trim();
+        if let Ok(port) = s.parse::<u16>() {
+            return Upstream::new("localhost", port);
+        }
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+            None => ("tcp".to_owned(), s),
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = match scheme.as_str() {
+            "tcp" => None,
+            "tls" => Some(443),
+            "http" | "https" => {
+                return Err(Error::new(
+                    ErrorCode::Unsupported,
+                    format!("upstream {input:?}: http(s) upstreams are not supported yet; use tcp:// or tls://"),
+                ))
+            }
+            _ => return Err(bad(input, &format!("has unknown scheme {scheme:?}"))),
+        };
+        if rest.contains('/') {
+            return Err(bad(input, "must not contain a path"));
+        }
+        let (host, port) =
+            split_host_port(rest, default_port).ok_or_else(|| bad(input, "is not host:port"))?;
+        let mut up = Upstream::new(host, port)?;
+        if scheme == "tls" {
+            up.tls = Some(UpstreamTls {
+                verify: true,
+                root_cas: None,
+            });
+        }
+        Ok(up)
+    }
+}
+
+fn split_host_port(s: &str, default_port: Option<u16>) -> Option<(&str, u16)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port?,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => None,
+        None => Some((s, default_port?)),
+    }
+}
+
+impl Upstream {
+    /// A plain TCP upstream.
+    pub fn new(host: impl Into<String>, port: u16) -> Result<Self> {
+        let host = host.into();
+        if host.is_empty() || port == 0 {
+            return Err(bad(
+                &format!("{host}:{port}"),
+                "needs a host and a non-zero port",
+            ));
+        }
+        Ok(Upstream {
+            host,
+            port,
+            tls: None,
+        })
+    }
+
+    /// True when the agent dials TLS to the upstream.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// For `tls://` upstreams: whether to verify the upstream's certificate (default true).
+    pub fn verify_tls(mut self, verify: bool) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.verify = verify;
+        }
+        self
+    }
+
+    /// For `tls://` upstreams: CA bundle (PEM) to verify the upstream against,
+    /// instead of the platform roots.
+    pub fn root_cas(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.root_cas = Some(pem.into());
+        }
+        self
+    }
+
+    /// Prepares dialling (builds TLS settings once).
+    pub(crate) fn dialer(&self) -> Result<Dialer> {
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => {
+                let config = tls::upstream_client_config(t.root_cas.as_deref(), t.verify)?;
+                let name = ServerName::try_from(self.host.clone()).map_err(|_| {
+                    bad(
+                        &self.to_string(),
+                        "has a host that is not a valid TLS server name",
+                    )
+                })?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        Ok(Dialer {
+            upstream: self.clone(),
+            tls,
+        })
+    }
+}
+
+/// Dials one upstream repeatedly.
+pub(crate) struct Dialer {
+    upstream: Upstream,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Dialer {
+    pub(crate) async fn dial(&self) -> Result<UpstreamStream> {
+        let up = &self.upstream;
+        let failed = |e: std::io::Error| {
+            Error::new(
+                ErrorCode::ConnectFailed,
+                format!("cannot reach upstream {up}: {e}"),
+            )
+        };
+        let connect = TcpStream::connect((up.host.as_str(), up.port));
+        let tcp = tokio::time::timeout(DIAL_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::Timeout,
+                    format!("upstream {up} did not answer within {DIAL_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(failed)?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(DIAL_TIMEOUT, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorCode::Timeout,
+                            format!("TLS handshake with upstream {up} timed out"),
+                        )
+                    })?
+                    .map_err(failed)?;
+                Ok(UpstreamStream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}
+
+/// A connection to the upstream.
+pub(crate) enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+macro_rules! delegate_io {
+    ($ty:ident { $($variant:ident),* }) => {
+        impl AsyncRead for $ty {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)* }
+            }
+        }
+        impl AsyncWrite for $ty {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)* }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)* }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() { $($ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)* }
+            }
+        }
+    };
+}
+pub(crate) use delegate_io;
+
+delegate_io!(UpstreamStream { Plain, Tls });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forms() {
+        assert_eq!(
+            "8080".parse::<Upstream>().unwrap().to_string(),
+            "tcp://localhost:8080"
+        );
+        assert_eq!(
+            "127.0.0.1:9".parse::<Upstream>().unwrap().to_string(),
+            "tcp://127.0.0.1:9"
+        );
+        assert_eq!(
+            "tcp://h:1".parse::<Upstream>().unwrap().to_string(),
+            "tcp://h:1"
+        );
+        let t = "tls://h.example".parse::<Upstream>().unwrap();
+        assert!(t.is_tls());
+        assert_eq!(t.to_string(), "tls://h.example:443");
+        assert_eq!(
+            "[::1]:5".parse::<Upstream>().unwrap().to_string(),
+            "tcp://[::1]:5"
+        );
+        for bad in ["", "host", "ftp://h:1", "h:99999", "h:0", "tcp://h:1/x"] {
+            let e = bad.parse::<Upstream>().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidUrl, "{bad}: {e}");
+        }
+        assert_eq!(
+            "http://h:1".parse::<Upstream>().unwrap_err().code(),
+            ErrorCode::Unsupported
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Turning a `Bind` request into a served endpoint.
+
+use super::public;
+use super::routes::Route;
+use super::session::AgentSession;
+use super::Shared;
+use crate::error::{Error, ErrorCode, Result};
+use crate::tls::{self, CertKey, ServerTlsSettings};
+use crate::wire::{BindSpec, EdgeTls, Proto};
+use rustls::pki_types::ServerName;
+use rustls::ServerConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Something a session holds until it unbinds or ends.
+pub(crate) enum Bound {
+    /// A hostname on the TLS listener.
+    Name(String),
+    /// A TCP listener of its own.
+    Port(CancellationToken),
+}
+
+impl Bound {
+    pub(crate) fn release(self, shared: &Shared, session_id: &str) {
+        match self {
+            Bound::Name(name) => shared.routes.release(&name, session_id),
+            Bound::Port(stop) => stop.cancel(),
+        }
+    }
+}
+
+/// Serves `spec` for `session`; returns the endpoint id and public URL.
+pub(crate) async fn bind(session: &mut AgentSession, spec: BindSpec) -> Result<(String, String)> {
+    if spec.endpoint_id.is_empty() || spec.endpoint_id.len() > 128 {
+        return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
+    }
+    session.unbind(&spec.endpoint_id);
+    let (bound, url) = match spec.proto {
+        Proto::Tls => bind_name(session, &spec)?,
+        Proto::Tcp => bind_port(session, &spec).await?,
+    };
+    tracing::info!(endpoint_id = %spec.endpoint_id, %url, edge_tls = spec.edge_tls.is_some(), "endpoint bound");
+    session.bound.insert(spec.endpoint_id.clone(), bound);
+    Ok((spec.endpoint_id, url))
+}
+
+fn bind_name(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {
+    let shared = &session.shared;
+    let suffix = shared
+        .config
+        .domain_suffix
+        .trim_matches('.')
+        .to_ascii_lowercase();
+    let name = match &spec.domain {
+        Some(domain) => {
+            let name = normalize_domain(domain)?;
+            if !is_random_name(&name, &suffix) {
+                session.grant.check(&name)?;
+            }
+            name
+        }
+        None => format!("{:016x}.{suffix}", rand::random::<u64>()),
+    };
+    let edge_tls = spec
+        .edge_tls
+        .as_ref()
+        .map(|t| edge_server_config(shared, &name, t))
+        .transpose()?;
+    shared.routes.claim(
+        &name,
+        Route {
+            session_id: session.id.clone(),
+            endpoint_id: spec.endpoint_id.clone(),
+            tunnel: session.tunnel.clone(),
+            edge_tls,
+        },
+    )?;
+    let url = match shared.tls_port {
+        443 => format!("tls://{name}"),
+        port => format!("tls://{name}:{port}"),
+    };
+    Ok((Bound::Name(name), url))
+}
+
+/// Random names are one label under the edge's suffix; any session may rebind them.
+fn is_random_name(name: &str, suffix: &str) -> bool {
+    name.strip_suffix(suffix)
+        .and_then(|head| head.strip_suffix('.'))
+        .is_some_and(|label| !label.is_empty() && !label.contains('.') && !label.contains('*'))
+}
+
+/// Lowercases and checks a hostname (a leading `*.` is allowed).
+pub(crate) fn normalize_domain(domain: &str) -> Result<String> {
+    let name = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bare = name.strip_prefix("*.").unwrap_or(&name);
+    let valid = !bare.is_empty()
+        && bare.contains('.')
+        && matches!(ServerName::try_from(bare), Ok(ServerName::DnsName(_)));
+    if !valid {
+        return Err(Error::new(
+            ErrorCode::InvalidUrl,
+            format!("domain {domain:?} is not a valid DNS name (expected e.g. app.example.com)"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The rustls config for an edge-terminated endpoint named `name`.
+fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Arc<ServerConfig>> {
+    let cert = match (&spec.cert_pem, &spec.key_pem) {
+        (Some(crt), Some(key)) => {
+            let cert = CertKey::from_pem(crt.as_bytes(), key.0.as_bytes())?;
+            // A wildcard endpoint needs a wildcard certificate: probe with a random label.
+            let probe = match name.strip_prefix("*.") {
+                Some(parent) => format!("w{:08x}.{parent}", rand::random::<u32>()),
+                None => name.to_owned(),
+            };
+            cert.check_covers(&probe)?;
+            cert
+        }
+        (None, None) => shared.ca.issue(&[name.to_owned()])?,
+        (Some(_), None) => return Err(Error::option("Missing key for tls termination")),
+        (None, Some(_)) => return Err(Error::option("Missing crt for tls termination")),
+    };
+    let settings = ServerTlsSettings {
+        min_version: spec
+            .min_version
+            .as_deref()
+            .map(|v| tls::parse_version(v, "min_version"))
+            .transpose()?,
+        max_version: spec
+            .max_version
+            .as_deref()
+            .map(|v| tls::parse_version(v, "max_version"))
+            .transpose()?,
+        alpn: spec.alpn.clone(),
+        client_ca_pem: spec.client_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
+    };
+    Ok(Arc::new(tls::server_config(&cert, &settings)?))
+}
+
+async fn bind_port(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {
+    let shared = &session.shared;
+    let Some([lo, hi]) = shared.config.tcp_ports else {
+        return Err(Error::new(
+            ErrorCode::Unsupported,
+            "this edge serves no tcp:// endpoints (tcp_ports is not configured)",
+        ));
+    };
+    let listener = listen_in_range(shared, lo, hi, spec.remote_port).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("tcp endpoint address", e))?;
+    let host = &shared.config.public_host;
+    let edge_tls = spec
+        .edge_tls
+        .as_ref()
+        .map(|t| edge_server_config(shared, host, t))
+        .transpose()?;
+    let stop = shared.stop.child_token();
+    let route = Route {
+        session_id: session.id.clone(),
+        endpoint_id: spec.endpoint_id.clone(),
+        tunnel: session.tunnel.clone(),
+        edge_tls,
+    };
+    shared.tasks.spawn(
+        public::accept_tcp(shared.clone(), listener, route, stop.clone())
+            .instrument(tracing::info_span!("tcp", port = addr.port())),
+    );
+    Ok((Bound::Port(stop), format!("tcp://{host}:{}", addr.port())))
+}
+
+async fn listen_in_range(
+    shared: &Arc<Shared>,
+    lo: u16,
+    hi: u16,
+    wanted: Option<u16>,
+) -> Result<TcpListener> {
+    let ip = shared.config.tcp_bind;
+    let unavailable = |m: String| Error::new(ErrorCode::PortUnavailable, m);
+    if let Some(port) = wanted {
+        let in_range = (lo == 0 && hi == 0) || (lo..=hi).contains(&port);
+        if !in_range {
+            return Err(unavailable(format!(
+                "port {port} is outside this edge's tcp_ports {lo}-{hi}"
+            )));
+        }
+        return TcpListener::bind(SocketAddr::new(ip, port))
+            .await
+            .map_err(|e| unavailable(format!("port {port} is not available: {e}")));
+    }
+    if lo == 0 && hi == 0 {
+        return TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .map_err(|e| unavailable(format!("no free port: {e}")));
+    }
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::random::<u32>() % span;
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        if let Ok(listener) = TcpListener::bind(SocketAddr::new(ip, port)).await {
+            return Ok(listener);
+        }
+    }
+    Err(unavailable(format!("every port in {lo}-{hi} is in use")))
+}

@@ -1,0 +1,150 @@
+//! The edge's settings, from code or from a TOML file.
+
+use super::auth::TokenRule;
+use crate::error::{Error, ErrorCode, Result};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything an edge needs to run. Defaults bind loopback on random ports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Where agents connect (TLS 1.3).
+    pub tunnel_addr: SocketAddr,
+    /// The public TLS listener (SNI-routed).
+    pub tls_addr: SocketAddr,
+    /// Host name or address put in public URLs of TCP endpoints.
+    pub public_host: String,
+    /// Address TCP endpoint listeners bind to.
+    pub tcp_bind: IpAddr,
+    /// First and last port TCP endpoints may get (inclusive); empty disables TCP endpoints.
+    pub tcp_ports: Option<[u16; 2]>,
+    /// Random endpoint names are `<random>.<domain_suffix>`.
+    pub domain_suffix: String,
+    /// Extra names (besides `localhost` and the tunnel IP) on the tunnel certificate.
+    pub tunnel_names: Vec<String>,
+    /// Accepted authtokens; with none, and `open` unset, every agent is refused.
+    pub authtokens: Vec<TokenRule>,
+    /// Accept any authtoken (or none) and any domain.
+    pub open: bool,
+    /// Keeps the CA across restarts; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds; a session silent for 3 intervals is dropped.
+    pub heartbeat_ms: u64,
+    /// Deadline for a public client's ClientHello and for TLS handshakes, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Most public connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        let loopback = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        EdgeConfig {
+            tunnel_addr: loopback(0),
+            tls_addr: loopback(0),
+            public_host: "127.0.0.1".into(),
+            tcp_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tcp_ports: None,
+            domain_suffix: "burrow.localhost".into(),
+            tunnel_names: Vec::new(),
+            authtokens: Vec::new(),
+            open: false,
+            state_dir: None,
+            heartbeat_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            max_connections: 16_384,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The embedded edge: loopback, random ports, any token, TCP ports picked by the OS.
+    pub fn embedded() -> Self {
+        EdgeConfig {
+            open: true,
+            tcp_ports: Some([0, 0]),
+            ..Default::default()
+        }
+    }
+
+    /// Reads a TOML file; errors name the file and the offending key.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::from_toml(&text).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("{}: {}", path.display(), e.message()),
+            )
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: EdgeConfig =
+            toml::from_str(text).map_err(|e| Error::new(ErrorCode::Config, e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::new(ErrorCode::Config, m));
+        if let Some([lo, hi]) = self.tcp_ports {
+            if lo > hi {
+                return bad(format!(
+                    "tcp_ports: first port {lo} is above last port {hi}"
+                ));
+            }
+        }
+        if self.heartbeat_ms < 50 {
+            return bad("heartbeat_ms must be at least 50".into());
+        }
+        if self.domain_suffix.trim_matches('.').is_empty() {
+            return bad("domain_suffix must not be empty".into());
+        }
+        for rule in &self.authtokens {
+            if rule.token.is_empty() {
+                return bad("authtokens: a token must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_toml_and_rejects_unknown_keys() {
+        let c = EdgeConfig::from_toml(
+            r#"
+            tunnel_addr = "127.0.0.1:4443"
+            tls_addr = "127.0.0.1:8443"
+            tcp_ports = [20000, 20010]
+            [[authtokens]]
+            token = "t"
+            domains = ["*.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.tunnel_addr.port(), 4443);
+        assert_eq!(c.authtokens[0].domains, vec!["*.example.com"]);
+        let err = EdgeConfig::from_toml("tunel_addr = \"x\"").unwrap_err();
+        assert!(err.message().contains("tunel_addr"), "{err}");
+        let err = EdgeConfig::from_toml("tcp_ports = [3, 2]").unwrap_err();
+        assert!(err.message().contains("tcp_ports"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The edge: accepts agents on the tunnel listener and public clients on the
+//! TLS listener and TCP ports, and routes each public connection to its agent.
+
+mod auth;
+mod bind;
+mod config;
+mod public;
+mod routes;
+mod session;
+
+pub use auth::{glob_match, Grant, TokenRule};
+pub use config::EdgeConfig;
+pub use routes::{lookup, MemoryRoutes, Route, Routes};
+
+use crate::error::{Error, Result};
+use crate::tls::{self, CertAuthority};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// State every task of one edge shares.
+pub(crate) struct Shared {
+    pub(crate) config: EdgeConfig,
+    pub(crate) routes: Arc<dyn Routes>,
+    pub(crate) ca: CertAuthority,
+    /// Live sessions: id → token that opened it and the switch that ends it.
+    pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
+    pub(crate) tls_port: u16,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) stop: CancellationToken,
+}
+
+pub(crate) struct SessionEntry {
+    pub(crate) token: Option<String>,
+    pub(crate) kill: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running edge. Dropping it stops every listener and session.
+pub struct Edge {
+    shared: Arc<Shared>,
+    tunnel_addr: SocketAddr,
+    tls_addr: SocketAddr,
+}
+
+impl Edge {
+    /// Binds the listeners of `config` and starts serving.
+    pub async fn start(config: EdgeConfig) -> Result<Edge> {
+        Self::start_with_routes(config, Arc::new(MemoryRoutes::default())).await
+    }
+
+    /// Like [`Edge::start`], with a routing table of the caller's.
+    pub async fn start_with_routes(config: EdgeConfig, routes: Arc<dyn Routes>) -> Result<Edge> {
+        config.validate()?;
+        let ca = match &config.state_dir {
+            Some(dir) => CertAuthority::load_or_create(dir)?,
+            None => CertAuthority::generate()?,
+        };
+        let tunnel_listener = bind(config.tunnel_addr, "tunnel_addr").await?;
+        let tls_listener = bind(config.tls_addr, "tls_addr").await?;
+        let tunnel_addr = local_addr(&tunnel_listener)?;
+        let tls_addr = local_addr(&tls_listener)?;
+
+        let mut names = vec!["localhost".to_owned(), tunnel_addr.ip().to_string()];
+        names.extend(config.tunnel_names.iter().cloned());
+        let tunnel_cert = ca.issue(&names)?;
+        let tunnel_tls = Arc::new(tls::tunnel_server_config(&tunnel_cert)?);
+
+        let shared = Arc::new(Shared {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            routes,
+            ca,
+            sessions: Mutex::new(HashMap::new()),
+            tls_port: tls_addr.port(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        });
+        shared.tasks.spawn(
+            session::accept_agents(shared.clone(), tunnel_listener, tunnel_tls)
+                .instrument(tracing::info_span!("tunnel", addr = %tunnel_addr)),
+        );
+        shared.tasks.spawn(
+            public::accept_tls(shared.clone(), tls_listener)
+                .instrument(tracing::info_span!("public", addr = %tls_addr)),
+        );
+        tracing::info!(%tunnel_addr, %tls_addr, "edge listening");
+        Ok(Edge {
+            shared,
+            tunnel_addr,
+            tls_addr,
+        })
+    }
+
+    /// An edge for this process only: loopback, random ports, any token, a fresh CA.
+    pub async fn embedded() -> Result<Edge> {
+        Self::start(EdgeConfig::embedded()).await
+    }
+
+    /// Where agents connect.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// The public TLS listener.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
+    /// The edge CA certificate (PEM): agents trust it for the tunnel, clients for
+    /// automatic certificates.
+    pub fn ca_pem(&self) -> &str {
+        self.shared.ca.cert_pem()
+    }
+
+    /// The route serving `host` right now, if any (for tests and diagnostics).
+    pub fn route(&self, host: &str) -> Option<Route> {
+        lookup(self.shared.routes.as_ref(), host)
+    }
+
+    /// Number of authenticated sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions().len()
+    }
+
+    /// Stops accepting, ends every session and waits for all tasks to finish.
+    pub async fn shutdown(self) {
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("{what}: cannot listen on {addr}"), e))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))
+}

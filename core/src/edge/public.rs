@@ -1,0 +1,229 @@
+//! The public side: the SNI-routed TLS listener and per-endpoint TCP listeners.
+
+use super::routes::{lookup, Route};
+use super::Shared;
+use crate::error::{Error, ErrorCode, Result};
+use crate::splice::splice;
+use crate::tls::{read_client_hello, send_alert, HelloError, RefusalAlert};
+use crate::wire::{write_header, StreamHeader};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Accepts on `listener` until `stop`, handing each connection to `serve` under the
+/// edge's connection limit.
+async fn accept_loop<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn_stop = stop.clone();
+        let fut = serve(shared.clone(), tcp, peer);
+        shared.tasks.spawn(
+            async move {
+                let _permit: OwnedSemaphorePermit = permit;
+                tokio::select! {
+                    _ = conn_stop.cancelled() => {}
+                    _ = fut => {}
+                }
+            }
+            .instrument(tracing::info_span!("conn", client = %peer)),
+        );
+    }
+}
+
+/// Serves the public TLS listener.
+pub(crate) async fn accept_tls(shared: Arc<Shared>, listener: TcpListener) {
+    let stop = shared.stop.clone();
+    accept_loop(shared, listener, stop, serve_tls_conn).await
+}
+
+/// Serves one TCP endpoint's listener until `stop` (unbind or session end).
+pub(crate) async fn accept_tcp(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    route: Route,
+    stop: CancellationToken,
+) {
+    // The endpoint also ends when its session's tunnel does.
+    let tunnel = route.tunnel.clone();
+    let watch = stop.clone();
+    let route = Arc::new(route);
+    tokio::select! {
+        _ = tunnel.closed() => watch.cancel(),
+        _ = accept_loop(shared, listener, stop, move |shared, tcp, peer| {
+            let route = route.clone();
+            async move {
+                if let Err(e) = serve_tcp_conn(shared, route, tcp, peer).await {
+                    tracing::info!(reason = %e, "connection ended");
+                }
+            }
+        }) => {}
+    }
+}
+
+async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+    let deadline = shared.config.handshake_timeout();
+    let hello = match read_client_hello(&mut tcp, deadline).await {
+        Ok(h) => h,
+        Err(HelloError::Eof) => return,
+        Err(e) => {
+            tracing::info!(reason = %e, "refused");
+            if matches!(e, HelloError::Invalid(_) | HelloError::TooLarge) {
+                send_alert(&mut tcp, RefusalAlert::HandshakeFailure).await;
+            }
+            return;
+        }
+    };
+    let Some(sni) = hello.sni.clone() else {
+        tracing::info!("refused: the ClientHello carries no SNI, so no endpoint can be chosen");
+        send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
+        return;
+    };
+    let Some(route) = lookup(shared.routes.as_ref(), &sni) else {
+        tracing::info!(%sni, "refused: no endpoint serves this SNI");
+        send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
+        return;
+    };
+    let result = match &route.edge_tls {
+        Some(config) => {
+            let start = StartHandshake::from_parts(hello.accepted, tcp);
+            match timeout(deadline, start.into_stream(config.clone())).await {
+                Ok(Ok(tls)) => {
+                    tracing::info!(%sni, mode = "edge", "connection");
+                    proxy_terminated(&route, tls, peer, Some(sni)).await
+                }
+                Ok(Err(e)) => Err(Error::io("edge TLS handshake", e)),
+                Err(_) => Err(Error::new(
+                    ErrorCode::Timeout,
+                    "edge TLS handshake timed out",
+                )),
+            }
+        }
+        None => {
+            tracing::info!(%sni, mode = "passthrough", "connection");
+            proxy_raw(&route, tcp, peer, Some(sni), &hello.raw).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::info!(reason = %e, "connection ended");
+    }
+}
+
+async fn serve_tcp_conn(
+    shared: Arc<Shared>,
+    route: Arc<Route>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<()> {
+    match &route.edge_tls {
+        None => {
+            tracing::info!(mode = "tcp", "connection");
+            proxy_raw(&route, tcp, peer, None, &[]).await
+        }
+        Some(config) => {
+            let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+            let handshake = async {
+                let start = accept.await?;
+                start.into_stream(config.clone()).await
+            };
+            let tls = timeout(shared.config.handshake_timeout(), handshake)
+                .await
+                .map_err(|_| Error::new(ErrorCode::Timeout, "edge TLS handshake timed out"))?
+                .map_err(|e| Error::io("edge TLS handshake", e))?;
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            tracing::info!(mode = "tcp+edge-tls", "connection");
+            proxy_terminated(&route, tls, peer, sni).await
+        }
+    }
+}
+
+/// Opens a proxy stream for `route` and sends its header.
+async fn open_stream(
+    route: &Route,
+    peer: SocketAddr,
+    edge_terminated: bool,
+    sni: Option<String>,
+    alpn: Option<String>,
+) -> Result<crate::wire::mux::MuxStream> {
+    let mut stream = route.tunnel.open().await?;
+    let header = StreamHeader {
+        endpoint_id: route.endpoint_id.clone(),
+        client_addr: peer,
+        edge_terminated,
+        sni,
+        alpn,
+    };
+    write_header(&mut stream, &header).await?;
+    Ok(stream)
+}
+
+/// Passthrough: replay what was read, then splice raw bytes.
+async fn proxy_raw<C>(
+    route: &Route,
+    mut client: C,
+    peer: SocketAddr,
+    sni: Option<String>,
+    already_read: &[u8],
+) -> Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = open_stream(route, peer, false, sni, None).await?;
+    stream
+        .write_all(already_read)
+        .await
+        .map_err(|e| Error::io("tunnel stream", e))?;
+    splice(&mut client, &mut stream).await.map(|_| ())
+}
+
+/// Edge termination: splice the decrypted bytes.
+async fn proxy_terminated<IO>(
+    route: &Route,
+    mut tls: TlsStream<IO>,
+    peer: SocketAddr,
+    sni: Option<String>,
+) -> Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let mut stream = open_stream(route, peer, true, sni, alpn).await?;
+    splice(&mut tls, &mut stream).await.map(|_| ())
+}

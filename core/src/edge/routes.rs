@@ -1,0 +1,77 @@
+//! Who serves which hostname: the seam between the public listener and the sessions.
+//!
+//! The first implementation lives in memory. A scale-out edge replaces it with one
+//! backed by a shared store, where `claim` is a compare-and-set.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::mux::MuxHandle;
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Where connections for one hostname go.
+#[derive(Clone)]
+pub struct Route {
+    /// The session that bound the name.
+    pub session_id: String,
+    /// The endpoint within that session.
+    pub endpoint_id: String,
+    /// Opens proxy streams to the agent.
+    pub tunnel: MuxHandle,
+    /// Set when the edge terminates TLS for this endpoint.
+    pub edge_tls: Option<Arc<ServerConfig>>,
+}
+
+/// The routing table of an edge.
+pub trait Routes: Send + Sync {
+    /// Gives `name` to `route`'s session, atomically; fails with `DOMAIN_TAKEN`
+    /// when another session holds it.
+    fn claim(&self, name: &str, route: Route) -> Result<()>;
+    /// The route for exactly `name`.
+    fn get(&self, name: &str) -> Option<Route>;
+    /// Frees `name` if `session_id` holds it.
+    fn release(&self, name: &str, session_id: &str);
+}
+
+/// Finds the route for a hostname: the exact name first, then `*.parent`.
+pub fn lookup(routes: &dyn Routes, host: &str) -> Option<Route> {
+    if let Some(route) = routes.get(host) {
+        return Some(route);
+    }
+    let (_, parent) = host.split_once('.')?;
+    routes.get(&format!("*.{parent}"))
+}
+
+/// Routes kept in this process.
+#[derive(Default)]
+pub struct MemoryRoutes {
+    table: RwLock<HashMap<String, Route>>,
+}
+
+impl Routes for MemoryRoutes {
+    fn claim(&self, name: &str, route: Route) -> Result<()> {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = table.get(name) {
+            if held.session_id != route.session_id {
+                return Err(Error::new(
+                    ErrorCode::DomainTaken,
+                    format!("domain {name:?} is already bound by another session"),
+                ));
+            }
+        }
+        table.insert(name.to_owned(), route);
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<Route> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.get(name).cloned()
+    }
+
+    fn release(&self, name: &str, session_id: &str) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if table.get(name).is_some_and(|r| r.session_id == session_id) {
+            table.remove(name);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Agent sessions at the edge: tunnel handshake, authentication, the control loop.
+
+use super::auth::{authorize, Grant};
+use super::bind::{self, Bound};
+use super::{SessionEntry, Shared};
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::mux::{self, MuxHandle, MuxStream, Side};
+use crate::wire::{AgentMsg, ControlChannel, EdgeMsg, SecretPem, PROTOCOL_VERSION};
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Accepts agent connections until the edge stops.
+pub(crate) async fn accept_agents(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared2 = shared.clone();
+        let acceptor = acceptor.clone();
+        shared.tasks.spawn(
+            async move {
+                if let Err(e) = serve_agent(shared2, acceptor, tcp, peer).await {
+                    tracing::info!(error = %e, "agent session ended");
+                }
+            }
+            .instrument(tracing::info_span!("agent", %peer)),
+        );
+    }
+}
+
+async fn serve_agent(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let deadline = shared.config.handshake_timeout();
+    let tls = timeout(deadline, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Error::new(ErrorCode::Timeout, "tunnel TLS handshake timed out"))?
+        .map_err(|e| Error::io("tunnel TLS handshake", e))?;
+    let kill = shared.stop.child_token();
+    let mut mux = mux::start(tls, Side::Edge, kill.clone());
+    let control = timeout(deadline, mux.inbound.recv())
+        .await
+        .map_err(|_| Error::new(ErrorCode::Timeout, "agent opened no control stream"))?
+        .ok_or_else(|| Error::protocol("tunnel closed before the control stream"))?;
+    // Agents never open other streams; dropping the receiver resets any they try.
+    drop(mux.inbound);
+    let mut control = ControlChannel::new(control);
+    let first = timeout(deadline, control.recv::<AgentMsg>())
+        .await
+        .map_err(|_| Error::new(ErrorCode::Timeout, "agent sent no Auth message"))??;
+    let (authtoken, resume) = match first {
+        Some(AgentMsg::Auth {
+            version,
+            authtoken,
+            resume,
+            ..
+        }) => {
+            if version != PROTOCOL_VERSION {
+                let err = Error::new(
+                    ErrorCode::VersionMismatch,
+                    format!("agent speaks protocol {version}, this edge speaks {PROTOCOL_VERSION}"),
+                );
+                refuse(&mut control, &err).await;
+                return Err(err);
+            }
+            (authtoken.map(|SecretPem(t)| t), resume)
+        }
+        _ => {
+            let err = Error::protocol("the first control message must be Auth");
+            refuse(&mut control, &err).await;
+            return Err(err);
+        }
+    };
+    let grant = match authorize(
+        &shared.config.authtokens,
+        authtoken.as_deref(),
+        shared.config.open,
+    ) {
+        Ok(g) => g,
+        Err(err) => {
+            tracing::info!(%peer, reason = %err, "agent refused");
+            refuse(&mut control, &err).await;
+            return Err(err);
+        }
+    };
+    if let Some(old) = resume {
+        replace_session(&shared, &old, authtoken.as_deref());
+    }
+    let session_id = crate::random_id();
+    shared.sessions().insert(
+        session_id.clone(),
+        SessionEntry {
+            token: authtoken,
+            kill: kill.clone(),
+        },
+    );
+    tracing::info!(%session_id, "agent authenticated");
+    let mut session = AgentSession {
+        shared: shared.clone(),
+        id: session_id.clone(),
+        grant,
+        tunnel: mux.handle,
+        bound: HashMap::new(),
+    };
+    let result = session.run(&mut control, kill.clone()).await;
+    session.release_all();
+    shared.sessions().remove(&session_id);
+    kill.cancel();
+    result
+}
+
+/// Ends an older session the reconnecting agent replaces (same token required).
+fn replace_session(shared: &Shared, old_id: &str, token: Option<&str>) {
+    let mut sessions = shared.sessions();
+    if sessions
+        .get(old_id)
+        .is_some_and(|old| old.token.as_deref() == token)
+    {
+        if let Some(old) = sessions.remove(old_id) {
+            tracing::info!(session_id = %old_id, "replaced by a reconnecting agent");
+            old.kill.cancel();
+        }
+    }
+}
+
+async fn refuse(control: &mut ControlChannel<MuxStream>, err: &Error) {
+    let _ = control
+        .send(&EdgeMsg::Error {
+            request_id: None,
+            code: err.code(),
+            message: err.message().to_owned(),
+        })
+        .await;
+    control.close().await;
+}
+
+/// One authenticated agent and what it has bound.
+pub(crate) struct AgentSession {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: String,
+    pub(crate) grant: Grant,
+    pub(crate) tunnel: MuxHandle,
+    pub(crate) bound: HashMap<String, Bound>,
+}
+
+impl AgentSession {
+    async fn run(
+        &mut self,
+        control: &mut ControlChannel<MuxStream>,
+        kill: CancellationToken,
+    ) -> Result<()> {
+        let heartbeat = self.shared.config.heartbeat();
+        let silence_limit = heartbeat * 3;
+        control
+            .send(&EdgeMsg::AuthOk {
+                version: PROTOCOL_VERSION,
+                session_id: self.id.clone(),
+                heartbeat_ms: heartbeat.as_millis() as u64,
+            })
+            .await?;
+        let mut ticker = interval(heartbeat);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = kill.cancelled() => {
+                    let _ = control.send(&EdgeMsg::Stop { reason: "edge is closing the session".into() }).await;
+                    return Ok(());
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        return Err(Error::new(ErrorCode::Timeout, format!("no heartbeat for {silence_limit:?}")));
+                    }
+                    control.send(&EdgeMsg::Heartbeat).await?;
+                }
+                msg = control.recv::<AgentMsg>() => {
+                    last_heard = Instant::now();
+                    match msg? {
+                        None => return Ok(()),
+                        Some(AgentMsg::Heartbeat) => {}
+                        Some(AgentMsg::Bind { request_id, spec }) => {
+                            let reply = match bind::bind(self, spec).await {
+                                Ok((endpoint_id, url)) => EdgeMsg::BindOk { request_id, endpoint_id, url },
+                                Err(e) => {
+                                    tracing::info!(reason = %e, "bind refused");
+                                    EdgeMsg::Error { request_id: Some(request_id), code: e.code(), message: e.message().to_owned() }
+                                }
+                            };
+                            control.send(&reply).await?;
+                        }
+                        Some(AgentMsg::Unbind { endpoint_id }) => self.unbind(&endpoint_id),
+                        Some(AgentMsg::Auth { .. }) => {
+                            return Err(Error::protocol("Auth sent twice"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn unbind(&mut self, endpoint_id: &str) {
+        if let Some(bound) = self.bound.remove(endpoint_id) {
+            bound.release(&self.shared, &self.id);
+            tracing::info!(%endpoint_id, "endpoint closed");
+        }
+    }
+
+    fn release_all(&mut self) {
+        for (_, bound) in self.bound.drain() {
+            bound.release(&self.shared, &self.id);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The one error type of burrow, with a stable code per failure.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A stable, machine-readable reason for a failure.
+///
+/// The codes cross the wire (the edge sends them to agents) and the language
+/// bindings expose them as `.code`, so their spelling never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The authtoken is missing or not known to the edge.
+    AuthFailed,
+    /// The authtoken may not bind the requested domain.
+    DomainNotAllowed,
+    /// Another session already holds the requested domain.
+    DomainTaken,
+    /// The certificate does not cover the endpoint's domain.
+    CertDomainMismatch,
+    /// The private key does not belong to the certificate.
+    KeyMismatch,
+    /// PEM input could not be parsed.
+    InvalidPem,
+    /// A URL or address could not be understood.
+    InvalidUrl,
+    /// An option is unknown or has a bad value.
+    InvalidOption,
+    /// The option or protocol is known but not implemented.
+    Unsupported,
+    /// A TCP port could not be given to the endpoint.
+    PortUnavailable,
+    /// The edge could not be reached or the tunnel handshake failed.
+    ConnectFailed,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The peer sent something the protocol does not allow.
+    Protocol,
+    /// An operation took longer than its deadline.
+    Timeout,
+    /// The session or endpoint is closed.
+    Closed,
+    /// A configuration file is invalid.
+    Config,
+    /// An I/O error on a local resource (file, socket).
+    Io,
+    /// The edge failed in a way the agent cannot fix.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire and in the bindings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::DomainNotAllowed => "DOMAIN_NOT_ALLOWED",
+            ErrorCode::DomainTaken => "DOMAIN_TAKEN",
+            ErrorCode::CertDomainMismatch => "CERT_DOMAIN_MISMATCH",
+            ErrorCode::KeyMismatch => "KEY_MISMATCH",
+            ErrorCode::InvalidPem => "INVALID_PEM",
+            ErrorCode::InvalidUrl => "INVALID_URL",
+            ErrorCode::InvalidOption => "INVALID_OPTION",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::PortUnavailable => "PORT_UNAVAILABLE",
+            ErrorCode::ConnectFailed => "CONNECT_FAILED",
+            ErrorCode::VersionMismatch => "VERSION_MISMATCH",
+            ErrorCode::Protocol => "PROTOCOL",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Closed => "CLOSED",
+            ErrorCode::Config => "CONFIG",
+            ErrorCode::Io => "IO",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every failure burrow reports: a [`ErrorCode`] and a message saying what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} [{code}]")]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Error {
+    /// An error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The human-readable message, without the code.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
+        Error::new(ErrorCode::Io, format!("{context}: {err}"))
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Protocol, message)
+    }
+
+    pub(crate) fn option(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::InvalidOption, message)
+    }
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,17 @@
+//! TLS pieces: PEM loading, certificate checks, rustls configs, the edge's CA
+//! and the ClientHello reader.
+
+mod ca;
+mod config;
+mod hello;
+mod pem;
+
+pub use ca::CertAuthority;
+pub use config::{
+    parse_version, provider, server_config, tunnel_client_config, tunnel_server_config,
+    upstream_client_config, ServerTlsSettings, TlsVersion,
+};
+pub use hello::{
+    read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert, MAX_HELLO_BYTES,
+};
+pub use pem::{parse_certs, parse_key, CertKey};

@@ -1,0 +1,211 @@
+//! The multiplexer seam: many streams over one tunnel connection.
+//!
+//! yamux needs its `Connection` polled all the time, and opening a stream needs
+//! `&mut Connection`, so one driver task owns it. The rest of burrow talks to the
+//! driver through [`MuxHandle`] (open a stream) and an inbound stream receiver.
+
+use crate::error::{Error, ErrorCode, Result};
+use futures::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+
+/// Most streams one tunnel connection carries at once.
+///
+/// yamux kills the whole connection when a peer opens more than its
+/// `max_num_streams`, so openers wait on a semaphore a little below it.
+pub const MAX_STREAMS: usize = 2048;
+const YAMUX_MAX_STREAMS: usize = MAX_STREAMS + 64;
+/// yamux needs 256 KiB of connection window per possible stream.
+const CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
+/// Larger frames than yamux's default 16 KiB: fewer syscalls for bulk data.
+const SPLIT_SEND_SIZE: usize = 64 * 1024;
+
+/// Which end of the tunnel this is.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    /// The agent, which dialled.
+    Agent,
+    /// The edge, which accepted.
+    Edge,
+}
+
+/// One multiplexed stream, readable and writable with tokio's traits.
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
+
+/// Opens streams on a tunnel connection; cheap to clone.
+#[derive(Clone)]
+pub struct MuxHandle {
+    open_tx: mpsc::Sender<OpenReply>,
+    permits: Arc<Semaphore>,
+    closed: CancellationToken,
+}
+
+impl MuxHandle {
+    /// Opens a new stream, waiting while the connection is at its stream limit.
+    pub async fn open(&self) -> Result<MuxStream> {
+        let closed = || Error::new(ErrorCode::Closed, "tunnel connection closed");
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let (tx, rx) = oneshot::channel();
+        self.open_tx.send(tx).await.map_err(|_| closed())?;
+        let stream = rx
+            .await
+            .map_err(|_| closed())?
+            .map_err(|e| Error::new(ErrorCode::Closed, format!("cannot open stream: {e}")))?;
+        Ok(MuxStream {
+            inner: stream.compat(),
+            _permit: Some(permit),
+        })
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+}
+
+/// A running multiplexed connection.
+pub struct Mux {
+    /// Opens streams.
+    pub handle: MuxHandle,
+    /// Streams the peer opened.
+    pub inbound: mpsc::UnboundedReceiver<MuxStream>,
+}
+
+/// Starts the driver for `io` and returns its handle and inbound streams.
+///
+/// The driver stops when the connection fails, when every [`MuxHandle`] and the
+/// inbound receiver are gone, or when `stop` is cancelled; then `handle.closed()` resolves.
+pub fn start<T>(io: T, side: Side, stop: CancellationToken) -> Mux
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut cfg = yamux::Config::default();
+    cfg.set_max_connection_receive_window(Some(CONNECTION_WINDOW));
+    cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
+    cfg.set_split_send_size(SPLIT_SEND_SIZE);
+    let mode = match side {
+        Side::Agent => yamux::Mode::Client,
+        Side::Edge => yamux::Mode::Server,
+    };
+    let conn = yamux::Connection::new(io.compat(), cfg, mode);
+    let (open_tx, open_rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let closed = CancellationToken::new();
+    tokio::spawn(drive(conn, open_rx, in_tx, stop, closed.clone()));
+    Mux {
+        handle: MuxHandle {
+            open_tx,
+            permits: Arc::new(Semaphore::new(MAX_STREAMS)),
+            closed,
+        },
+        inbound: in_rx,
+    }
+}
+
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut open_rx: mpsc::Receiver<OpenReply>,
+    in_tx: mpsc::UnboundedSender<MuxStream>,
+    stop: CancellationToken,
+    closed: CancellationToken,
+) where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let mut pending: Option<OpenReply> = None;
+    let mut openers_gone = false;
+    let run = poll_fn(|cx| loop {
+        if pending.is_none() && !openers_gone {
+            match open_rx.poll_recv(cx) {
+                Poll::Ready(Some(reply)) => pending = Some(reply),
+                Poll::Ready(None) => openers_gone = true,
+                Poll::Pending => {}
+            }
+        }
+        if pending.is_some() {
+            if let Poll::Ready(result) = conn.poll_new_outbound(cx) {
+                if let Some(reply) = pending.take() {
+                    let _ = reply.send(result);
+                }
+                continue;
+            }
+        }
+        match conn.poll_next_inbound(cx) {
+            Poll::Ready(Some(Ok(stream))) => {
+                // A dropped receiver simply drops (resets) unwanted streams.
+                let _ = in_tx.send(MuxStream {
+                    inner: stream.compat(),
+                    _permit: None,
+                });
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => {
+                if openers_gone && in_tx.is_closed() {
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Pending;
+            }
+        }
+    });
+    let result = tokio::select! {
+        r = run => r,
+        _ = stop.cancelled() => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "tunnel connection ended");
+    }
+    closed.cancel();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        poll_fn(|cx| conn.poll_close(cx)),
+    )
+    .await;
+}

@@ -1,0 +1,285 @@
+//! Shared test parts: a PKI made at test time, echo servers, TLS clients, data checks.
+
+#![allow(dead_code)]
+
+use anyhow::{anyhow, Context, Result};
+use burrow_core::{Edge, EdgeConfig, Session};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A test certificate authority.
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub crt: String,
+    pub key: String,
+}
+
+impl Leaf {
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.crt.as_bytes()).expect("test cert")
+    }
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        Pki {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Leaf {
+            crt: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// An edge on loopback that accepts any token, with short heartbeats.
+pub async fn open_edge() -> Edge {
+    Edge::start(EdgeConfig {
+        open: true,
+        tcp_ports: Some([0, 0]),
+        heartbeat_ms: 200,
+        ..Default::default()
+    })
+    .await
+    .expect("edge starts")
+}
+
+pub async fn session_for(edge: &Edge) -> Session {
+    Session::builder()
+        .server_addr(edge.tunnel_addr().to_string())
+        .root_cas(edge.ca_pem())
+        .connect()
+        .await
+        .expect("session connects")
+}
+
+/// A TCP echo server; the task ends when dropped.
+pub struct Echo {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo_io<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
+    let (mut r, mut w) = tokio::io::split(s);
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+/// Plain TCP echo.
+pub async fn echo_server() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(echo_io(s));
+        }
+    });
+    Echo { addr, task }
+}
+
+/// TLS echo with `leaf` (the upstream terminates TLS itself).
+pub async fn tls_echo_server(leaf: &Leaf) -> Echo {
+    let certs = vec![leaf.der()];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    echo_io(tls).await;
+                }
+            });
+        }
+    });
+    Echo { addr, task }
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client config trusting `ca_pem`.
+pub fn client_config(ca_pem: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects to `addr` with SNI `name`, trusting `ca_pem`.
+pub async fn tls_connect(addr: SocketAddr, name: &str, ca_pem: &str) -> Result<ClientTls> {
+    tls_connect_with(addr, name, client_config(ca_pem)).await
+}
+
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    name: &str,
+    config: rustls::ClientConfig,
+) -> Result<ClientTls> {
+    let tcp = TcpStream::connect(addr).await.context("tcp connect")?;
+    let connector = TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| anyhow!("{e}"))?;
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(server_name, tcp))
+        .await
+        .context("handshake timed out")?
+        .context("handshake")?;
+    Ok(tls)
+}
+
+/// The certificate the server presented.
+pub fn peer_cert(tls: &ClientTls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().expect("peer certs")[0]
+        .clone()
+        .into_owned()
+}
+
+/// Host part of a `tls://host:port` URL.
+pub fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").expect("scheme").1;
+    rest.split(':').next().expect("host").to_owned()
+}
+
+/// Port part of a `scheme://host:port` URL.
+pub fn url_port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port number")
+}
+
+/// Deterministic pseudo-random bytes (xorshift) so each test's data differs by seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Sends `data` and reads the echo concurrently; fails unless it comes back byte-exact.
+pub async fn echo_check<S: AsyncRead + AsyncWrite + Unpin>(stream: S, data: &[u8]) -> Result<()> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let send = async {
+        w.write_all(data).await?;
+        w.shutdown().await?;
+        anyhow::Ok(())
+    };
+    let recv = async {
+        let mut got = Vec::with_capacity(data.len());
+        r.read_to_end(&mut got).await?;
+        anyhow::Ok(got)
+    };
+    let (sent, got) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(send, recv) })
+            .await
+            .context("echo timed out")?;
+    sent?;
+    let got = got?;
+    if got.len() != data.len() {
+        return Err(anyhow!(
+            "echo returned {} bytes, sent {}",
+            got.len(),
+            data.len()
+        ));
+    }
+    if let Some(i) = got.iter().zip(data).position(|(a, b)| a != b) {
+        return Err(anyhow!("echo differs at byte {i}"));
+    }
+    Ok(())
+}
+
+/// Runs `n` concurrent connections made by `connect`, each echoing `len` bytes.
+pub async fn concurrent_echo<F, Fut, S>(n: usize, len: usize, connect: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let conn = connect();
+        set.spawn(async move {
+            let data = pseudo_random(len, 1000 + i as u64);
+            echo_check(conn.await?, &data).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Waits up to `limit` for `cond`, checking every 20 ms.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+pub const MIB: usize = 1024 * 1024;

@@ -1,0 +1,7 @@
+//! burrow-core integration tests: real TLS clients and servers on 127.0.0.1.
+
+mod cli;
+mod common;
+mod lifecycle;
+mod modes;
+mod refusals;
