@@ -121,8 +121,8 @@ pub struct Mux {
 
 /// Starts the driver for `io` and returns its handle and inbound streams.
 ///
-/// The driver stops when the connection fails, when every [`MuxHandle`] and the
-/// inbound receiver are gone, or when `stop` is cancelled; then `handle.closed()` resolves.
+/// The driver stops when the connection fails or `stop` is cancelled (streams still
+/// open need it, so dropping the handles does not stop it); then `handle.closed()` resolves.
 pub fn start<T>(io: T, side: Side, stop: CancellationToken) -> Mux
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -187,12 +187,7 @@ async fn drive<T>(
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => {
-                if openers_gone && in_tx.is_closed() {
-                    return Poll::Ready(Ok(()));
-                }
-                return Poll::Pending;
-            }
+            Poll::Pending => return Poll::Pending,
         }
     });
     let result = tokio::select! {
