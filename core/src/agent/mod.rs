@@ -12,7 +12,7 @@ pub use upstream::Upstream;
 use crate::edge::Edge;
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::{BindSpec, SecretPem};
-use runner::{Request, Runner};
+use runner::{BindRequest, Request, Runner};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -226,12 +226,12 @@ impl Session {
             return Err(Error::new(ErrorCode::Closed, "the session is closed"));
         }
         let (reply, answer) = oneshot::channel();
-        let request = Request::Bind {
+        let request = Request::Bind(Box::new(BindRequest {
             spec,
             agent_tls,
             conns,
             reply,
-        };
+        }));
         let closed = || Error::new(ErrorCode::Closed, "the session is closed");
         self.inner.requests.send(request).map_err(|_| closed())?;
         match tokio::time::timeout(BIND_TIMEOUT, answer).await {

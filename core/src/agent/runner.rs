@@ -26,17 +26,18 @@ const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// A user's bind: what to serve and where to deliver the answer and the connections.
+pub(crate) struct BindRequest {
+    pub(crate) spec: BindSpec,
+    pub(crate) agent_tls: Option<TlsAcceptor>,
+    pub(crate) conns: mpsc::Sender<Conn>,
+    pub(crate) reply: oneshot::Sender<Result<String>>,
+}
+
 /// What a user call asks of the runner.
 pub(crate) enum Request {
-    Bind {
-        spec: BindSpec,
-        agent_tls: Option<TlsAcceptor>,
-        conns: mpsc::Sender<Conn>,
-        reply: oneshot::Sender<Result<String>>,
-    },
-    Unbind {
-        endpoint_id: String,
-    },
+    Bind(Box<BindRequest>),
+    Unbind { endpoint_id: String },
 }
 
 /// How to reach and authenticate with the edge.
@@ -166,12 +167,7 @@ pub(crate) async fn establish(
 
 enum Pending {
     /// A user's bind, waiting for the edge's answer.
-    New {
-        spec: BindSpec,
-        agent_tls: Option<TlsAcceptor>,
-        conns: mpsc::Sender<Conn>,
-        reply: oneshot::Sender<Result<String>>,
-    },
+    New(Box<BindRequest>),
     /// Re-binding a registered endpoint after a reconnect.
     Rebind { endpoint_id: String },
 }
@@ -218,8 +214,10 @@ impl Runner {
             };
         }
         for (_, pending) in self.pending.drain() {
-            if let Pending::New { reply, .. } = pending {
-                let _ = reply.send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
+            if let Pending::New(req) = pending {
+                let _ = req
+                    .reply
+                    .send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
             }
         }
         self.inner.endpoints().clear();
@@ -343,7 +341,7 @@ impl Runner {
             .pending
             .iter()
             .filter_map(|(id, p)| match p {
-                Pending::New { spec, .. } => Some((*id, spec.clone())),
+                Pending::New(req) => Some((*id, req.spec.clone())),
                 Pending::Rebind { .. } => None,
             })
             .collect();
@@ -359,26 +357,13 @@ impl Runner {
         request: Request,
     ) -> Result<()> {
         match request {
-            Request::Bind {
-                spec,
-                agent_tls,
-                conns,
-                reply,
-            } => {
+            Request::Bind(req) => {
                 let request_id = self.request_id();
                 let msg = AgentMsg::Bind {
                     request_id,
-                    spec: spec.clone(),
+                    spec: req.spec.clone(),
                 };
-                self.pending.insert(
-                    request_id,
-                    Pending::New {
-                        spec,
-                        agent_tls,
-                        conns,
-                        reply,
-                    },
-                );
+                self.pending.insert(request_id, Pending::New(req));
                 control.send(&msg).await
             }
             Request::Unbind { endpoint_id } => {
@@ -408,8 +393,8 @@ impl Runner {
                 message,
             } => {
                 match self.pending.remove(&id) {
-                    Some(Pending::New { reply, .. }) => {
-                        let _ = reply.send(Err(Error::new(code, message)));
+                    Some(Pending::New(req)) => {
+                        let _ = req.reply.send(Err(Error::new(code, message)));
                     }
                     Some(Pending::Rebind { endpoint_id }) => {
                         tracing::error!(%endpoint_id, %code, %message, "could not rebind endpoint after reconnect; it stays closed until the next reconnect");
@@ -424,12 +409,13 @@ impl Runner {
                 url,
             } => {
                 match self.pending.remove(&request_id) {
-                    Some(Pending::New {
-                        mut spec,
-                        agent_tls,
-                        conns,
-                        reply,
-                    }) => {
+                    Some(Pending::New(req)) => {
+                        let BindRequest {
+                            mut spec,
+                            agent_tls,
+                            conns,
+                            reply,
+                        } = *req;
                         pin_to_url(&mut spec, &url);
                         self.inner.endpoints().insert(
                             endpoint_id.clone(),

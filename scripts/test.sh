@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust (unit, integration, CLI, doc), then the
+# language suites as they are added. Exits non-zero on the first failing suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One target triple for cargo, napi and maturin so their builds share artifacts.
+CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/^host: //p')"
+export CARGO_BUILD_TARGET
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== demo"
+cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
+grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out
+echo "demo: ok"
