@@ -17,6 +17,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+# Language suites (each script builds its binding and runs its tests).
+for suite in scripts/test-node.sh scripts/test-python.sh; do
+  if [ -x "$suite" ]; then
+    echo "== $suite"
+    "$suite"
+  fi
+done
+
 echo "== demo"
 cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
 grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out
