@@ -21,6 +21,8 @@ pub enum ErrorCode {
     CertDomainMismatch,
     /// The private key does not belong to the certificate.
     KeyMismatch,
+    /// A traffic policy could not be parsed; the message names the offending path.
+    InvalidPolicy,
     /// PEM input could not be parsed.
     InvalidPem,
     /// A URL or address could not be understood.
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::DomainTaken => "DOMAIN_TAKEN",
             ErrorCode::CertDomainMismatch => "CERT_DOMAIN_MISMATCH",
             ErrorCode::KeyMismatch => "KEY_MISMATCH",
+            ErrorCode::InvalidPolicy => "INVALID_POLICY",
             ErrorCode::InvalidPem => "INVALID_PEM",
             ErrorCode::InvalidUrl => "INVALID_URL",
             ErrorCode::InvalidOption => "INVALID_OPTION",

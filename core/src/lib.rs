@@ -17,13 +17,14 @@
 pub mod agent;
 pub mod edge;
 mod error;
+pub mod policy;
 mod splice;
 pub mod tls;
 pub mod wire;
 
 pub use agent::{
-    Conn, Forwarder, Listener, Session, SessionBuilder, TcpEndpointBuilder, TerminateAt,
-    TlsEndpointBuilder, Upstream,
+    Conn, Forwarder, Listener, ProxyProto, Session, SessionBuilder, TcpEndpointBuilder,
+    TerminateAt, TlsEndpointBuilder, Upstream,
 };
 pub use edge::{Edge, EdgeConfig};
 pub use error::{Error, ErrorCode, Result};

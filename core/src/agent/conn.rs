@@ -51,6 +51,32 @@ impl Conn {
         }
     }
 
+    /// The edge address the client connected to, when known.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        self.header.server_addr
+    }
+
+    /// Subject of the verified client certificate (mutual TLS at the edge or agent).
+    pub fn client_cert_subject(&self) -> Option<String> {
+        match &self.io {
+            ConnIo::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::tls::cert_subject(c)),
+            ConnIo::Plain(_) => self.header.client_cert_subject.clone(),
+        }
+    }
+
+    /// The TLS version negotiated where burrow terminated (agent termination only).
+    pub fn agent_tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        match &self.io {
+            ConnIo::Tls(tls) => tls.get_ref().1.protocol_version(),
+            ConnIo::Plain(_) => None,
+        }
+    }
+
     /// True when burrow (edge or agent) terminated TLS and this carries plaintext.
     pub fn is_terminated(&self) -> bool {
         self.header.edge_terminated || matches!(self.io, ConnIo::Tls(_))

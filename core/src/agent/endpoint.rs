@@ -2,15 +2,18 @@
 //! [`Forwarder`] that sends them to an upstream.
 
 use super::conn::Conn;
+use super::proxy_proto::{self, ProxyProto};
 use super::upstream::Upstream;
 use super::Session;
 use crate::error::{Error, ErrorCode, Result};
+use crate::policy::TrafficPolicy;
 use crate::splice::splice;
 use crate::tls::{self, CertKey, ServerTlsSettings, TlsVersion};
 use crate::wire::{BindSpec, EdgeTls, Proto, SecretPem};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -70,6 +73,10 @@ struct Options {
     alpn: Vec<String>,
     metadata: String,
     forwards_to: Option<String>,
+    traffic_policy: Option<String>,
+    allow_cidrs: Vec<String>,
+    deny_cidrs: Vec<String>,
+    proxy_proto: Option<ProxyProto>,
 }
 
 /// What the endpoint's termination resolved to.
@@ -82,6 +89,19 @@ enum Resolved {
 impl Options {
     /// Applies the termination rule: crt+key alone means edge, `terminate_at` overrides.
     fn resolve(&self, proto: Proto) -> Result<Resolved> {
+        // Parse the policy here too, so that mistakes fail before any network call.
+        let mut policy = match &self.traffic_policy {
+            Some(text) => TrafficPolicy::parse(text)?,
+            None => TrafficPolicy::default(),
+        };
+        policy.restrict_ips(&self.allow_cidrs, &self.deny_cidrs)?;
+        if !policy.terminations().is_empty() {
+            if let Some(at @ (TerminateAt::Agent | TerminateAt::Upstream)) = self.terminate_at {
+                return Err(Error::option(format!(
+                    "the traffic policy's terminate-tls action makes the edge terminate TLS, which contradicts terminate_at=\"{at}\""
+                )));
+            }
+        }
         let has_cert = self.crt.is_some() || self.key.is_some();
         let at = self
             .terminate_at
@@ -284,6 +304,30 @@ macro_rules! common_setters {
             self
         }
 
+        /// A traffic policy (YAML or JSON) the edge runs on every connection.
+        pub fn traffic_policy(mut self, policy: impl Into<String>) -> Self {
+            self.opts.traffic_policy = Some(policy.into());
+            self
+        }
+
+        /// Only clients in this CIDR range (may be given several times).
+        pub fn allow_cidr(mut self, cidr: impl Into<String>) -> Self {
+            self.opts.allow_cidrs.push(cidr.into());
+            self
+        }
+
+        /// Refuse clients in this CIDR range (may be given several times).
+        pub fn deny_cidr(mut self, cidr: impl Into<String>) -> Self {
+            self.opts.deny_cidrs.push(cidr.into());
+            self
+        }
+
+        /// Send a PROXY protocol header to the upstream (forwarding only).
+        pub fn proxy_proto(mut self, version: ProxyProto) -> Self {
+            self.opts.proxy_proto = Some(version);
+            self
+        }
+
         /// Binds the endpoint and returns its connections.
         pub async fn listen(self) -> Result<Listener> {
             listen(self.session, Self::PROTO, self.opts).await
@@ -294,8 +338,9 @@ macro_rules! common_setters {
             let dialer = upstream.dialer()?;
             let mut opts = self.opts;
             opts.forwards_to.get_or_insert_with(|| upstream.to_string());
+            let proxy_proto = opts.proxy_proto;
             let listener = listen(self.session, Self::PROTO, opts).await?;
-            Ok(Forwarder::start(listener, dialer))
+            Ok(Forwarder::start(listener, dialer, proxy_proto))
         }
     };
 }
@@ -393,7 +438,12 @@ impl TcpEndpointBuilder {
 
 async fn listen(session: Session, proto: Proto, opts: Options) -> Result<Listener> {
     let resolved = opts.resolve(proto)?;
+    let policy_terminates = match &opts.traffic_policy {
+        Some(text) => !TrafficPolicy::parse(text)?.terminations().is_empty(),
+        None => false,
+    };
     let (edge_tls, agent_tls, mode) = match resolved {
+        Resolved::Upstream if policy_terminates => (None, None, TerminateAt::Edge),
         Resolved::Upstream => (None, None, TerminateAt::Upstream),
         Resolved::Agent(acceptor) => (None, Some(acceptor), TerminateAt::Agent),
         Resolved::Edge(tls) => (Some(tls), None, TerminateAt::Edge),
@@ -405,6 +455,9 @@ async fn listen(session: Session, proto: Proto, opts: Options) -> Result<Listene
         domain: opts.domain.clone(),
         remote_port: opts.remote_port,
         edge_tls,
+        traffic_policy: opts.traffic_policy.clone(),
+        allow_cidrs: opts.allow_cidrs.clone(),
+        deny_cidrs: opts.deny_cidrs.clone(),
         metadata: opts.metadata.clone(),
     };
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
@@ -522,7 +575,11 @@ impl fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    fn start(mut listener: Listener, dialer: super::upstream::Dialer) -> Self {
+    fn start(
+        mut listener: Listener,
+        dialer: super::upstream::Dialer,
+        proxy_proto: Option<ProxyProto>,
+    ) -> Self {
         let stop = listener.session.stopped().child_token();
         let session = listener.session.clone();
         let dialer = Arc::new(dialer);
@@ -551,7 +608,7 @@ impl Forwarder {
                         async move {
                             tokio::select! {
                                 _ = session_stop.cancelled() => {}
-                                r = forward(conn, &dialer) => if let Err(e) = r {
+                                r = forward(conn, &dialer, proxy_proto) => if let Err(e) = r {
                                     tracing::info!(error = %e, "connection ended");
                                 },
                             }
@@ -616,7 +673,18 @@ impl Drop for Forwarder {
     }
 }
 
-async fn forward(mut conn: Conn, dialer: &super::upstream::Dialer) -> Result<()> {
+async fn forward(
+    mut conn: Conn,
+    dialer: &super::upstream::Dialer,
+    proxy_proto: Option<ProxyProto>,
+) -> Result<()> {
     let mut upstream = dialer.dial().await?;
+    if let Some(version) = proxy_proto {
+        let header = proxy_proto::header(version, conn.client_addr(), conn.server_addr())?;
+        upstream
+            .write_all(&header)
+            .await
+            .map_err(|e| Error::io("PROXY header to upstream", e))?;
+    }
     splice(&mut conn, &mut upstream).await.map(|_| ())
 }

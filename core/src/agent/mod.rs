@@ -2,11 +2,13 @@
 
 mod conn;
 mod endpoint;
+mod proxy_proto;
 mod runner;
 mod upstream;
 
 pub use conn::Conn;
 pub use endpoint::{Forwarder, Listener, TcpEndpointBuilder, TerminateAt, TlsEndpointBuilder};
+pub use proxy_proto::ProxyProto;
 pub use upstream::Upstream;
 
 use crate::edge::Edge;

@@ -335,7 +335,12 @@ impl Runner {
                     endpoint_id: spec.endpoint_id.clone(),
                 },
             );
-            control.send(&AgentMsg::Bind { request_id, spec }).await?;
+            control
+                .send(&AgentMsg::Bind {
+                    request_id,
+                    spec: Box::new(spec),
+                })
+                .await?;
         }
         let in_flight: Vec<(u64, BindSpec)> = self
             .pending
@@ -346,7 +351,12 @@ impl Runner {
             })
             .collect();
         for (request_id, spec) in in_flight {
-            control.send(&AgentMsg::Bind { request_id, spec }).await?;
+            control
+                .send(&AgentMsg::Bind {
+                    request_id,
+                    spec: Box::new(spec),
+                })
+                .await?;
         }
         Ok(())
     }
@@ -361,7 +371,7 @@ impl Runner {
                 let request_id = self.request_id();
                 let msg = AgentMsg::Bind {
                     request_id,
-                    spec: req.spec.clone(),
+                    spec: Box::new(req.spec.clone()),
                 };
                 self.pending.insert(request_id, Pending::New(req));
                 control.send(&msg).await

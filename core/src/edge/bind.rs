@@ -1,10 +1,11 @@
 //! Turning a `Bind` request into a served endpoint.
 
 use super::public;
-use super::routes::Route;
+use super::routes::{EdgePolicy, Route};
 use super::session::AgentSession;
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
+use crate::policy::TrafficPolicy;
 use crate::tls::{self, CertKey, ServerTlsSettings};
 use crate::wire::{BindSpec, EdgeTls, Proto};
 use rustls::pki_types::ServerName;
@@ -64,25 +65,47 @@ fn bind_name(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)>
         }
         None => format!("{:016x}.{suffix}", rand::random::<u64>()),
     };
-    let edge_tls = spec
-        .edge_tls
-        .as_ref()
-        .map(|t| edge_server_config(shared, &name, t))
-        .transpose()?;
-    shared.routes.claim(
-        &name,
-        Route {
-            session_id: session.id.clone(),
-            endpoint_id: spec.endpoint_id.clone(),
-            tunnel: session.tunnel.clone(),
-            edge_tls,
-        },
-    )?;
+    shared.routes.claim(&name, route(session, spec, &name)?)?;
     let url = match shared.tls_port {
         443 => format!("tls://{name}"),
         port => format!("tls://{name}:{port}"),
     };
     Ok((Bound::Name(name), url))
+}
+
+/// The route for `spec`, served under `name`: edge TLS and policy built and checked.
+fn route(session: &AgentSession, spec: &BindSpec, name: &str) -> Result<Route> {
+    let shared = &session.shared;
+    let edge_tls = spec
+        .edge_tls
+        .as_ref()
+        .map(|t| edge_server_config(shared, name, t))
+        .transpose()?;
+    let mut policy = match &spec.traffic_policy {
+        Some(text) if !text.trim().is_empty() => TrafficPolicy::parse(text)?,
+        _ => TrafficPolicy::default(),
+    };
+    policy.restrict_ips(&spec.allow_cidrs, &spec.deny_cidrs)?;
+    let policy = if policy.is_empty() {
+        None
+    } else {
+        let terminations = policy
+            .terminations()
+            .iter()
+            .map(|t| edge_server_config(shared, name, &t.to_edge_tls()).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Some(Arc::new(EdgePolicy {
+            policy,
+            terminations,
+        }))
+    };
+    Ok(Route {
+        session_id: session.id.clone(),
+        endpoint_id: spec.endpoint_id.clone(),
+        tunnel: session.tunnel.clone(),
+        edge_tls: edge_tls.map(Arc::new),
+        policy,
+    })
 }
 
 /// Random names are one label under the edge's suffix; any session may rebind them.
@@ -109,7 +132,7 @@ pub(crate) fn normalize_domain(domain: &str) -> Result<String> {
 }
 
 /// The rustls config for an edge-terminated endpoint named `name`.
-fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Arc<ServerConfig>> {
+fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<ServerConfig> {
     let cert = match (&spec.cert_pem, &spec.key_pem) {
         (Some(crt), Some(key)) => {
             let cert = CertKey::from_pem(crt.as_bytes(), key.0.as_bytes())?;
@@ -139,7 +162,7 @@ fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Arc
         alpn: spec.alpn.clone(),
         client_ca_pem: spec.client_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
     };
-    Ok(Arc::new(tls::server_config(&cert, &settings)?))
+    tls::server_config(&cert, &settings)
 }
 
 async fn bind_port(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {
@@ -155,18 +178,8 @@ async fn bind_port(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, St
         .local_addr()
         .map_err(|e| Error::io("tcp endpoint address", e))?;
     let host = &shared.config.public_host;
-    let edge_tls = spec
-        .edge_tls
-        .as_ref()
-        .map(|t| edge_server_config(shared, host, t))
-        .transpose()?;
+    let route = route(session, spec, host)?;
     let stop = shared.stop.child_token();
-    let route = Route {
-        session_id: session.id.clone(),
-        endpoint_id: spec.endpoint_id.clone(),
-        tunnel: session.tunnel.clone(),
-        edge_tls,
-    };
     shared.tasks.spawn(
         public::accept_tcp(shared.clone(), listener, route, stop.clone())
             .instrument(tracing::info_span!("tcp", port = addr.port())),

@@ -10,7 +10,7 @@ mod session;
 
 pub use auth::{glob_match, Grant, TokenRule};
 pub use config::EdgeConfig;
-pub use routes::{lookup, MemoryRoutes, Route, Routes};
+pub use routes::{lookup, EdgePolicy, MemoryRoutes, Route, Routes};
 
 use crate::error::{Error, Result};
 use crate::tls::{self, CertAuthority};

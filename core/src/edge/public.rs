@@ -3,8 +3,9 @@
 use super::routes::{lookup, Route};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
+use crate::policy::ConnInfo;
 use crate::splice::splice;
-use crate::tls::{read_client_hello, send_alert, HelloError, RefusalAlert};
+use crate::tls::{cert_subject, read_client_hello, send_alert, HelloError, RefusalAlert};
 use crate::wire::{write_header, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,13 +118,22 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
         return;
     };
-    let result = match &route.edge_tls {
+    let target = Target::new(&route, &tcp, peer, Some(sni.clone()));
+    let termination = match route.decide(&target.conn_info()) {
+        Ok(t) => t,
+        Err(reason) => {
+            tracing::info!(%sni, %reason, "refused by traffic policy");
+            send_alert(&mut tcp, RefusalAlert::AccessDenied).await;
+            return;
+        }
+    };
+    let result = match termination {
         Some(config) => {
             let start = StartHandshake::from_parts(hello.accepted, tcp);
-            match timeout(deadline, start.into_stream(config.clone())).await {
+            match timeout(deadline, start.into_stream(config)).await {
                 Ok(Ok(tls)) => {
                     tracing::info!(%sni, mode = "edge", "connection");
-                    proxy_terminated(&route, tls, peer, Some(sni)).await
+                    proxy_terminated(target, tls).await
                 }
                 Ok(Err(e)) => Err(Error::io("edge TLS handshake", e)),
                 Err(_) => Err(Error::new(
@@ -134,7 +144,7 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         }
         None => {
             tracing::info!(%sni, mode = "passthrough", "connection");
-            proxy_raw(&route, tcp, peer, Some(sni), &hello.raw).await
+            proxy_raw(target, tcp, &hello.raw).await
         }
     };
     if let Err(e) = result {
@@ -148,60 +158,86 @@ async fn serve_tcp_conn(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<()> {
-    match &route.edge_tls {
-        None => {
-            tracing::info!(mode = "tcp", "connection");
-            proxy_raw(&route, tcp, peer, None, &[]).await
+    let target = Target::new(&route, &tcp, peer, None);
+    let termination = route.decide(&target.conn_info()).map_err(|reason| {
+        Error::new(
+            ErrorCode::Closed,
+            format!("refused by traffic policy: {reason}"),
+        )
+    })?;
+    let Some(config) = termination else {
+        tracing::info!(mode = "tcp", "connection");
+        return proxy_raw(target, tcp, &[]).await;
+    };
+    let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let handshake = async {
+        let start = accept.await?;
+        start.into_stream(config).await
+    };
+    let tls = timeout(shared.config.handshake_timeout(), handshake)
+        .await
+        .map_err(|_| Error::new(ErrorCode::Timeout, "edge TLS handshake timed out"))?
+        .map_err(|e| Error::io("edge TLS handshake", e))?;
+    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    tracing::info!(mode = "tcp+edge-tls", "connection");
+    proxy_terminated(Target { sni, ..target }, tls).await
+}
+
+/// Where a public connection goes, and what the agent is told about it.
+struct Target<'a> {
+    route: &'a Route,
+    peer: SocketAddr,
+    server_addr: Option<SocketAddr>,
+    sni: Option<String>,
+}
+
+impl<'a> Target<'a> {
+    fn new(route: &'a Route, tcp: &TcpStream, peer: SocketAddr, sni: Option<String>) -> Self {
+        Target {
+            route,
+            peer,
+            server_addr: tcp.local_addr().ok(),
+            sni,
         }
-        Some(config) => {
-            let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-            let handshake = async {
-                let start = accept.await?;
-                start.into_stream(config.clone()).await
-            };
-            let tls = timeout(shared.config.handshake_timeout(), handshake)
-                .await
-                .map_err(|_| Error::new(ErrorCode::Timeout, "edge TLS handshake timed out"))?
-                .map_err(|e| Error::io("edge TLS handshake", e))?;
-            let sni = tls.get_ref().1.server_name().map(str::to_owned);
-            tracing::info!(mode = "tcp+edge-tls", "connection");
-            proxy_terminated(&route, tls, peer, sni).await
+    }
+
+    /// What the traffic policy may look at.
+    fn conn_info(&self) -> ConnInfo {
+        ConnInfo {
+            client: self.peer,
+            server_port: self.server_addr.map_or(0, |a| a.port()),
+            sni: self.sni.clone(),
         }
+    }
+
+    /// Opens a proxy stream to the agent and sends its header.
+    async fn open(
+        self,
+        edge_terminated: bool,
+        alpn: Option<String>,
+        client_cert_subject: Option<String>,
+    ) -> Result<crate::wire::mux::MuxStream> {
+        let mut stream = self.route.tunnel.open().await?;
+        let header = StreamHeader {
+            endpoint_id: self.route.endpoint_id.clone(),
+            client_addr: self.peer,
+            edge_terminated,
+            sni: self.sni,
+            alpn,
+            server_addr: self.server_addr,
+            client_cert_subject,
+        };
+        write_header(&mut stream, &header).await?;
+        Ok(stream)
     }
 }
 
-/// Opens a proxy stream for `route` and sends its header.
-async fn open_stream(
-    route: &Route,
-    peer: SocketAddr,
-    edge_terminated: bool,
-    sni: Option<String>,
-    alpn: Option<String>,
-) -> Result<crate::wire::mux::MuxStream> {
-    let mut stream = route.tunnel.open().await?;
-    let header = StreamHeader {
-        endpoint_id: route.endpoint_id.clone(),
-        client_addr: peer,
-        edge_terminated,
-        sni,
-        alpn,
-    };
-    write_header(&mut stream, &header).await?;
-    Ok(stream)
-}
-
 /// Passthrough: replay what was read, then splice raw bytes.
-async fn proxy_raw<C>(
-    route: &Route,
-    mut client: C,
-    peer: SocketAddr,
-    sni: Option<String>,
-    already_read: &[u8],
-) -> Result<()>
+async fn proxy_raw<C>(target: Target<'_>, mut client: C, already_read: &[u8]) -> Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut stream = open_stream(route, peer, false, sni, None).await?;
+    let mut stream = target.open(false, None, None).await?;
     stream
         .write_all(already_read)
         .await
@@ -210,20 +246,18 @@ where
 }
 
 /// Edge termination: splice the decrypted bytes.
-async fn proxy_terminated<IO>(
-    route: &Route,
-    mut tls: TlsStream<IO>,
-    peer: SocketAddr,
-    sni: Option<String>,
-) -> Result<()>
+async fn proxy_terminated<IO>(target: Target<'_>, mut tls: TlsStream<IO>) -> Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let alpn = tls
-        .get_ref()
-        .1
+    let session = tls.get_ref().1;
+    let alpn = session
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let mut stream = open_stream(route, peer, true, sni, alpn).await?;
+    let subject = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|c| cert_subject(c));
+    let mut stream = target.open(true, alpn, subject).await?;
     splice(&mut tls, &mut stream).await.map(|_| ())
 }

@@ -4,6 +4,7 @@
 //! backed by a shared store, where `claim` is a compare-and-set.
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::policy::{ConnInfo, TrafficPolicy, Verdict};
 use crate::wire::mux::MuxHandle;
 use rustls::ServerConfig;
 use std::collections::HashMap;
@@ -20,6 +21,31 @@ pub struct Route {
     pub tunnel: MuxHandle,
     /// Set when the edge terminates TLS for this endpoint.
     pub edge_tls: Option<Arc<ServerConfig>>,
+    /// The endpoint's traffic policy, with its `terminate-tls` configs built.
+    pub policy: Option<Arc<EdgePolicy>>,
+}
+
+/// A traffic policy ready to run at the edge.
+pub struct EdgePolicy {
+    /// The parsed rules.
+    pub policy: TrafficPolicy,
+    /// One server config per `terminate-tls` action, in the policy's order.
+    pub terminations: Vec<Arc<ServerConfig>>,
+}
+
+impl Route {
+    /// Runs the policy for one connection: `Err(reason)` refuses it, `Ok(config)` says
+    /// whether (and how) the edge terminates TLS.
+    pub fn decide(&self, conn: &ConnInfo) -> Result<Option<Arc<ServerConfig>>, String> {
+        let Some(p) = &self.policy else {
+            return Ok(self.edge_tls.clone());
+        };
+        match p.policy.evaluate(conn) {
+            Verdict::Deny(reason) => Err(reason),
+            Verdict::Allow { terminate: Some(i) } => Ok(p.terminations.get(i).cloned()),
+            Verdict::Allow { terminate: None } => Ok(self.edge_tls.clone()),
+        }
+    }
 }
 
 /// The routing table of an edge.

@@ -204,7 +204,7 @@ impl AgentSession {
                         None => return Ok(()),
                         Some(AgentMsg::Heartbeat) => {}
                         Some(AgentMsg::Bind { request_id, spec }) => {
-                            let reply = match bind::bind(self, spec).await {
+                            let reply = match bind::bind(self, *spec).await {
                                 Ok((endpoint_id, url)) => EdgeMsg::BindOk { request_id, endpoint_id, url },
                                 Err(e) => {
                                     tracing::info!(reason = %e, "bind refused");

@@ -106,6 +106,8 @@ pub enum RefusalAlert {
     UnrecognizedName = 112,
     /// The connection is refused for another reason.
     HandshakeFailure = 40,
+    /// A traffic policy refused the client.
+    AccessDenied = 49,
 }
 
 /// Writes a fatal TLS alert record to a client that has not finished a handshake.

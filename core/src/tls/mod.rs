@@ -14,4 +14,4 @@ pub use config::{
 pub use hello::{
     read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert, MAX_HELLO_BYTES,
 };
-pub use pem::{parse_certs, parse_key, CertKey};
+pub use pem::{cert_subject, parse_certs, parse_key, CertKey};

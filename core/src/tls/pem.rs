@@ -100,3 +100,9 @@ impl CertKey {
         })
     }
 }
+
+/// The subject of a DER certificate, e.g. `CN=client, O=Example`.
+pub fn cert_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.subject().to_string())
+}

@@ -39,7 +39,7 @@ pub enum AgentMsg {
         /// Echoed in the answer.
         request_id: u64,
         /// What to serve.
-        spec: BindSpec,
+        spec: Box<BindSpec>,
     },
     /// Stop serving an endpoint.
     Unbind {
@@ -113,6 +113,15 @@ pub struct BindSpec {
     pub remote_port: Option<u16>,
     /// Present when the edge terminates TLS.
     pub edge_tls: Option<EdgeTls>,
+    /// Traffic policy text (YAML or JSON), evaluated by the edge on every connection.
+    #[serde(default)]
+    pub traffic_policy: Option<String>,
+    /// Client IP ranges allowed (empty: all).
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// Client IP ranges refused.
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
     /// Free-form metadata.
     pub metadata: String,
 }
@@ -147,4 +156,10 @@ pub struct StreamHeader {
     pub sni: Option<String>,
     /// The ALPN protocol negotiated at the edge (edge termination only).
     pub alpn: Option<String>,
+    /// The edge address the client connected to.
+    #[serde(default)]
+    pub server_addr: Option<SocketAddr>,
+    /// Subject of the client certificate the edge verified (mutual TLS at the edge).
+    #[serde(default)]
+    pub client_cert_subject: Option<String>,
 }

@@ -51,6 +51,19 @@ impl Pki {
         }
     }
 
+    /// A client certificate with this common name.
+    pub fn client(&self, cn: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("client");
+        Leaf {
+            crt: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -148,15 +161,40 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A TLS client config trusting `ca_pem`.
 pub fn client_config(ca_pem: &str) -> rustls::ClientConfig {
+    client_config_with(
+        ca_pem,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        None,
+        &[],
+    )
+}
+
+/// A TLS client config with chosen versions, optional client certificate and ALPN offer.
+pub fn client_config_with(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client_cert: Option<&Leaf>,
+    alpn: &[&str],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.expect("ca pem")).expect("ca");
     }
-    rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
         .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                vec![leaf.der()],
+                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("client key"),
+            )
+            .expect("client cert"),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config
 }
 
 pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;

@@ -50,7 +50,7 @@ impl RawAgent {
         self.control
             .send(&AgentMsg::Bind {
                 request_id: 7,
-                spec,
+                spec: Box::new(spec),
             })
             .await?;
         loop {
@@ -70,6 +70,9 @@ fn tls_spec(domain: &str) -> BindSpec {
         domain: Some(domain.into()),
         remote_port: None,
         edge_tls: None,
+        traffic_policy: None,
+        allow_cidrs: Vec::new(),
+        deny_cidrs: Vec::new(),
         metadata: String::new(),
     }
 }

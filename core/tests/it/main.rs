@@ -4,4 +4,5 @@ mod cli;
 mod common;
 mod lifecycle;
 mod modes;
+mod policy;
 mod refusals;

@@ -1,0 +1,514 @@
+//! Traffic policy: rules evaluated at the edge on every public connection, in
+//! ngrok's format (YAML or JSON), with errors that name the offending path.
+//!
+//! ```yaml
+//! on_tcp_connect:
+//!   - expressions: ["conn.client_ip != '10.0.0.1'"]
+//!     actions:
+//!       - type: restrict-ips
+//!         config: { allow: ["127.0.0.0/8"] }
+//!       - type: terminate-tls
+//!         config: { min_version: "1.3", alpn: ["h2"] }
+//! ```
+
+mod expr;
+
+pub use expr::{ConnInfo, Expr};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::tls::{parse_version, TlsVersion};
+use crate::wire::{EdgeTls, SecretPem};
+use ipnet::IpNet;
+use serde_norway::{Mapping, Value};
+
+/// A parsed traffic policy.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficPolicy {
+    rules: Vec<Rule>,
+    terminations: Vec<TerminateTls>,
+}
+
+/// One rule: when every expression matches, its actions run in order.
+#[derive(Debug, Clone)]
+struct Rule {
+    expressions: Vec<Expr>,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Index into `TrafficPolicy::terminations`.
+    TerminateTls(usize),
+    RestrictIps {
+        allow: Vec<IpNet>,
+        deny: Vec<IpNet>,
+    },
+    Deny,
+}
+
+/// The `terminate-tls` action's settings.
+#[derive(Debug, Clone, Default)]
+pub struct TerminateTls {
+    /// Lowest version accepted.
+    pub min_version: Option<TlsVersion>,
+    /// Highest version accepted.
+    pub max_version: Option<TlsVersion>,
+    /// Certificate chain (PEM); `None` uses the edge's automatic certificate.
+    pub server_certificate: Option<String>,
+    /// Key of `server_certificate` (PEM).
+    pub server_private_key: Option<SecretPem>,
+    /// CA bundles for client certificates.
+    pub mutual_tls_certificate_authorities: Vec<String>,
+    /// ALPN protocols offered.
+    pub alpn: Vec<String>,
+}
+
+impl TerminateTls {
+    /// The same settings in the form edge termination uses.
+    pub fn to_edge_tls(&self) -> EdgeTls {
+        let version = |v: Option<TlsVersion>| {
+            v.map(|v| match v {
+                TlsVersion::Tls12 => "1.2".to_owned(),
+                TlsVersion::Tls13 => "1.3".to_owned(),
+            })
+        };
+        let cas = &self.mutual_tls_certificate_authorities;
+        EdgeTls {
+            cert_pem: self.server_certificate.clone(),
+            key_pem: self.server_private_key.clone(),
+            min_version: version(self.min_version),
+            max_version: version(self.max_version),
+            alpn: self.alpn.clone(),
+            client_ca_pem: (!cas.is_empty()).then(|| cas.join("\n")),
+        }
+    }
+}
+
+/// What the policy decided for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Close the connection; the reason is logged.
+    Deny(String),
+    /// Serve it; `terminate` indexes [`TrafficPolicy::terminations`] when the edge terminates TLS.
+    Allow {
+        /// Which `terminate-tls` action applies, if any.
+        terminate: Option<usize>,
+    },
+}
+
+fn err(path: &str, message: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::InvalidPolicy, format!("{path}: {message}"))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn mapping<'a>(v: &'a Value, path: &str) -> Result<&'a Mapping> {
+    v.as_mapping()
+        .ok_or_else(|| err(path, "must be a mapping (key: value)"))
+}
+
+/// Fails on keys outside `allowed`; returns the mapping's entries by key.
+fn fields<'a>(m: &'a Mapping, path: &str, allowed: &[&str]) -> Result<Vec<(&'a str, &'a Value)>> {
+    let mut out = Vec::new();
+    for (k, v) in m {
+        let key = k
+            .as_str()
+            .ok_or_else(|| err(path, "keys must be strings"))?;
+        if !allowed.contains(&key) {
+            return Err(err(
+                &join(path, key),
+                format!("unknown field (expected one of: {})", allowed.join(", ")),
+            ));
+        }
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+fn list<'a>(v: &'a Value, path: &str) -> Result<&'a [Value]> {
+    match v {
+        Value::Sequence(s) => Ok(s),
+        Value::Null => Ok(&[]),
+        _ => Err(err(path, "must be a list")),
+    }
+}
+
+fn string(v: &Value, path: &str) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(err(path, "must be a string")),
+    }
+}
+
+/// A list of strings; a single string is taken as a one-element list.
+fn strings(v: &Value, path: &str) -> Result<Vec<String>> {
+    if let Value::String(s) = v {
+        return Ok(vec![s.clone()]);
+    }
+    list(v, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| string(item, &format!("{path}[{i}]")))
+        .collect()
+}
+
+fn cidrs(v: &Value, path: &str) -> Result<Vec<IpNet>> {
+    strings(v, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    err(
+                        &format!("{path}[{i}]"),
+                        format!("{s:?} is not an IP address or CIDR range"),
+                    )
+                })
+        })
+        .collect()
+}
+
+const PHASES: [&str; 2] = ["on_tcp_connect", "on_tls_request"];
+
+impl TrafficPolicy {
+    /// Parses a policy from YAML or JSON text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let value: Value = serde_norway::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidPolicy,
+                format!("traffic policy is not valid YAML or JSON: {e}"),
+            )
+        })?;
+        Self::from_value(&value, "")
+    }
+
+    /// Parses a policy already read as YAML; `path` prefixes every error (e.g. `endpoints[0].traffic_policy`).
+    pub fn from_value(value: &Value, path: &str) -> Result<Self> {
+        let mut policy = TrafficPolicy::default();
+        if value.is_null() {
+            return Ok(policy);
+        }
+        let root = mapping(
+            value,
+            if path.is_empty() {
+                "traffic policy"
+            } else {
+                path
+            },
+        )?;
+        for (phase, rules) in fields(root, path, &PHASES)? {
+            let phase_path = join(path, phase);
+            for (i, rule) in list(rules, &phase_path)?.iter().enumerate() {
+                let rule = policy.parse_rule(rule, &format!("{phase_path}[{i}]"))?;
+                policy.rules.push(rule);
+            }
+        }
+        Ok(policy)
+    }
+
+    fn parse_rule(&mut self, v: &Value, path: &str) -> Result<Rule> {
+        let mut rule = Rule {
+            expressions: Vec::new(),
+            actions: Vec::new(),
+        };
+        let mut saw_actions = false;
+        for (key, v) in fields(mapping(v, path)?, path, &["name", "expressions", "actions"])? {
+            let p = join(path, key);
+            match key {
+                "name" => {
+                    string(v, &p)?;
+                }
+                "expressions" => {
+                    for (i, e) in strings(v, &p)?.iter().enumerate() {
+                        let ep = format!("{p}[{i}]");
+                        rule.expressions
+                            .push(Expr::parse(e).map_err(|m| err(&ep, format!("{e:?}: {m}")))?);
+                    }
+                }
+                _ => {
+                    saw_actions = true;
+                    for (i, a) in list(v, &p)?.iter().enumerate() {
+                        let action = self.parse_action(a, &format!("{p}[{i}]"))?;
+                        rule.actions.push(action);
+                    }
+                }
+            }
+        }
+        if !saw_actions || rule.actions.is_empty() {
+            return Err(err(
+                &join(path, "actions"),
+                "a rule needs at least one action",
+            ));
+        }
+        Ok(rule)
+    }
+
+    fn parse_action(&mut self, v: &Value, path: &str) -> Result<Action> {
+        let m = mapping(v, path)?;
+        let entries = fields(m, path, &["type", "config"])?;
+        let kind = entries
+            .iter()
+            .find(|(k, _)| *k == "type")
+            .map(|(_, v)| string(v, &join(path, "type")))
+            .transpose()?
+            .ok_or_else(|| {
+                err(
+                    &join(path, "type"),
+                    "missing (e.g. terminate-tls, restrict-ips, deny)",
+                )
+            })?;
+        let null = Value::Null;
+        let config = entries
+            .iter()
+            .find(|(k, _)| *k == "config")
+            .map_or(&null, |(_, v)| *v);
+        let cpath = join(path, "config");
+        let config_fields = |allowed: &[&str]| -> Result<Vec<(&str, &Value)>> {
+            match config {
+                Value::Null => Ok(Vec::new()),
+                other => fields(mapping(other, &cpath)?, &cpath, allowed),
+            }
+        };
+        match kind.as_str() {
+            "terminate-tls" => {
+                let mut t = TerminateTls::default();
+                let allowed = [
+                    "min_version",
+                    "max_version",
+                    "server_certificate",
+                    "server_private_key",
+                    "mutual_tls_certificate_authorities",
+                    "alpn",
+                ];
+                for (key, v) in config_fields(&allowed)? {
+                    let p = join(&cpath, key);
+                    let version = |v: &Value| -> Result<TlsVersion> {
+                        let s = string(v, &p)?;
+                        parse_version(&s, &p).map_err(|_| {
+                            err(
+                                &p,
+                                format!("{s:?} is not supported (use \"1.2\" or \"1.3\")"),
+                            )
+                        })
+                    };
+                    match key {
+                        "min_version" => t.min_version = Some(version(v)?),
+                        "max_version" => t.max_version = Some(version(v)?),
+                        "server_certificate" => t.server_certificate = Some(string(v, &p)?),
+                        "server_private_key" => {
+                            t.server_private_key = Some(SecretPem(string(v, &p)?))
+                        }
+                        "mutual_tls_certificate_authorities" => {
+                            t.mutual_tls_certificate_authorities = strings(v, &p)?
+                        }
+                        _ => t.alpn = strings(v, &p)?,
+                    }
+                }
+                if let (Some(lo), Some(hi)) = (t.min_version, t.max_version) {
+                    if lo > hi {
+                        return Err(err(
+                            &cpath,
+                            "min_version is above max_version: no TLS version is left",
+                        ));
+                    }
+                }
+                match (&t.server_certificate, &t.server_private_key) {
+                    (Some(_), None) => {
+                        return Err(err(&cpath, "server_certificate needs server_private_key"))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err(&cpath, "server_private_key needs server_certificate"))
+                    }
+                    _ => {}
+                }
+                self.terminations.push(t);
+                Ok(Action::TerminateTls(self.terminations.len() - 1))
+            }
+            "restrict-ips" => {
+                let (mut allow, mut deny) = (Vec::new(), Vec::new());
+                for (key, v) in config_fields(&["allow", "deny"])? {
+                    let p = join(&cpath, key);
+                    if key == "allow" {
+                        allow = cidrs(v, &p)?;
+                    } else {
+                        deny = cidrs(v, &p)?;
+                    }
+                }
+                if allow.is_empty() && deny.is_empty() {
+                    return Err(err(&cpath, "restrict-ips needs an allow or a deny list"));
+                }
+                Ok(Action::RestrictIps { allow, deny })
+            }
+            "deny" => {
+                config_fields(&["status_code"])?;
+                Ok(Action::Deny)
+            }
+            other => Err(err(
+                &join(path, "type"),
+                format!("unknown action {other:?} (supported: terminate-tls, restrict-ips, deny)"),
+            )),
+        }
+    }
+
+    /// Adds a first rule restricting client IPs (ngrok's `allow_cidr` / `deny_cidr` options).
+    pub fn restrict_ips(&mut self, allow: &[String], deny: &[String]) -> Result<()> {
+        if allow.is_empty() && deny.is_empty() {
+            return Ok(());
+        }
+        let parse = |list: &[String], what: &str| {
+            cidrs(
+                &Value::Sequence(list.iter().cloned().map(Value::String).collect()),
+                what,
+            )
+        };
+        let action = Action::RestrictIps {
+            allow: parse(allow, "allow_cidr")?,
+            deny: parse(deny, "deny_cidr")?,
+        };
+        self.rules.insert(
+            0,
+            Rule {
+                expressions: Vec::new(),
+                actions: vec![action],
+            },
+        );
+        Ok(())
+    }
+
+    /// The `terminate-tls` actions, in the order [`Verdict::Allow`] indexes them.
+    pub fn terminations(&self) -> &[TerminateTls] {
+        &self.terminations
+    }
+
+    /// True when the policy has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Runs the rules for one connection.
+    pub fn evaluate(&self, conn: &ConnInfo) -> Verdict {
+        let mut terminate = None;
+        for rule in &self.rules {
+            if !rule.expressions.iter().all(|e| e.eval(conn)) {
+                continue;
+            }
+            for action in &rule.actions {
+                match action {
+                    Action::Deny => return Verdict::Deny("denied by a deny action".into()),
+                    Action::RestrictIps { allow, deny } => {
+                        let ip = conn.client.ip().to_canonical();
+                        if deny.iter().any(|n| n.contains(&ip)) {
+                            return Verdict::Deny(format!("restrict-ips: {ip} is in a deny range"));
+                        }
+                        if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
+                            return Verdict::Deny(format!(
+                                "restrict-ips: {ip} is not in an allow range"
+                            ));
+                        }
+                    }
+                    Action::TerminateTls(i) => {
+                        terminate.get_or_insert(*i);
+                    }
+                }
+            }
+        }
+        Verdict::Allow { terminate }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn message(text: &str) -> String {
+        let e = TrafficPolicy::parse(text).expect_err(text);
+        assert_eq!(e.code(), ErrorCode::InvalidPolicy);
+        e.message().to_owned()
+    }
+
+    #[test]
+    fn parses_the_seed_policies() {
+        let p =
+            TrafficPolicy::parse("on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n")
+                .unwrap();
+        assert_eq!(p.terminations().len(), 1);
+        let p =
+            TrafficPolicy::parse("on_tls_request:\n  - actions:\n      - type: terminate-tls\n")
+                .unwrap();
+        assert_eq!(p.terminations().len(), 1);
+        let json = r#"{"on_tcp_connect":[{"actions":[{"type":"terminate-tls","config":{"min_version":"1.3","alpn":["h2"]}}]}]}"#;
+        let p = TrafficPolicy::parse(json).unwrap();
+        assert_eq!(p.terminations()[0].min_version, Some(TlsVersion::Tls13));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let m = message(
+            "on_tcp_connect:\n  - actions:\n      - type: deny\n      - type: terminate-tls\n        config:\n          min_version: \"1.1\"\n",
+        );
+        assert_eq!(
+            m,
+            r#"on_tcp_connect[0].actions[1].config.min_version: "1.1" is not supported (use "1.2" or "1.3")"#
+        );
+        assert!(message("on_http_request: []").starts_with("on_http_request: unknown field"));
+        assert!(
+            message("on_tcp_connect:\n  - actions:\n      - type: fly\n")
+                .starts_with("on_tcp_connect[0].actions[0].type: unknown action \"fly\"")
+        );
+        assert!(message("on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {cert: x}\n").starts_with("on_tcp_connect[0].actions[0].config.cert: unknown field"));
+        assert!(message(
+            "on_tls_request:\n  - expressions: [\"req.x == 1\"]\n    actions: [{type: deny}]\n"
+        )
+        .starts_with("on_tls_request[0].expressions[0]:"));
+        assert!(message("on_tcp_connect:\n  - actions:\n      - type: restrict-ips\n        config: {allow: [\"nope\"]}\n").starts_with("on_tcp_connect[0].actions[0].config.allow[0]:"));
+        assert!(message("on_tcp_connect:\n  - name: x\n").starts_with("on_tcp_connect[0].actions:"));
+        assert!(message("on_tcp_connect: [1]").starts_with("on_tcp_connect[0]: must be a mapping"));
+        assert!(
+            message("on_tcp_connect:\n  - actions:\n      - config: {}\n")
+                .starts_with("on_tcp_connect[0].actions[0].type: missing")
+        );
+        assert!(message("on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {max_version: \"1.4\"}\n").contains("max_version: \"1.4\" is not supported"));
+        assert!(message("on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {min_version: \"1.3\", max_version: \"1.2\"}\n").contains("min_version is above max_version"));
+        assert!(message("on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {server_certificate: x}\n").contains("needs server_private_key"));
+        assert!(message(": : :").contains("not valid YAML"));
+        assert!(message("- 1").starts_with("traffic policy: must be a mapping"));
+    }
+
+    #[test]
+    fn evaluates_rules_in_order() {
+        let p = TrafficPolicy::parse(
+            "on_tcp_connect:\n  - actions:\n      - type: restrict-ips\n        config: {allow: [\"127.0.0.0/8\"], deny: [\"127.0.0.9\"]}\n  - expressions: [\"conn.tls.sni == 'no.test'\"]\n    actions: [{type: deny}]\non_tls_request:\n  - actions: [{type: terminate-tls}]\n",
+        )
+        .unwrap();
+        let conn = |ip: &str, sni: &str| ConnInfo {
+            client: SocketAddr::new(ip.parse().unwrap(), 1),
+            server_port: 443,
+            sni: Some(sni.into()),
+        };
+        assert_eq!(
+            p.evaluate(&conn("127.0.0.1", "a.test")),
+            Verdict::Allow { terminate: Some(0) }
+        );
+        assert!(matches!(
+            p.evaluate(&conn("127.0.0.9", "a.test")),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.evaluate(&conn("10.0.0.1", "a.test")),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.evaluate(&conn("127.0.0.1", "no.test")),
+            Verdict::Deny(_)
+        ));
+    }
+}
