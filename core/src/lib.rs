@@ -15,6 +15,7 @@
 //! ```
 
 pub mod agent;
+pub mod config;
 pub mod edge;
 mod error;
 pub mod policy;

@@ -1,7 +1,8 @@
 //! The `burrow` command line: run an edge, or put a local service behind one.
 
 use anyhow::{bail, Context, Result};
-use burrow_core::{Edge, EdgeConfig, Session, TerminateAt, Upstream};
+use burrow_core::config::AgentConfig;
+use burrow_core::{Edge, EdgeConfig, ProxyProto, Session, TerminateAt, Upstream};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,36 @@ enum Command {
     Tcp(TcpArgs),
     /// Run an edge that agents connect to.
     Edge(EdgeArgs),
+    /// Start endpoints from an agent config file (ngrok's v3 format).
+    Start(StartArgs),
+    /// Work with agent config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file and explain what is wrong, with line numbers.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// The agent config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Start every endpoint in the file.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// Names of the endpoints to start.
+    names: Vec<String>,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
 #[derive(Args)]
@@ -62,6 +93,12 @@ struct TerminationArgs {
     /// For a tls:// upstream: skip verifying its certificate.
     #[arg(long)]
     upstream_insecure: bool,
+    /// Traffic policy file (YAML or JSON) the edge runs on every connection.
+    #[arg(long)]
+    traffic_policy_file: Option<PathBuf>,
+    /// Send a PROXY protocol header (1 or 2) to the upstream.
+    #[arg(long)]
+    proxy_proto: Option<ProxyProto>,
 }
 
 #[derive(Args)]
@@ -114,6 +151,20 @@ async fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Edge(args) => run_edge(args).await,
+        Command::Start(args) => run_start(args).await,
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = AgentConfig::from_file(&file)?;
+            let names: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
+            println!(
+                "{}: ok, {} endpoint(s): {}",
+                file.display(),
+                names.len(),
+                names.join(", ")
+            );
+            Ok(())
+        }
         Command::Tls(args) => {
             let domain = match (&args.url, &args.domain) {
                 (Some(url), _) => Some(url_host(url)?),
@@ -201,6 +252,12 @@ async fn run_agent(
         builder = builder.root_cas(read(ca, "--root-cas")?);
     }
     let session = builder.connect().await?;
+    let policy = t
+        .traffic_policy_file
+        .as_deref()
+        .map(|p| read(p, "--traffic-policy-file"))
+        .transpose()?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     let crt = t.crt.as_deref().map(|p| read(p, "--crt")).transpose()?;
     let key = t.key.as_deref().map(|p| read(p, "--key")).transpose()?;
     let cas = t
@@ -223,6 +280,12 @@ async fn run_agent(
             }
             if let Some(c) = cas.clone() {
                 b = b.mutual_tlsca(c);
+            }
+            if let Some(p) = policy.clone() {
+                b = b.traffic_policy(p);
+            }
+            if let Some(v) = t.proxy_proto {
+                b = b.proxy_proto(v);
             }
             b.listen_and_forward(upstream.clone()).await?
         }};
@@ -257,6 +320,48 @@ async fn run_agent(
         _ = forwarder.join() => {}
     }
     forwarder.close();
+    session.close().await;
+    Ok(())
+}
+
+async fn run_start(args: StartArgs) -> Result<()> {
+    if !args.all && args.names.is_empty() {
+        bail!("name the endpoints to start, or pass --all");
+    }
+    let config = AgentConfig::from_file(&args.config)?;
+    let selected = config.select(&args.names)?;
+    let mut builder = config.session_builder();
+    if let Some(token) = args.session.authtoken {
+        builder = builder.authtoken(token);
+    }
+    if let Some(addr) = args.session.server_addr {
+        builder = builder.server_addr(addr);
+    }
+    if let Some(ca) = &args.session.root_cas {
+        builder = builder.root_cas(read(ca, "--root-cas")?);
+    }
+    let session = builder.connect().await?;
+    let mut forwarders = Vec::new();
+    for endpoint in selected {
+        let fwd = endpoint.start(&session).await?;
+        println!(
+            "{}: forwarding {} -> {} (TLS terminated at {})",
+            endpoint.name,
+            fwd.url(),
+            fwd.forwards_to(),
+            fwd.terminate_at()
+        );
+        if let Some(edge) = session.embedded_edge() {
+            print_openssl_hint(edge, fwd.url(), fwd.terminate_at())?;
+        }
+        forwarders.push(fwd);
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    for fwd in &forwarders {
+        fwd.close();
+    }
     session.close().await;
     Ok(())
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Proc {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_burrow"));
         cmd.args(args)
             .env_remove("BURROW_SERVER_ADDR")
@@ -34,7 +34,7 @@ impl Proc {
     }
 
     /// The next stdout line containing `needle`.
-    async fn line_with(&mut self, needle: &str) -> Result<String> {
+    pub(crate) async fn line_with(&mut self, needle: &str) -> Result<String> {
         let wait = async {
             while let Some(line) = self.lines.next_line().await? {
                 if line.contains(needle) {
@@ -49,7 +49,7 @@ impl Proc {
     }
 }
 
-fn temp_file(name: &str, contents: &str) -> Result<PathBuf> {
+pub(crate) fn temp_file(name: &str, contents: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("burrow-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(name);
@@ -58,7 +58,7 @@ fn temp_file(name: &str, contents: &str) -> Result<PathBuf> {
 }
 
 /// `openssl s_client -connect A -servername N [-CAfile F]` → (A, N, F).
-fn parse_hint(line: &str) -> Result<(std::net::SocketAddr, String, Option<String>)> {
+pub(crate) fn parse_hint(line: &str) -> Result<(std::net::SocketAddr, String, Option<String>)> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let after = |flag: &str| {
         words

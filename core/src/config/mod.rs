@@ -1,0 +1,467 @@
+//! The agent config file, in ngrok's v3 format.
+//!
+//! ```yaml
+//! version: 3
+//! agent:
+//!   authtoken: ...
+//!   connect_url: edge.example.com:4443
+//! endpoints:
+//!   - name: example
+//!     url: tls://app.example.com
+//!     upstream:
+//!       url: localhost:443
+//! ```
+
+use crate::agent::{Forwarder, ProxyProto, Session, SessionBuilder, TerminateAt, Upstream};
+use crate::error::{Error, ErrorCode, Result};
+use crate::policy::TrafficPolicy;
+use serde::Deserialize;
+use serde_norway::Value;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: Value,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    authtoken: Option<String>,
+    connect_url: Option<String>,
+    root_cas: Option<String>,
+    connect_cas: Option<String>,
+    metadata: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    name: String,
+    url: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
+    upstream: RawUpstream,
+    traffic_policy: Option<Value>,
+    agent_tls_termination: Option<RawAgentTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Value,
+    protocol: Option<String>,
+    proxy_protocol: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentTls {
+    server_certificate: String,
+    server_private_key: String,
+    #[serde(default)]
+    mutual_tls_certificate_authorities: Vec<String>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+}
+
+/// The `agent:` section.
+#[derive(Clone, Default)]
+pub struct AgentSection {
+    /// Authtoken presented to the edge.
+    pub authtoken: Option<String>,
+    /// The edge's tunnel address (`host:port`).
+    pub connect_url: Option<String>,
+    /// CA bundle (PEM) the edge's certificate chains to.
+    pub root_cas: Option<Vec<u8>>,
+    /// Session metadata.
+    pub metadata: Option<String>,
+}
+
+impl fmt::Debug for AgentSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSection")
+            .field("authtoken", &self.authtoken.as_ref().map(|_| "<redacted>"))
+            .field("connect_url", &self.connect_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Agent-side TLS termination of an endpoint, with files already read.
+#[derive(Clone)]
+struct AgentTls {
+    crt: Vec<u8>,
+    key: Vec<u8>,
+    client_cas: Option<Vec<u8>>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Address {
+    Tls { domain: Option<String> },
+    Tcp { remote_addr: Option<String> },
+}
+
+/// One endpoint of the file, validated.
+#[derive(Clone)]
+pub struct EndpointConfig {
+    /// The endpoint's name (what `burrow start NAME` selects).
+    pub name: String,
+    /// Free-form description.
+    pub description: Option<String>,
+    address: Address,
+    upstream: Upstream,
+    proxy_proto: Option<ProxyProto>,
+    policy: Option<String>,
+    agent_tls: Option<AgentTls>,
+    metadata: String,
+}
+
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A parsed and checked agent config file.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The `agent:` section.
+    pub agent: AgentSection,
+    /// The endpoints, in file order.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn config_err(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Config, message)
+}
+
+/// The 1-based line where endpoint `name` is declared, for error messages.
+fn line_of(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('-').trim();
+            l.strip_prefix("name:")
+                .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == name)
+        })
+        .map(|i| i + 1)
+}
+
+impl AgentConfig {
+    /// Reads and checks a config file; errors name the file, the field and, where known, the line.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_yaml(&text, &dir)
+            .map_err(|e| Error::new(e.code(), format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Parses config text; relative file paths are resolved against `base_dir`.
+    pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self> {
+        let raw: RawFile = serde_norway::from_str(text).map_err(|e| config_err(e.to_string()))?;
+        let version_ok = match &raw.version {
+            Value::Number(n) => n.as_u64() == Some(3),
+            Value::String(s) => s.trim() == "3",
+            _ => false,
+        };
+        if !version_ok {
+            return Err(config_err(format!(
+                "version: {} is not supported (burrow reads version 3 config files)",
+                serde_norway::to_string(&raw.version)
+                    .unwrap_or_default()
+                    .trim()
+            )));
+        }
+        let read = |p: &str, what: &str| -> Result<Vec<u8>> {
+            let path = resolve(base_dir, p);
+            std::fs::read(&path)
+                .map_err(|e| config_err(format!("{what}: cannot read {}: {e}", path.display())))
+        };
+        let root_cas = match raw
+            .agent
+            .root_cas
+            .as_deref()
+            .or(raw.agent.connect_cas.as_deref())
+        {
+            None | Some("trusted") | Some("host") => None,
+            Some(path) => Some(read(path, "agent.root_cas")?),
+        };
+        let agent = AgentSection {
+            authtoken: raw.agent.authtoken,
+            connect_url: raw.agent.connect_url,
+            root_cas,
+            metadata: raw.agent.metadata,
+        };
+        let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        for (i, ep) in raw.endpoints.into_iter().enumerate() {
+            let at = match line_of(text, &ep.name) {
+                Some(line) => format!("endpoints[{i}] ({:?}, line {line})", ep.name),
+                None => format!("endpoints[{i}] ({:?})", ep.name),
+            };
+            if endpoints.iter().any(|e| e.name == ep.name) {
+                return Err(config_err(format!(
+                    "{at}: name is used by an earlier endpoint"
+                )));
+            }
+            let checked = Self::endpoint(ep, i, &read)
+                .map_err(|e| Error::new(e.code(), format!("{at}: {}", e.message())))?;
+            endpoints.push(checked);
+        }
+        Ok(AgentConfig { agent, endpoints })
+    }
+
+    fn endpoint(
+        ep: RawEndpoint,
+        index: usize,
+        read: &dyn Fn(&str, &str) -> Result<Vec<u8>>,
+    ) -> Result<EndpointConfig> {
+        let address = match ep.url.as_deref() {
+            None => Address::Tls { domain: None },
+            Some(url) => match url.split_once("://") {
+                Some(("tls", rest)) => {
+                    let host = rest.split(':').next().unwrap_or_default().trim_end_matches('/');
+                    Address::Tls { domain: (!host.is_empty()).then(|| host.to_owned()) }
+                }
+                Some(("tcp", rest)) => Address::Tcp { remote_addr: (!rest.is_empty()).then(|| rest.to_owned()) },
+                Some(("http" | "https", _)) => {
+                    return Err(Error::new(ErrorCode::Unsupported, format!("url: {url:?}: http(s) endpoints are not supported yet; use tls:// or tcp://")))
+                }
+                _ => return Err(Error::new(ErrorCode::InvalidUrl, format!("url: {url:?} must start with tls:// or tcp://"))),
+            },
+        };
+        let upstream_text = match &ep.upstream.url {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            _ => return Err(config_err("upstream.url: must be a port or an address")),
+        };
+        if let Some(p) = &ep.upstream.protocol {
+            return Err(Error::new(ErrorCode::Unsupported, format!("upstream.protocol: {p:?} applies to http endpoints, which burrow does not support yet")));
+        }
+        let upstream: Upstream = upstream_text
+            .parse()
+            .map_err(|e: Error| Error::new(e.code(), format!("upstream.url: {}", e.message())))?;
+        let proxy_proto = match &ep.upstream.proxy_protocol {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.to_string().parse::<ProxyProto>()?),
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.parse::<ProxyProto>()?),
+            Some(_) => return Err(config_err("upstream.proxy_protocol: must be 1 or 2")),
+        };
+        let policy = match &ep.traffic_policy {
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                TrafficPolicy::from_value(value, &format!("endpoints[{index}].traffic_policy"))?;
+                Some(
+                    serde_norway::to_string(value)
+                        .map_err(|e| config_err(format!("traffic_policy: {e}")))?,
+                )
+            }
+        };
+        let agent_tls = match ep.agent_tls_termination {
+            None => None,
+            Some(t) => {
+                let cas = t
+                    .mutual_tls_certificate_authorities
+                    .iter()
+                    .map(|p| {
+                        read(
+                            p,
+                            "agent_tls_termination.mutual_tls_certificate_authorities",
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(AgentTls {
+                    crt: read(
+                        &t.server_certificate,
+                        "agent_tls_termination.server_certificate",
+                    )?,
+                    key: read(
+                        &t.server_private_key,
+                        "agent_tls_termination.server_private_key",
+                    )?,
+                    client_cas: (!cas.is_empty()).then(|| cas.join(&b'\n')),
+                    min_version: t.min_version,
+                    max_version: t.max_version,
+                })
+            }
+        };
+        Ok(EndpointConfig {
+            name: ep.name,
+            description: ep.description,
+            address,
+            upstream,
+            proxy_proto,
+            policy,
+            agent_tls,
+            metadata: ep.metadata.unwrap_or_default(),
+        })
+    }
+
+    /// A session builder configured from the `agent:` section.
+    pub fn session_builder(&self) -> SessionBuilder {
+        let mut b = Session::builder();
+        if let Some(t) = &self.agent.authtoken {
+            b = b.authtoken(t.clone());
+        }
+        if let Some(a) = &self.agent.connect_url {
+            b = b.server_addr(a.clone());
+        }
+        if let Some(ca) = &self.agent.root_cas {
+            b = b.root_cas(ca.clone());
+        }
+        if let Some(m) = &self.agent.metadata {
+            b = b.metadata(m.clone());
+        }
+        b
+    }
+
+    /// The endpoints named in `names`, or all when `names` is empty; unknown names are errors.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&EndpointConfig>> {
+        if names.is_empty() {
+            return Ok(self.endpoints.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.endpoints.iter().find(|e| &e.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = self.endpoints.iter().map(|e| e.name.as_str()).collect();
+                    config_err(format!(
+                        "no endpoint named {n:?} (the file defines: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+impl EndpointConfig {
+    /// Binds this endpoint on `session` and forwards it to its upstream.
+    pub async fn start(&self, session: &Session) -> Result<Forwarder> {
+        macro_rules! configure {
+            ($b:expr) => {{
+                let mut b = $b.metadata(self.metadata.clone());
+                if let Some(p) = &self.policy {
+                    b = b.traffic_policy(p.clone());
+                }
+                if let Some(v) = self.proxy_proto {
+                    b = b.proxy_proto(v);
+                }
+                if let Some(t) = &self.agent_tls {
+                    b = b
+                        .agent_termination(t.crt.clone(), t.key.clone())
+                        .terminate_at(TerminateAt::Agent);
+                    if let Some(c) = &t.client_cas {
+                        b = b.mutual_tlsca(c.clone());
+                    }
+                    if let Some(v) = &t.min_version {
+                        b = b.min_version(v.clone());
+                    }
+                    if let Some(v) = &t.max_version {
+                        b = b.max_version(v.clone());
+                    }
+                }
+                b.listen_and_forward(self.upstream.clone()).await
+            }};
+        }
+        let result = match &self.address {
+            Address::Tls { domain } => {
+                let mut b = session.tls_endpoint();
+                if let Some(d) = domain {
+                    b = b.domain(d.clone());
+                }
+                configure!(b)
+            }
+            Address::Tcp { remote_addr } => {
+                let mut b = session.tcp_endpoint();
+                if let Some(a) = remote_addr {
+                    b = b.remote_addr(a)?;
+                }
+                configure!(b)
+            }
+        };
+        result.map_err(|e| {
+            Error::new(
+                e.code(),
+                format!("endpoint {:?}: {}", self.name, e.message()),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig> {
+        AgentConfig::from_yaml(text, Path::new("."))
+    }
+
+    #[test]
+    fn seed_examples_parse() {
+        let a = parse("version: 3\nendpoints:\n  - name: example\n    url: tls://your-name.ngrok.app\n    upstream:\n      url: 80\n    traffic_policy:\n      on_tcp_connect:\n        - actions:\n            - type: terminate-tls\n").unwrap();
+        assert_eq!(a.endpoints[0].upstream.to_string(), "tcp://localhost:80");
+        assert!(a.endpoints[0].policy.is_some());
+        let b = parse("version: 3\nendpoints:\n  - name: example\n    url: tls://app.example.com\n    upstream:\n      url: localhost:443\n").unwrap();
+        assert!(b.endpoints[0].policy.is_none());
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let e = parse(
+            "version: 3\nendpoints:\n  - name: a\n    urll: tls://x.test\n    upstream: {url: 1}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("urll") && e.message().contains("line 4"),
+            "{e}"
+        );
+        let e = parse("version: 2\n").unwrap_err();
+        assert!(
+            e.message().starts_with("version: 2 is not supported"),
+            "{e}"
+        );
+        let e = parse("version: 3\nendpoints:\n  - name: a\n    url: tls://a.test\n    upstream: {url: 1}\n    traffic_policy:\n      on_tcp_connect:\n        - actions: [{type: terminate-tls, config: {min_version: \"1.0\"}}]\n").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidPolicy);
+        assert!(e.message().starts_with("endpoints[0] (\"a\", line 3): endpoints[0].traffic_policy.on_tcp_connect[0].actions[0].config.min_version"), "{e}");
+        let e = parse("version: 3\nendpoints:\n  - name: a\n    upstream: {url: \"ftp://x:1\"}\n")
+            .unwrap_err();
+        assert!(e.message().contains("upstream.url"), "{e}");
+        let e = parse(
+            "version: 3\nendpoints:\n  - name: a\n    upstream: {url: 1, proxy_protocol: 3}\n",
+        )
+        .unwrap_err();
+        assert!(e.message().contains("proxy_proto"), "{e}");
+        let e = parse("version: 3\nendpoints:\n  - name: a\n    upstream: {url: 1}\n    agent_tls_termination:\n      server_certificate: /nonexistent.pem\n      server_private_key: k.pem\n").unwrap_err();
+        assert!(e.message().contains("/nonexistent.pem"), "{e}");
+        let e = parse("version: 3\nendpoints:\n  - name: a\n    upstream: {url: 1}\n  - name: a\n    upstream: {url: 2}\n").unwrap_err();
+        assert!(e.message().contains("used by an earlier"), "{e}");
+        let a = parse("version: 3\nendpoints:\n  - name: a\n    upstream: {url: 1}\n").unwrap();
+        assert!(a
+            .select(&["b".into()])
+            .unwrap_err()
+            .message()
+            .contains("no endpoint named \"b\""));
+    }
+}
