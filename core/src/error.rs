@@ -31,6 +31,10 @@ pub enum ErrorCode {
     InvalidOption,
     /// The option or protocol is known but not implemented.
     Unsupported,
+    /// A configured limit was reached (endpoints per session, pending connections).
+    LimitExceeded,
+    /// Too many failed attempts from one address; retry later.
+    RateLimited,
     /// A TCP port could not be given to the endpoint.
     PortUnavailable,
     /// The edge could not be reached or the tunnel handshake failed.
@@ -65,6 +69,8 @@ impl ErrorCode {
             ErrorCode::InvalidUrl => "INVALID_URL",
             ErrorCode::InvalidOption => "INVALID_OPTION",
             ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::PortUnavailable => "PORT_UNAVAILABLE",
             ErrorCode::ConnectFailed => "CONNECT_FAILED",
             ErrorCode::VersionMismatch => "VERSION_MISMATCH",

@@ -20,9 +20,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How many delivered connections may wait for `accept`.
-const ACCEPT_BACKLOG: usize = 1024;
-
 /// Where TLS is terminated for an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TerminateAt {
@@ -460,7 +457,7 @@ async fn listen(session: Session, proto: Proto, opts: Options) -> Result<Listene
         deny_cidrs: opts.deny_cidrs.clone(),
         metadata: opts.metadata.clone(),
     };
-    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+    let (tx, rx) = mpsc::channel(session.max_pending());
     let url = session.bind(spec, agent_tls, tx).await?;
     tracing::info!(%url, terminate_at = %mode, "endpoint online");
     Ok(Listener {

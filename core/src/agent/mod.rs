@@ -32,6 +32,7 @@ pub const NGROK_AUTHTOKEN_ENV: &str = "NGROK_AUTHTOKEN";
 pub const SERVER_ADDR_ENV: &str = "BURROW_SERVER_ADDR";
 
 const BIND_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_PENDING: usize = 1024;
 
 /// Configures and opens a [`Session`].
 #[derive(Default)]
@@ -40,6 +41,7 @@ pub struct SessionBuilder {
     server_addr: Option<String>,
     root_cas: Option<Vec<u8>>,
     metadata: String,
+    max_pending: Option<usize>,
 }
 
 impl fmt::Debug for SessionBuilder {
@@ -90,6 +92,13 @@ impl SessionBuilder {
         self
     }
 
+    /// Most connections per endpoint delivered but not yet accepted (default 1024);
+    /// beyond it new connections are refused until the listener catches up.
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.max_pending = Some(n.max(1));
+        self
+    }
+
     /// Connects and authenticates; fails with the edge's refusal if there is one.
     pub async fn connect(self) -> Result<Session> {
         let env_addr = std::env::var(SERVER_ADDR_ENV)
@@ -122,6 +131,7 @@ impl SessionBuilder {
             id: Mutex::new(first.session_id.clone()),
             endpoints: Mutex::new(HashMap::new()),
             requests,
+            max_pending: self.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
             stop: stop.clone(),
             tasks: tasks.clone(),
             edge,
@@ -147,6 +157,7 @@ pub(crate) struct SessionInner {
     pub(crate) id: Mutex<String>,
     pub(crate) endpoints: Mutex<HashMap<String, Registered>>,
     pub(crate) requests: mpsc::UnboundedSender<Request>,
+    pub(crate) max_pending: usize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
     edge: Option<Edge>,
@@ -253,6 +264,10 @@ impl Session {
                 endpoint_id: endpoint_id.to_owned(),
             });
         }
+    }
+
+    pub(crate) fn max_pending(&self) -> usize {
+        self.inner.max_pending
     }
 
     pub(crate) fn stopped(&self) -> CancellationToken {

@@ -122,7 +122,8 @@ pub(crate) async fn establish(
     .await
     .map_err(|_| unreachable("TLS handshake timed out".into()))?
     .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
-    let mux = mux::start(tls, Side::Agent, stop.clone());
+    // The agent opens only the control stream; the edge opens the rest.
+    let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
     let fail = |e: Error| {
         stop.cancel();
         e
@@ -516,5 +517,7 @@ async fn dispatch(inner: Arc<SessionInner>, mut stream: MuxStream) {
         }
         _ => ConnIo::Plain(stream),
     };
-    let _ = conns.send(Conn::new(header, io)).await;
+    if let Err(mpsc::error::TrySendError::Full(conn)) = conns.try_send(Conn::new(header, io)) {
+        tracing::warn!(client = %conn.client_addr(), "refused: the endpoint already has max_pending connections waiting to be accepted");
+    }
 }

@@ -138,3 +138,44 @@ mod tests {
         assert!(authorize(&rules, None, true).is_ok());
     }
 }
+
+/// Counts failed authentications per client IP to slow down token guessing.
+#[derive(Default)]
+pub(crate) struct AuthLimiter {
+    failures:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Entries kept before expired ones are swept, so the map stays bounded.
+const SWEEP_AT: usize = 4096;
+
+impl AuthLimiter {
+    /// Fails with `RATE_LIMITED` when `ip` failed `limit` times within the last minute.
+    pub(crate) fn check(&self, ip: std::net::IpAddr, limit: u32) -> Result<()> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((count, since)) if *count >= limit && since.elapsed() < WINDOW => Err(Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many failed authentications from {ip}; retry in {}s",
+                    (WINDOW - since.elapsed()).as_secs() + 1
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records one failed authentication from `ip`.
+    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+}

@@ -39,6 +39,13 @@ pub(crate) async fn bind(session: &mut AgentSession, spec: BindSpec) -> Result<(
         return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
     }
     session.unbind(&spec.endpoint_id);
+    let limit = session.shared.config.max_endpoints_per_session;
+    if session.bound.len() >= limit {
+        return Err(Error::new(
+            ErrorCode::LimitExceeded,
+            format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
+        ));
+    }
     let (bound, url) = match spec.proto {
         Proto::Tls => bind_name(session, &spec)?,
         Proto::Tcp => bind_port(session, &spec).await?,

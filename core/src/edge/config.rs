@@ -37,6 +37,16 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// Most public connections served at once.
     pub max_connections: usize,
+    /// Most proxied connections open at once per agent session (tunnel streams).
+    pub max_streams_per_session: usize,
+    /// Most endpoints one session may bind.
+    pub max_endpoints_per_session: usize,
+    /// A proxied connection with no bytes either way for this long is closed (0: never).
+    pub idle_timeout_ms: u64,
+    /// Most bytes read from a public client while waiting for a complete ClientHello.
+    pub max_client_hello_bytes: usize,
+    /// Failed authentications allowed per client IP per minute before refusing outright.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for EdgeConfig {
@@ -56,6 +66,11 @@ impl Default for EdgeConfig {
             heartbeat_ms: 10_000,
             handshake_timeout_ms: 10_000,
             max_connections: 16_384,
+            max_streams_per_session: 16_384,
+            max_endpoints_per_session: 1_000,
+            idle_timeout_ms: 15 * 60 * 1000,
+            max_client_hello_bytes: crate::tls::MAX_HELLO_BYTES,
+            auth_failures_per_minute: 10,
         }
     }
 }
@@ -106,6 +121,20 @@ impl EdgeConfig {
         if self.domain_suffix.trim_matches('.').is_empty() {
             return bad("domain_suffix must not be empty".into());
         }
+        if self.max_streams_per_session == 0
+            || self.max_streams_per_session > crate::wire::mux::MAX_STREAMS
+        {
+            return bad(format!(
+                "max_streams_per_session must be between 1 and {}",
+                crate::wire::mux::MAX_STREAMS
+            ));
+        }
+        if self.max_client_hello_bytes < 512 {
+            return bad("max_client_hello_bytes must be at least 512".into());
+        }
+        if self.max_connections == 0 || self.max_endpoints_per_session == 0 {
+            return bad("max_connections and max_endpoints_per_session must be at least 1".into());
+        }
         for rule in &self.authtokens {
             if rule.token.is_empty() {
                 return bad("authtokens: a token must not be empty".into());
@@ -120,6 +149,10 @@ impl EdgeConfig {
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
 }
 

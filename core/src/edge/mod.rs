@@ -32,6 +32,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
     pub(crate) tls_port: u16,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) auth_limiter: auth::AuthLimiter,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
 }
@@ -79,6 +80,7 @@ impl Edge {
 
         let shared = Arc::new(Shared {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            auth_limiter: auth::AuthLimiter::default(),
             config,
             routes,
             ca,

@@ -4,7 +4,7 @@ use super::routes::{lookup, Route};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
-use crate::splice::splice;
+use crate::splice::splice_idle;
 use crate::tls::{cert_subject, read_client_hello, send_alert, HelloError, RefusalAlert};
 use crate::wire::{write_header, StreamHeader};
 use std::net::SocketAddr;
@@ -97,7 +97,8 @@ pub(crate) async fn accept_tcp(
 
 async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let deadline = shared.config.handshake_timeout();
-    let hello = match read_client_hello(&mut tcp, deadline).await {
+    let max = shared.config.max_client_hello_bytes;
+    let hello = match read_client_hello(&mut tcp, deadline, max).await {
         Ok(h) => h,
         Err(HelloError::Eof) => return,
         Err(e) => {
@@ -118,7 +119,7 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
         return;
     };
-    let target = Target::new(&route, &tcp, peer, Some(sni.clone()));
+    let target = Target::new(&shared, &route, &tcp, peer, Some(sni.clone()));
     let termination = match route.decide(&target.conn_info()) {
         Ok(t) => t,
         Err(reason) => {
@@ -158,7 +159,7 @@ async fn serve_tcp_conn(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<()> {
-    let target = Target::new(&route, &tcp, peer, None);
+    let target = Target::new(&shared, &route, &tcp, peer, None);
     let termination = route.decide(&target.conn_info()).map_err(|reason| {
         Error::new(
             ErrorCode::Closed,
@@ -189,15 +190,23 @@ struct Target<'a> {
     peer: SocketAddr,
     server_addr: Option<SocketAddr>,
     sni: Option<String>,
+    idle: Option<Duration>,
 }
 
 impl<'a> Target<'a> {
-    fn new(route: &'a Route, tcp: &TcpStream, peer: SocketAddr, sni: Option<String>) -> Self {
+    fn new(
+        shared: &Shared,
+        route: &'a Route,
+        tcp: &TcpStream,
+        peer: SocketAddr,
+        sni: Option<String>,
+    ) -> Self {
         Target {
             route,
             peer,
             server_addr: tcp.local_addr().ok(),
             sni,
+            idle: shared.config.idle_timeout(),
         }
     }
 
@@ -237,12 +246,15 @@ async fn proxy_raw<C>(target: Target<'_>, mut client: C, already_read: &[u8]) ->
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let idle = target.idle;
     let mut stream = target.open(false, None, None).await?;
     stream
         .write_all(already_read)
         .await
         .map_err(|e| Error::io("tunnel stream", e))?;
-    splice(&mut client, &mut stream).await.map(|_| ())
+    splice_idle(&mut client, &mut stream, idle)
+        .await
+        .map(|_| ())
 }
 
 /// Edge termination: splice the decrypted bytes.
@@ -258,6 +270,7 @@ where
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|c| cert_subject(c));
+    let idle = target.idle;
     let mut stream = target.open(true, alpn, subject).await?;
-    splice(&mut tls, &mut stream).await.map(|_| ())
+    splice_idle(&mut tls, &mut stream, idle).await.map(|_| ())
 }

@@ -68,6 +68,27 @@ pub fn lookup(routes: &dyn Routes, host: &str) -> Option<Route> {
     routes.get(&format!("*.{parent}"))
 }
 
+/// A name of another session that `name` would overlap: a wildcard covering it,
+/// or (for a wildcard) a name it covers.
+fn overlapping(
+    table: &HashMap<String, Route>,
+    name: &str,
+    foreign: impl Fn(&Route) -> bool,
+) -> Option<String> {
+    if let Some(parent) = name.strip_prefix("*.") {
+        return table
+            .iter()
+            .find(|(held, r)| held.split_once('.').is_some_and(|(_, p)| p == parent) && foreign(r))
+            .map(|(held, _)| held.clone());
+    }
+    let (_, parent) = name.split_once('.')?;
+    let wildcard = format!("*.{parent}");
+    table
+        .get(&wildcard)
+        .filter(|r| foreign(r))
+        .map(|_| wildcard)
+}
+
 /// Routes kept in this process.
 #[derive(Default)]
 pub struct MemoryRoutes {
@@ -77,13 +98,18 @@ pub struct MemoryRoutes {
 impl Routes for MemoryRoutes {
     fn claim(&self, name: &str, route: Route) -> Result<()> {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = table.get(name) {
-            if held.session_id != route.session_id {
-                return Err(Error::new(
-                    ErrorCode::DomainTaken,
-                    format!("domain {name:?} is already bound by another session"),
-                ));
-            }
+        let foreign = |held: &Route| held.session_id != route.session_id;
+        if table.get(name).is_some_and(foreign) {
+            return Err(Error::new(
+                ErrorCode::DomainTaken,
+                format!("domain {name:?} is already bound by another session"),
+            ));
+        }
+        if let Some(other) = overlapping(&table, name, foreign) {
+            return Err(Error::new(
+                ErrorCode::DomainTaken,
+                format!("domain {name:?} overlaps {other:?}, which another session has bound"),
+            ));
         }
         table.insert(name.to_owned(), route);
         Ok(())

@@ -62,7 +62,12 @@ async fn serve_agent(
         .map_err(|_| Error::new(ErrorCode::Timeout, "tunnel TLS handshake timed out"))?
         .map_err(|e| Error::io("tunnel TLS handshake", e))?;
     let kill = shared.stop.child_token();
-    let mut mux = mux::start(tls, Side::Edge, kill.clone());
+    let mut mux = mux::start(
+        tls,
+        Side::Edge,
+        kill.clone(),
+        shared.config.max_streams_per_session,
+    );
     let control = timeout(deadline, mux.inbound.recv())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent opened no control stream"))?
@@ -96,11 +101,16 @@ async fn serve_agent(
             return Err(err);
         }
     };
-    let grant = match authorize(
-        &shared.config.authtokens,
-        authtoken.as_deref(),
-        shared.config.open,
-    ) {
+    let limit = shared.config.auth_failures_per_minute;
+    let authorized = shared.auth_limiter.check(peer.ip(), limit).and_then(|()| {
+        authorize(
+            &shared.config.authtokens,
+            authtoken.as_deref(),
+            shared.config.open,
+        )
+        .inspect_err(|_| shared.auth_limiter.failed(peer.ip()))
+    });
+    let grant = match authorized {
         Ok(g) => g,
         Err(err) => {
             tracing::info!(%peer, reason = %err, "agent refused");
@@ -200,7 +210,15 @@ impl AgentSession {
                 }
                 msg = control.recv::<AgentMsg>() => {
                     last_heard = Instant::now();
-                    match msg? {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Oversized or malformed: tell the agent why, then end the session.
+                            refuse(control, &e).await;
+                            return Err(e);
+                        }
+                    };
+                    match msg {
                         None => return Ok(()),
                         Some(AgentMsg::Heartbeat) => {}
                         Some(AgentMsg::Bind { request_id, spec }) => {

@@ -7,7 +7,7 @@ use rustls::server::{Accepted, Acceptor};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The most bytes read while looking for a complete ClientHello.
+/// Default for the most bytes read while looking for a complete ClientHello.
 pub const MAX_HELLO_BYTES: usize = 16 * 1024;
 
 /// What the edge learns from a ClientHello.
@@ -28,8 +28,8 @@ pub enum HelloError {
     /// The client sent nothing useful before the deadline.
     #[error("no ClientHello within {0:?}")]
     Timeout(Duration),
-    /// The hello did not fit in [`MAX_HELLO_BYTES`].
-    #[error("ClientHello larger than {MAX_HELLO_BYTES} bytes")]
+    /// The hello did not fit in the byte limit.
+    #[error("ClientHello larger than the limit")]
     TooLarge,
     /// The client closed before completing the hello.
     #[error("client closed the connection before completing a ClientHello")]
@@ -43,21 +43,27 @@ pub enum HelloError {
 }
 
 /// Reads a ClientHello from `io` within `deadline`, keeping every byte read.
+///
+/// At most `max_bytes` are read; a hello that does not fit is [`HelloError::TooLarge`].
 pub async fn read_client_hello<R: AsyncRead + Unpin>(
     io: &mut R,
     deadline: Duration,
+    max_bytes: usize,
 ) -> Result<ClientHelloInfo, HelloError> {
-    tokio::time::timeout(deadline, read_inner(io))
+    tokio::time::timeout(deadline, read_inner(io, max_bytes))
         .await
         .map_err(|_| HelloError::Timeout(deadline))?
 }
 
-async fn read_inner<R: AsyncRead + Unpin>(io: &mut R) -> Result<ClientHelloInfo, HelloError> {
+async fn read_inner<R: AsyncRead + Unpin>(
+    io: &mut R,
+    max_bytes: usize,
+) -> Result<ClientHelloInfo, HelloError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::with_capacity(1024);
     let mut buf = [0u8; 4096];
     loop {
-        let room = MAX_HELLO_BYTES.saturating_sub(raw.len());
+        let room = max_bytes.saturating_sub(raw.len());
         if room == 0 {
             return Err(HelloError::TooLarge);
         }

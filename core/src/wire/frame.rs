@@ -51,6 +51,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ControlChannel<S> {
         match self.framed.next().await {
             None => Ok(None),
             Some(Ok(bytes)) => decode(&bytes).map(Some),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::protocol(
+                format!("control message refused: {e} (limit {MAX_CONTROL_FRAME} bytes)"),
+            )),
             Some(Err(e)) => Err(Error::io("control stream", e)),
         }
     }

@@ -14,13 +14,14 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 
-/// Most streams one tunnel connection carries at once.
+/// Most streams one side may open on a tunnel connection (see [`start`]).
 ///
 /// yamux kills the whole connection when a peer opens more than its
-/// `max_num_streams`, so openers wait on a semaphore a little below it.
-pub const MAX_STREAMS: usize = 2048;
+/// `max_num_streams`, so openers wait on a semaphore below this ceiling.
+pub const MAX_STREAMS: usize = 32_704;
 const YAMUX_MAX_STREAMS: usize = MAX_STREAMS + 64;
-/// yamux needs 256 KiB of connection window per possible stream.
+/// yamux needs 256 KiB of connection window per possible stream; this caps the
+/// memory a tunnel connection may buffer, it is not allocated up front.
 const CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
 /// Larger frames than yamux's default 16 KiB: fewer syscalls for bulk data.
 const SPLIT_SEND_SIZE: usize = 64 * 1024;
@@ -121,9 +122,12 @@ pub struct Mux {
 
 /// Starts the driver for `io` and returns its handle and inbound streams.
 ///
+/// At most `max_open` streams opened by this side are alive at once (capped at
+/// [`MAX_STREAMS`]); further `open` calls wait.
+///
 /// The driver stops when the connection fails or `stop` is cancelled (streams still
 /// open need it, so dropping the handles does not stop it); then `handle.closed()` resolves.
-pub fn start<T>(io: T, side: Side, stop: CancellationToken) -> Mux
+pub fn start<T>(io: T, side: Side, stop: CancellationToken, max_open: usize) -> Mux
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -143,7 +147,7 @@ where
     Mux {
         handle: MuxHandle {
             open_tx,
-            permits: Arc::new(Semaphore::new(MAX_STREAMS)),
+            permits: Arc::new(Semaphore::new(max_open.clamp(1, MAX_STREAMS))),
             closed,
         },
         inbound: in_rx,

@@ -159,7 +159,7 @@ async fn separate_edge_process_with_tokens_and_a_killed_agent() -> Result<()> {
     let config = temp_file(
         "edge.toml",
         &format!(
-            "heartbeat_ms = 200\nstate_dir = {state:?}\n[[authtokens]]\ntoken = \"cli-token\"\ndomains = [\"*.cli.test\"]\n"
+            "heartbeat_ms = 2000\nstate_dir = {state:?}\n[[authtokens]]\ntoken = \"cli-token\"\ndomains = [\"*.cli.test\"]\n"
         ),
     )?;
     let mut edge = Proc::spawn(

@@ -26,7 +26,7 @@ impl RawAgent {
             .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
             .await?;
         let stop = CancellationToken::new();
-        let mux = mux::start(tls, Side::Agent, stop.clone());
+        let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
         let mut control = ControlChannel::new(mux.handle.open().await?);
         control
             .send(&AgentMsg::Auth {
@@ -79,7 +79,7 @@ fn tls_spec(domain: &str) -> BindSpec {
 
 #[tokio::test]
 async fn silent_agent_loses_its_routes_within_the_heartbeat_timeout() -> Result<()> {
-    let edge = open_edge().await; // heartbeat 200 ms → dropped after 600 ms of silence
+    let edge = edge_with_heartbeat(200).await; // dropped after 600 ms of silence
     let mut agent = RawAgent::connect(&edge).await?;
     assert!(matches!(
         agent.bind(tls_spec("silent.test")).await?,
@@ -188,7 +188,7 @@ async fn agent_reconnects_after_an_edge_restart_and_keeps_its_urls() -> Result<(
     let state = tempdir()?;
     let config = EdgeConfig {
         open: true,
-        heartbeat_ms: 200,
+        heartbeat_ms: 2_000,
         tcp_ports: Some([0, 0]),
         state_dir: Some(state.clone()),
         ..Default::default()
