@@ -558,6 +558,7 @@ pub struct Forwarder {
     terminate_at: TerminateAt,
     metadata: String,
     forwards_to: String,
+    session: Session,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -587,6 +588,7 @@ impl Forwarder {
             terminate_at: listener.terminate_at,
             metadata: listener.metadata.clone(),
             forwards_to: listener.forwards_to.clone(),
+            session: listener.session.clone(),
             stop: stop.clone(),
             task: None,
         };
@@ -652,7 +654,10 @@ impl Forwarder {
     }
 
     /// Stops accepting new connections (idempotent); open ones finish on their own.
+    ///
+    /// The edge is told at once, so a later bind of the same name is ordered after it.
     pub fn close(&self) {
+        self.session.unbind(&self.id);
         self.stop.cancel();
     }
 
@@ -666,7 +671,7 @@ impl Forwarder {
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.close();
     }
 }
 

@@ -25,9 +25,9 @@ pub(crate) enum Bound {
 }
 
 impl Bound {
-    pub(crate) fn release(self, shared: &Shared, session_id: &str) {
+    pub(crate) fn release(self, shared: &Shared, session_id: &str, endpoint_id: &str) {
         match self {
-            Bound::Name(name) => shared.routes.release(&name, session_id),
+            Bound::Name(name) => shared.routes.release(&name, session_id, endpoint_id),
             Bound::Port(stop) => stop.cancel(),
         }
     }

@@ -55,8 +55,9 @@ pub trait Routes: Send + Sync {
     fn claim(&self, name: &str, route: Route) -> Result<()>;
     /// The route for exactly `name`.
     fn get(&self, name: &str) -> Option<Route>;
-    /// Frees `name` if `session_id` holds it.
-    fn release(&self, name: &str, session_id: &str);
+    /// Frees `name` if endpoint `endpoint_id` of `session_id` holds it (a newer
+    /// endpoint of the same session that took the name over keeps it).
+    fn release(&self, name: &str, session_id: &str, endpoint_id: &str);
 }
 
 /// Finds the route for a hostname: the exact name first, then `*.parent`.
@@ -120,9 +121,12 @@ impl Routes for MemoryRoutes {
         table.get(name).cloned()
     }
 
-    fn release(&self, name: &str, session_id: &str) {
+    fn release(&self, name: &str, session_id: &str, endpoint_id: &str) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if table.get(name).is_some_and(|r| r.session_id == session_id) {
+        if table
+            .get(name)
+            .is_some_and(|r| r.session_id == session_id && r.endpoint_id == endpoint_id)
+        {
             table.remove(name);
         }
     }

@@ -243,14 +243,14 @@ impl AgentSession {
 
     pub(crate) fn unbind(&mut self, endpoint_id: &str) {
         if let Some(bound) = self.bound.remove(endpoint_id) {
-            bound.release(&self.shared, &self.id);
+            bound.release(&self.shared, &self.id, endpoint_id);
             tracing::info!(%endpoint_id, "endpoint closed");
         }
     }
 
     fn release_all(&mut self) {
-        for (_, bound) in self.bound.drain() {
-            bound.release(&self.shared, &self.id);
+        for (endpoint_id, bound) in self.bound.drain() {
+            bound.release(&self.shared, &self.id, &endpoint_id);
         }
     }
 }

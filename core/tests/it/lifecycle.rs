@@ -346,3 +346,26 @@ fn rand_u64() -> u64 {
     h.write_u64(std::process::id() as u64);
     h.finish()
 }
+
+#[tokio::test]
+async fn closing_and_rebinding_a_name_at_once_keeps_the_new_endpoint() -> Result<()> {
+    // Regression: the late unbind of the old endpoint removed the new endpoint's route.
+    let edge = open_edge().await;
+    let service = echo_server().await;
+    let session = session_for(&edge).await;
+    for round in 0..20u64 {
+        let fwd = session
+            .tls_endpoint()
+            .domain("again.test")
+            .terminate_at(TerminateAt::Edge)
+            .listen_and_forward(service.addr.to_string().parse()?)
+            .await?;
+        echo_check(
+            tls_connect(edge.tls_addr(), "again.test", edge.ca_pem()).await?,
+            &pseudo_random(1024, round),
+        )
+        .await?;
+        fwd.close();
+    }
+    Ok(())
+}
