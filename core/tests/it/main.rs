@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod config;
 mod lifecycle;
+mod load;
 mod modes;
 mod policy;
 mod refusals;
