@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 pub(crate) struct Proc {
-    child: Child,
+    pub(crate) child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
@@ -31,6 +31,18 @@ impl Proc {
             child,
             lines: BufReader::new(stdout).lines(),
         })
+    }
+
+    /// Kills the process and returns everything it wrote to stderr.
+    pub(crate) async fn kill_and_stderr(mut self) -> Result<String> {
+        use tokio::io::AsyncReadExt;
+        self.child.start_kill()?;
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut err).await?;
+        }
+        self.child.wait().await?;
+        Ok(err)
     }
 
     /// The next stdout line containing `needle`.

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod config;
+mod faults;
 mod lifecycle;
 mod load;
 mod modes;
