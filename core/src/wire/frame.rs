@@ -58,6 +58,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ControlChannel<S> {
         }
     }
 
+    /// The underlying stream (bytes already buffered by the framing are dropped).
+    pub fn into_inner(self) -> S {
+        self.framed.into_inner()
+    }
+
     /// Flushes and closes the write side.
     pub async fn close(&mut self) {
         let _ = SinkExt::<bytes::Bytes>::close(&mut self.framed).await;

@@ -11,6 +11,8 @@ use tokio::process::{Child, ChildStdout, Command};
 pub(crate) struct Proc {
     pub(crate) child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Everything written to stderr, drained continuously so the child never blocks on it.
+    stderr: tokio::task::JoinHandle<String>,
 }
 
 impl Proc {
@@ -27,22 +29,31 @@ impl Proc {
         }
         let mut child = cmd.spawn().context("spawn burrow")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut err_pipe = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let stderr = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut bytes = Vec::new();
+            let _ = err_pipe.read_to_end(&mut bytes).await;
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
         Ok(Proc {
             child,
             lines: BufReader::new(stdout).lines(),
+            stderr,
         })
     }
 
     /// Kills the process and returns everything it wrote to stderr.
     pub(crate) async fn kill_and_stderr(mut self) -> Result<String> {
-        use tokio::io::AsyncReadExt;
-        self.child.start_kill()?;
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            stderr.read_to_string(&mut err).await?;
-        }
+        let _ = self.child.start_kill();
         self.child.wait().await?;
-        Ok(err)
+        Ok(self.stderr.await?)
+    }
+
+    /// Waits for the process to exit by itself and returns its stderr.
+    pub(crate) async fn wait_stderr(mut self) -> Result<String> {
+        self.child.wait().await?;
+        Ok(self.stderr.await?)
     }
 
     /// The next stdout line containing `needle`.

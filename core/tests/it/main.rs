@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod config;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
