@@ -25,6 +25,9 @@ for suite in scripts/test-node.sh scripts/test-python.sh; do
   fi
 done
 
+echo "== fuzz (short)"
+./scripts/fuzz.sh
+
 echo "== demo"
 cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
 grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out
