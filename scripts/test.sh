@@ -28,6 +28,9 @@ done
 echo "== fuzz (short)"
 ./scripts/fuzz.sh
 
+echo "== benchmark (quick mode: the load tool must keep working)"
+bench/run.sh --quick
+
 echo "== demo"
 cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
 grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out

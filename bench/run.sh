@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# burrow's benchmark suite: starts every contender on 127.0.0.1, runs the same
+# workloads against each (3 runs, median), prints one table with ratios to a direct
+# TLS connection and writes bench/results.json.
+#
+#   bench/run.sh           # everything: direct, burrow x3, nginx x2, rathole (TLS), bore
+#   bench/run.sh --quick   # seconds: direct and burrow only, 1 run each (used by CI)
+#
+# Client and contenders share this machine's cores: compare ratios, not absolutes.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if [ "$QUICK" = 1 ]; then
+  RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10
+else
+  RUNS=3; SECS=3; IDLE_COUNTS="1000 10000"; BIND_COUNT=50
+fi
+WORK="$(mktemp -d /tmp/burrow-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Our binaries live in target/release whatever the caller exported.
+unset CARGO_BUILD_TARGET
+echo "== building (release)"
+cargo build -q --release -p burrow-core -p burrow-bench --manifest-path "$ROOT/Cargo.toml"
+BENCH="$ROOT/target/release/burrow-bench"
+BURROW="$ROOT/target/release/burrow"
+
+TOOLS="${BURROW_BENCH_TOOLS:-/tmp/burrow-bench-tools}"
+if [ "$QUICK" = 0 ]; then
+  echo "== installing contenders (nginx from Debian; rathole and bore from crates.io)"
+  if ! command -v nginx >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libssl-dev pkg-config >/dev/null
+  fi
+  [ -x "$TOOLS/bin/rathole" ] || cargo install -q --locked --root "$TOOLS" rathole
+  [ -x "$TOOLS/bin/bore" ] || cargo install -q --locked --root "$TOOLS" bore-cli
+fi
+ulimit -n "$(ulimit -Hn)"
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log
+start() { local name="$1"; shift; "$@" >"$WORK/$name.log" 2>&1 & PIDS+=($!); eval "PID_$name=$!"; }
+# wait_for NAME PATTERN: waits for PATTERN in NAME's log and prints the matching line
+wait_for() {
+  for _ in $(seq 1 300); do
+    if grep -q "$2" "$WORK/$1.log" 2>/dev/null; then grep -m1 "$2" "$WORK/$1.log"; return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' from $1:" >&2; cat "$WORK/$1.log" >&2; return 1
+}
+
+echo "== certificates (ECDSA P-256, the same key for every contender that terminates)"
+cd "$WORK"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 -out ca.pem 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out leaf.ec 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in leaf.ec -out leaf.key
+openssl req -new -key leaf.key -subj "/CN=bench.test" -out leaf.csr 2>/dev/null
+printf 'subjectAltName=DNS:bench.test,DNS:agent.bench.test,DNS:edge.bench.test,DNS:localhost,IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out leaf.pem 2>/dev/null
+
+echo "== services and contenders"
+start echo_tls "$BENCH" echo --cert leaf.pem --key leaf.key
+start echo_plain "$BENCH" echo
+TLS_UP=$(wait_for echo_tls listening | awk '{print $2}')
+PLAIN_UP=$(wait_for echo_plain listening | awk '{print $2}')
+
+cat > edge.toml <<EOF
+open = true
+state_dir = "$WORK/state"
+EOF
+start edge "$BURROW" edge --config edge.toml --log warn
+TUNNEL=$(wait_for edge "tunnel:" | awk '{print $2}')
+EDGE_TLS=$(wait_for edge "tls:" | awk '{print $2}')
+AGENT_ARGS=(--server-addr "$TUNNEL" --root-cas "$WORK/state/ca.pem" --log warn)
+start agent_upstream "$BURROW" tls "$TLS_UP" --url tls://bench.test "${AGENT_ARGS[@]}"
+start agent_agent "$BURROW" tls "$PLAIN_UP" --terminate-at agent --url tls://agent.bench.test --crt leaf.pem --key leaf.key "${AGENT_ARGS[@]}"
+start agent_edge "$BURROW" tls "$PLAIN_UP" --url tls://edge.bench.test --crt leaf.pem --key leaf.key "${AGENT_ARGS[@]}"
+for a in agent_upstream agent_agent agent_edge; do wait_for "$a" Forwarding >/dev/null; done
+
+# name|address|sni|pids whose RSS counts
+CONTENDERS=(
+  "direct|$TLS_UP|bench.test|$PID_echo_tls"
+  "burrow upstream|$EDGE_TLS|bench.test|$PID_edge $PID_agent_upstream"
+  "burrow agent|$EDGE_TLS|agent.bench.test|$PID_edge $PID_agent_agent"
+  "burrow edge|$EDGE_TLS|edge.bench.test|$PID_edge $PID_agent_edge"
+)
+
+if [ "$QUICK" = 0 ]; then
+  NGX_PRE=$(freeport); NGX_SSL=$(freeport)
+  mkdir -p nginx/logs
+  cat > nginx.conf <<EOF
+worker_processes auto;
+worker_rlimit_nofile $(ulimit -Hn);
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections $(( $(ulimit -Hn) - 100 )); }
+stream {
+  server { listen 127.0.0.1:$NGX_PRE reuseport; ssl_preread on; proxy_pass $TLS_UP; }
+  server {
+    listen 127.0.0.1:$NGX_SSL ssl reuseport;
+    ssl_certificate $WORK/leaf.pem; ssl_certificate_key $WORK/leaf.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
+    proxy_pass $PLAIN_UP;
+  }
+}
+EOF
+  start nginx nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
+  sleep 1
+  NGINX_PIDS="$PID_nginx $(pgrep -P "$PID_nginx" | tr '\n' ' ')"
+
+  RH=$(freeport); RH_SVC=$(freeport)
+  openssl pkcs12 -export -out identity.pfx -inkey leaf.key -in leaf.pem -passout pass:bench 2>/dev/null
+  cat > rathole-server.toml <<EOF
+[server]
+bind_addr = "127.0.0.1:$RH"
+[server.transport]
+type = "tls"
+[server.transport.tls]
+pkcs12 = "$WORK/identity.pfx"
+pkcs12_password = "bench"
+[server.services.bench]
+token = "bench-token"
+bind_addr = "127.0.0.1:$RH_SVC"
+EOF
+  cat > rathole-client.toml <<EOF
+[client]
+remote_addr = "localhost:$RH"
+[client.transport]
+type = "tls"
+[client.transport.tls]
+trusted_root = "$WORK/ca.pem"
+hostname = "localhost"
+[client.services.bench]
+token = "bench-token"
+local_addr = "$TLS_UP"
+EOF
+  start rathole_server "$TOOLS/bin/rathole" -s rathole-server.toml
+  start rathole_client "$TOOLS/bin/rathole" -c rathole-client.toml
+  wait_for rathole_client "Control channel established" >/dev/null
+
+  BORE_MIN=$(freeport)
+  start bore_server "$TOOLS/bin/bore" server --min-port "$BORE_MIN" --max-port "$((BORE_MIN + 50))" --bind-addr 127.0.0.1
+  sleep 0.5
+  start bore_client "$TOOLS/bin/bore" local "${TLS_UP##*:}" --local-host 127.0.0.1 --to 127.0.0.1
+  BORE_ADDR=$(wait_for bore_client "listening at" | sed 's/.*listening at //' | tr -d '[:space:]' | sed 's/\x1b\[[0-9;]*m//g')
+
+  CONTENDERS+=(
+    "nginx preread|127.0.0.1:$NGX_PRE|bench.test|$NGINX_PIDS"
+    "nginx ssl|127.0.0.1:$NGX_SSL|bench.test|$NGINX_PIDS"
+    "rathole tls|127.0.0.1:$RH_SVC|bench.test|$PID_rathole_server $PID_rathole_client"
+    "bore|$BORE_ADDR|bench.test|$PID_bore_server $PID_bore_client"
+  )
+fi
+
+rss_kib() { local t=0; for p in $1; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
+
+RESULTS="$WORK/results.jsonl"
+: > "$RESULTS"
+record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["contender"]=sys.argv[1]; d["run"]=int(sys.argv[2]); print(json.dumps(d))' "$1" "$2" "$3" >> "$RESULTS"; }
+
+for entry in "${CONTENDERS[@]}"; do
+  IFS='|' read -r name addr sni pids <<<"$entry"
+  echo "== $name ($addr)"
+  common=(--target "$addr" --sni "$sni" --ca "$WORK/ca.pem")
+  for run in $(seq 1 "$RUNS"); do
+    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload bulk --conns 1 --secs "$SECS" | sed 's/"workload":"bulk"/"workload":"bulk1"/')"
+    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload bulk --conns 16 --secs "$SECS" | sed 's/"workload":"bulk"/"workload":"bulk16"/')"
+    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload connect --conns 4 --secs "$SECS")"
+    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload rr --conns 1 --secs "$SECS")"
+  done
+  for n in $IDLE_COUNTS; do
+    before=$(rss_kib "$pids")
+    coproc IDLE { "$BENCH" idle "${common[@]}" --conns "$n"; }
+    read -r ready _ <&"${IDLE[0]}" || true
+    after=$(rss_kib "$pids")
+    record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"ready\":\"$ready\",\"rss_before_kib\":$before,\"rss_after_kib\":$after}"
+    eval "exec ${IDLE[1]}>&-"
+    wait "$IDLE_PID" 2>/dev/null || true
+  done
+done
+
+echo "== bind latency (burrow)"
+record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/state/ca.pem" --upstream "$PLAIN_UP" --count "$BIND_COUNT")"
+
+python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results$([ "$QUICK" = 1 ] && echo -quick).json"
