@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-/// Size of each direction's copy buffer.
-const BUF: usize = 64 * 1024;
+/// First size of each direction's copy buffer: small, so idle connections stay cheap.
+const MIN_BUF: usize = 4 * 1024;
+/// The buffer doubles up to this size while reads keep filling it (bulk transfers).
+const MAX_BUF: usize = 64 * 1024;
 
 /// Copies `a`→`b` and `b`→`a` until both directions finish; a shutdown on one side
 /// is passed to the other as a write shutdown.
@@ -19,9 +21,36 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, BUF, BUF)
-        .await
-        .map_err(|e| Error::io("relay", e))
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    tokio::try_join!(
+        pump(&mut a_read, &mut b_write),
+        pump(&mut b_read, &mut a_write)
+    )
+    .map_err(|e| Error::io("relay", e))
+}
+
+/// Copies one direction until EOF, then shuts the writer down.
+async fn pump<R, W>(reader: &mut R, writer: &mut W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; MIN_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(total);
+        }
+        writer.write_all(&buf[..n]).await?;
+        writer.flush().await?;
+        total += n as u64;
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
 }
 
 /// Like [`splice`], but gives up when no byte moved either way for `idle`.

@@ -145,7 +145,10 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         }
         None => {
             tracing::info!(%sni, mode = "passthrough", "connection");
-            proxy_raw(target, tcp, &hello.raw).await
+            // Keep only the bytes to replay; free the parser's state for the splice.
+            let raw = hello.raw;
+            drop(hello.accepted);
+            proxy_raw(target, tcp, &raw).await
         }
     };
     if let Err(e) = result {

@@ -61,7 +61,8 @@ async fn read_inner<R: AsyncRead + Unpin>(
 ) -> Result<ClientHelloInfo, HelloError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::with_capacity(1024);
-    let mut buf = [0u8; 4096];
+    // On the heap, so the connection task does not carry it after the hello.
+    let mut buf = vec![0u8; 4096];
     loop {
         let room = max_bytes.saturating_sub(raw.len());
         if room == 0 {
