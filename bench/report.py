@@ -9,11 +9,16 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 by = defaultdict(list)
 for r in rows:
     by[(r["contender"], r["workload"], r.get("conns"))].append(r)
+    if r.get("error"):
+        # Failed runs carry no connection count; file them under the workload's usual one.
+        usual = {"bulk1": 1, "bulk16": 16, "connect": 4, "rr": 1}.get(r["workload"])
+        by[(r["contender"], r["workload"], usual)].append(r)
+failures = [(r["contender"], r["workload"]) for r in rows if r.get("error")]
 
 
 def median(contender, workload, conns, get):
     runs = by.get((contender, workload, conns), [])
-    values = [get(r) for r in runs]
+    values = [get(r) for r in runs if not r.get("error")]
     return statistics.median(values) if values else None
 
 
@@ -36,7 +41,7 @@ for c in contenders:
         "rr_per_s": median(c, "rr", 1, lambda r: r["per_s"]),
     }
     for r in rows:
-        if r["contender"] == c and r["workload"] == "idle" and r["conns"]:
+        if r["contender"] == c and r["workload"] == "idle" and r["conns"] and not r.get("error"):
             kib = (r["rss_after_kib"] - r["rss_before_kib"]) / r["conns"]
             s[f"idle_rss_kib_per_conn_{r['conns']}"] = round(kib, 2)
     summary[c] = s
@@ -74,5 +79,7 @@ if direct.get("rr_p50_us") is not None:
 for b in bind:
     print(f"burrow bind latency (forward() to first byte echoed): p50 {b['bind']['p50_us'] / 1000:.2f} ms, p99 {b['bind']['p99_us'] / 1000:.2f} ms over {b['bind']['count']} binds")
 
+for c, w in failures:
+    print(f"FAILED: {c} {w}")
 json.dump({"summary": summary, "bind": [b["bind"] for b in bind], "runs": rows}, open(sys.argv[2], "w"), indent=1)
 print(f"\nwritten: {sys.argv[2]}")

@@ -32,13 +32,15 @@ cargo build -q --release -p burrow-core -p burrow-bench --manifest-path "$ROOT/C
 BENCH="$ROOT/target/release/burrow-bench"
 BURROW="$ROOT/target/release/burrow"
 
-TOOLS="${BURROW_BENCH_TOOLS:-/tmp/burrow-bench-tools}"
+TOOLS="${BURROW_BENCH_TOOLS:-/tmp/bench-tools}"
 if [ "$QUICK" = 0 ]; then
   echo "== installing contenders (nginx from Debian; rathole and bore from crates.io)"
-  if ! command -v nginx >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libssl-dev pkg-config >/dev/null
+  if [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream libssl-dev pkg-config >/dev/null
   fi
-  [ -x "$TOOLS/bin/rathole" ] || cargo install -q --locked --root "$TOOLS" rathole
+  # rathole's lock file pins a `time` that no longer builds: resolve fresh.
+  [ -x "$TOOLS/bin/rathole" ] || cargo install -q --root "$TOOLS" rathole
   [ -x "$TOOLS/bin/bore" ] || cargo install -q --locked --root "$TOOLS" bore-cli
 fi
 ulimit -n "$(ulimit -Hn)"
@@ -96,6 +98,7 @@ if [ "$QUICK" = 0 ]; then
   NGX_PRE=$(freeport); NGX_SSL=$(freeport)
   mkdir -p nginx/logs
   cat > nginx.conf <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes auto;
 worker_rlimit_nofile $(ulimit -Hn);
 daemon off;
@@ -103,9 +106,10 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections $(( $(ulimit -Hn) - 100 )); }
 stream {
-  server { listen 127.0.0.1:$NGX_PRE reuseport; ssl_preread on; proxy_pass $TLS_UP; }
+  proxy_half_close on;
+  server { listen 127.0.0.1:$NGX_PRE; ssl_preread on; proxy_pass $TLS_UP; }
   server {
-    listen 127.0.0.1:$NGX_SSL ssl reuseport;
+    listen 127.0.0.1:$NGX_SSL ssl;
     ssl_certificate $WORK/leaf.pem; ssl_certificate_key $WORK/leaf.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
     proxy_pass $PLAIN_UP;
@@ -166,24 +170,49 @@ RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["contender"]=sys.argv[1]; d["run"]=int(sys.argv[2]); print(json.dumps(d))' "$1" "$2" "$3" >> "$RESULTS"; }
 
+# measure NAME RUN LABEL ARGS...: one workload run; a failure is recorded, not fatal.
+measure() {
+  local name="$1" run="$2" label="$3"; shift 3
+  local out
+  if out=$("$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
+    record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")"
+  else
+    echo "   $label failed: $(grep -m1 -v '^ ' "$WORK/last-error.log")"
+    record "$name" "$run" "{\"workload\":\"$label\",\"error\":true}"
+  fi
+}
+
 for entry in "${CONTENDERS[@]}"; do
   IFS='|' read -r name addr sni pids <<<"$entry"
   echo "== $name ($addr)"
   common=(--target "$addr" --sni "$sni" --ca "$WORK/ca.pem")
   for run in $(seq 1 "$RUNS"); do
-    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload bulk --conns 1 --secs "$SECS" | sed 's/"workload":"bulk"/"workload":"bulk1"/')"
-    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload bulk --conns 16 --secs "$SECS" | sed 's/"workload":"bulk"/"workload":"bulk16"/')"
-    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload connect --conns 4 --secs "$SECS")"
-    record "$name" "$run" "$("$BENCH" run "${common[@]}" --workload rr --conns 1 --secs "$SECS")"
+    measure "$name" "$run" bulk1 --workload bulk --conns 1
+    measure "$name" "$run" bulk16 --workload bulk --conns 16
+    measure "$name" "$run" connect --workload connect --conns 4
+    measure "$name" "$run" rr --workload rr --conns 1
   done
   for n in $IDLE_COUNTS; do
     before=$(rss_kib "$pids")
-    coproc IDLE { "$BENCH" idle "${common[@]}" --conns "$n"; }
-    read -r ready _ <&"${IDLE[0]}" || true
-    after=$(rss_kib "$pids")
-    record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"ready\":\"$ready\",\"rss_before_kib\":$before,\"rss_after_kib\":$after}"
-    eval "exec ${IDLE[1]}>&-"
-    wait "$IDLE_PID" 2>/dev/null || true
+    # The idle client holds its connections until its stdin (a FIFO) closes.
+    rm -f "$WORK/hold"; mkfifo "$WORK/hold"
+    "$BENCH" idle "${common[@]}" --conns "$n" <"$WORK/hold" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+    idle_pid=$!
+    exec 3>"$WORK/hold"
+    for _ in $(seq 1 1200); do
+      grep -q ready "$WORK/idle.out" 2>/dev/null && break
+      kill -0 "$idle_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if grep -q ready "$WORK/idle.out"; then
+      after=$(rss_kib "$pids")
+      record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"rss_before_kib\":$before,\"rss_after_kib\":$after}"
+    else
+      echo "   idle $n failed: $(grep -m1 -v '^ ' "$WORK/idle.err")"
+      record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"error\":true}"
+    fi
+    exec 3>&-
+    wait "$idle_pid" 2>/dev/null || true
   done
 done
 
