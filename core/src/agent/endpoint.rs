@@ -661,6 +661,13 @@ impl Forwarder {
         self.stop.cancel();
     }
 
+    /// A future that resolves once the forwarder is closed (by `close`, drop, or its
+    /// session closing); it does not borrow the forwarder.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stop = self.stop.clone();
+        async move { stop.cancelled().await }
+    }
+
     /// Waits until the forwarder stops (closed, or its session closed).
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {
