@@ -1,0 +1,126 @@
+/// <reference types="node" />
+// burrow for Node: types of the public API (index.js).
+
+export type Pem = string | Buffer | Uint8Array
+export type TerminateAt = 'edge' | 'agent' | 'upstream'
+
+/** ngrok-style config; keys are snake_case as in ngrok's SDK. Unknown keys are errors. */
+export interface Config {
+  addr?: number | string
+  proto?: 'tls' | 'tcp'
+  authtoken?: string
+  authtoken_from_env?: boolean
+  server_addr?: string
+  root_cas?: Pem
+  session_ca_cert?: Pem
+  session_metadata?: string
+  force_new_session?: boolean
+  domain?: string
+  hostname?: string
+  url?: string
+  crt?: Pem
+  key?: Pem
+  mutual_tls_cas?: Pem
+  terminate_at?: TerminateAt
+  traffic_policy?: string
+  policy?: string
+  proxy_proto?: '' | '1' | '2' | 1 | 2
+  metadata?: string
+  forwards_to?: string
+  allow_cidr?: string | string[]
+  deny_cidr?: string | string[]
+  remote_addr?: string
+  verify_upstream_tls?: boolean
+  upstream_root_cas?: Pem
+}
+
+/** Errors thrown by burrow carry the stable code. */
+export interface BurrowError extends Error {
+  code: string
+  errorCode: string
+}
+
+export declare class Listener {
+  id(): string
+  url(): string
+  proto(): string
+  metadata(): string
+  forwardsTo(): string
+  terminateAt(): TerminateAt
+  /** Lets the process exit while this listener is open. */
+  unref(): this
+  /** Stops the endpoint; idempotent. */
+  close(): Promise<void>
+  /** Resolves when the endpoint is closed. */
+  join(): Promise<void>
+}
+
+export declare function forward(config: Config | number | string): Promise<Listener>
+export declare function connect(config: Config | number | string): Promise<Listener>
+export declare function disconnect(url?: string | null): Promise<void>
+export declare function kill(): Promise<void>
+export declare function listeners(): Listener[]
+export declare function getListener(id: string): Listener | null
+export declare function getListenerByUrl(url: string): Listener | null
+export declare function authtoken(token: string): void
+export declare function loggingCallback(callback: ((level: string, message: string) => void) | null, level?: string): void
+export declare function consoleLog(level?: string): void
+
+export interface EdgeConfig {
+  open?: boolean
+  authtokens?: Array<{ token: string, domains?: string[] }>
+  domain_suffix?: string
+  heartbeat_ms?: number
+  handshake_timeout_ms?: number
+  idle_timeout_ms?: number
+  max_connections?: number
+  tcp_ports?: [number, number]
+  state_dir?: string
+  [key: string]: unknown
+}
+
+export declare class Edge {
+  static start(config?: EdgeConfig): Promise<Edge>
+  readonly tunnelAddr: string
+  readonly tlsAddr: string
+  readonly tlsPort: number
+  readonly caPem: string
+  options(): { server_addr: string, root_cas: string }
+  close(): Promise<void>
+}
+
+export declare class Session {
+  tlsEndpoint(): TlsEndpointBuilder
+  tcpEndpoint(): TcpEndpointBuilder
+  close(): Promise<void>
+}
+
+export declare class SessionBuilder {
+  authtoken(token: string): this
+  authtokenFromEnv(): this
+  serverAddr(addr: string): this
+  rootCas(pem: Pem): this
+  metadata(metadata: string): this
+  connect(): Promise<Session>
+}
+
+declare class EndpointBuilder {
+  metadata(metadata: string): this
+  forwardsTo(to: string): this
+  termination(crt: Pem, key: Pem): this
+  agentTermination(crt: Pem, key: Pem): this
+  mutualTlsca(ca: Pem): this
+  trafficPolicy(policy: string): this
+  proxyProto(version: string): this
+  allowCidr(cidr: string): this
+  denyCidr(cidr: string): this
+  listenAndForward(url: string | number): Promise<Listener>
+}
+
+export declare class TlsEndpointBuilder extends EndpointBuilder {
+  domain(domain: string): this
+}
+
+export declare class TcpEndpointBuilder extends EndpointBuilder {
+  remoteAddr(addr: string): this
+}

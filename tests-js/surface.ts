@@ -1,0 +1,38 @@
+// Compiled by api.test.js with `tsc --noEmit --strict`: every public name, typed.
+import * as burrow from '..'
+
+async function main (): Promise<void> {
+  const edge: burrow.Edge = await burrow.Edge.start({ open: true })
+  const l: burrow.Listener = await burrow.forward({
+    addr: 8080, proto: 'tls', domain: 'a.test', crt: 'pem', key: Buffer.from('pem'), terminate_at: 'agent',
+    mutual_tls_cas: new Uint8Array(), traffic_policy: '', proxy_proto: '2', metadata: 'm', forwards_to: 'f',
+    allow_cidr: ['10.0.0.0/8'], deny_cidr: '1.2.3.4', authtoken_from_env: true, verify_upstream_tls: false, ...edge.options()
+  })
+  const s: string = l.url() + l.id() + l.proto() + l.metadata() + l.forwardsTo() + l.terminateAt()
+  l.unref()
+  await l.close()
+  await l.join()
+  await burrow.forward(8080)
+  await burrow.connect('localhost:8080')
+  const all: burrow.Listener[] = burrow.listeners()
+  const one: burrow.Listener | null = burrow.getListener('id') ?? burrow.getListenerByUrl('tls://x')
+  burrow.authtoken('t')
+  burrow.loggingCallback((level: string, message: string) => { console.log(level, message) }, 'DEBUG')
+  burrow.consoleLog('INFO')
+  await burrow.disconnect()
+  await burrow.kill()
+  const session: burrow.Session = await new burrow.SessionBuilder().authtokenFromEnv().serverAddr('h:1').rootCas('').metadata('m').connect()
+  const l2 = await session.tlsEndpoint().domain('b.test').termination('', '').mutualTlsca('').trafficPolicy('').proxyProto('1').listenAndForward(80)
+  const l3 = await session.tcpEndpoint().remoteAddr('h:1').allowCidr('1.0.0.0/8').denyCidr('2.0.0.0/8').listenAndForward('localhost:80')
+  try {
+    await burrow.forward({ addr: 1 })
+  } catch (e) {
+    const err = e as burrow.BurrowError
+    const code: string = err.code + err.errorCode
+    console.log(code, s, all, one, l2, l3)
+  }
+  await session.close()
+  await edge.close()
+}
+
+void main()
