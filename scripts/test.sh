@@ -17,14 +17,6 @@ cargo clippy --workspace --exclude burrow-python --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace --exclude burrow-python --exclude burrow-node
 
-# Language suites (each script builds its binding and runs its tests).
-for suite in scripts/test-node.sh scripts/test-python.sh; do
-  if [ -x "$suite" ]; then
-    echo "== $suite"
-    "$suite"
-  fi
-done
-
 echo "== fuzz (short)"
 ./scripts/fuzz.sh
 
@@ -35,3 +27,12 @@ echo "== demo"
 cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
 grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out
 echo "demo: ok"
+
+# Language suites last (each builds its binding and runs its tests); pytest closes the run.
+for suite in scripts/test-node.sh scripts/test-python.sh; do
+  if [ -x "$suite" ]; then
+    echo "== $suite"
+    "$suite"
+  fi
+done
+
