@@ -35,10 +35,13 @@ function pki (dir = tmpdir()) {
 }
 
 /** An echo service on 127.0.0.1 (TLS when given a cert). */
-function echoServer (cert) {
+function echoServer (cert, port = 0) {
   const handler = (c) => { c.on('error', () => {}); c.pipe(c) }
   const server = cert ? tls.createServer({ cert: cert.crt, key: cert.key }, handler) : net.createServer(handler)
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)))
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, '127.0.0.1', () => resolve(server))
+  })
 }
 
 function tlsConnect (port, servername, ca, extra = {}) {
