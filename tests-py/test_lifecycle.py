@@ -179,3 +179,25 @@ async def test_forward_inside_a_loop_is_awaitable(edge: burrow.Edge) -> None:
     assert asyncio.iscoroutine(pending)
     async with await pending as listener:
         assert listener.url().startswith("tls://")
+
+
+def test_ctrl_c_interrupts_a_blocking_join(edge: burrow.Edge) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import burrow\n"
+        f"l = burrow.forward(1, terminate_at='edge', server_addr={edge.tunnel_addr!r}, root_cas={edge.ca_pem!r})\n"
+        "try:\n"
+        "    print('ready', flush=True)\n"
+        "    l.join()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=20)
+    assert "interrupted" in out
