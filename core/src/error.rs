@@ -53,6 +53,13 @@ pub enum ErrorCode {
     Io,
     /// The edge failed in a way the agent cannot fix.
     Internal,
+    /// The ACME directory refused or could not complete an order (e.g. the challenge
+    /// failed); the message carries the directory's reason.
+    AcmeFailed,
+    /// The ACME directory could not be reached (network, TLS or HTTP failure).
+    AcmeUnreachable,
+    /// The ACME directory rate-limited this edge; retry after the time it names.
+    AcmeRateLimited,
 }
 
 impl ErrorCode {
@@ -80,6 +87,9 @@ impl ErrorCode {
             ErrorCode::Config => "CONFIG",
             ErrorCode::Io => "IO",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::AcmeFailed => "ACME_FAILED",
+            ErrorCode::AcmeUnreachable => "ACME_UNREACHABLE",
+            ErrorCode::AcmeRateLimited => "ACME_RATE_LIMITED",
         }
     }
 }

@@ -138,6 +138,43 @@ pub(crate) fn normalize_domain(domain: &str) -> Result<String> {
     Ok(name)
 }
 
+/// A `Bind` request waiting for its certificate: request id, spec, outcome of the wait.
+pub(crate) type PendingBind = futures::future::BoxFuture<'static, (u64, Box<BindSpec>, Result<()>)>;
+
+/// What a bind must wait for before it can be served, if anything: an ACME certificate
+/// for an edge-terminated name that has no valid one yet. The session runs the returned
+/// future outside its control loop, so heartbeats and other binds go on meanwhile.
+pub(crate) fn pending_cert(
+    shared: &Arc<Shared>,
+    grant: &super::auth::Grant,
+    spec: &BindSpec,
+) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
+    let automatic = |t: &EdgeTls| t.cert_pem.is_none() && t.key_pem.is_none();
+    let by_policy = || {
+        spec.traffic_policy
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .and_then(|t| TrafficPolicy::parse(t).ok())
+            .is_some_and(|p| p.terminations().iter().any(|t| automatic(&t.to_edge_tls())))
+    };
+    if !(spec.edge_tls.as_ref().is_some_and(automatic) || by_policy()) {
+        return None;
+    }
+    let name = match spec.proto {
+        Proto::Tcp => shared.config.public_host.to_ascii_lowercase(),
+        // Random names are under the suffix: the own CA serves them.
+        Proto::Tls => normalize_domain(spec.domain.as_deref()?).ok()?,
+    };
+    if name.starts_with("*.") || !super::certs::needs_acme_order(shared, &name) {
+        return None;
+    }
+    if let Err(e) = grant.check(&name) {
+        return Some(Box::pin(std::future::ready(Err(e))));
+    }
+    let acme = shared.acme.clone()?;
+    Some(Box::pin(async move { acme.obtain(&name).await }))
+}
+
 /// The rustls config for an edge-terminated endpoint named `name`.
 fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<ServerConfig> {
     let cert = match (&spec.cert_pem, &spec.key_pem) {
@@ -149,9 +186,9 @@ fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Ser
                 None => name.to_owned(),
             };
             cert.check_covers(&probe)?;
-            cert
+            Some(cert)
         }
-        (None, None) => shared.ca.issue(&[name.to_owned()])?,
+        (None, None) => None,
         (Some(_), None) => return Err(Error::option("Missing key for tls termination")),
         (None, Some(_)) => return Err(Error::option("Missing crt for tls termination")),
     };
@@ -169,7 +206,13 @@ fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Ser
         alpn: spec.alpn.clone(),
         client_ca_pem: spec.client_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
     };
-    tls::server_config(&cert, &settings)
+    match cert {
+        Some(cert) => tls::server_config(&cert, &settings),
+        None => {
+            let resolver = super::certs::endpoint_resolver(shared, name)?;
+            tls::server_config_with_resolver(resolver, &settings)
+        }
+    }
 }
 
 async fn bind_port(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {

@@ -47,6 +47,10 @@ pub struct EdgeConfig {
     pub max_client_hello_bytes: usize,
     /// Failed authentications allowed per client IP per minute before refusing outright.
     pub auth_failures_per_minute: u32,
+    /// Automatic certificates from an ACME directory; `None`: from the edge's own CA.
+    pub acme: Option<super::acme::AcmeConfig>,
+    /// Operator certificates for edge-terminated names (see `edge::certs` for the order).
+    pub certs: Vec<super::certs::CertFiles>,
 }
 
 impl Default for EdgeConfig {
@@ -71,6 +75,8 @@ impl Default for EdgeConfig {
             idle_timeout_ms: 15 * 60 * 1000,
             max_client_hello_bytes: crate::tls::MAX_HELLO_BYTES,
             auth_failures_per_minute: 10,
+            acme: None,
+            certs: Vec::new(),
         }
     }
 }
@@ -134,6 +140,9 @@ impl EdgeConfig {
         }
         if self.max_connections == 0 || self.max_endpoints_per_session == 0 {
             return bad("max_connections and max_endpoints_per_session must be at least 1".into());
+        }
+        if let Some(acme) = &self.acme {
+            acme.validate()?;
         }
         for rule in &self.authtokens {
             if rule.token.is_empty() {

@@ -1,14 +1,18 @@
 //! The edge: accepts agents on the tunnel listener and public clients on the
 //! TLS listener and TCP ports, and routes each public connection to its agent.
 
+pub(crate) mod acme;
 mod auth;
 mod bind;
+pub(crate) mod certs;
 mod config;
 mod public;
 mod routes;
 mod session;
 
+pub use acme::{AcmeConfig, AcmeCounters, AcmeMode, ChallengeKind};
 pub use auth::{glob_match, Grant, TokenRule};
+pub use certs::CertFiles;
 pub use config::EdgeConfig;
 pub use routes::{lookup, EdgePolicy, MemoryRoutes, Route, Routes};
 
@@ -28,6 +32,10 @@ pub(crate) struct Shared {
     pub(crate) config: EdgeConfig,
     pub(crate) routes: Arc<dyn Routes>,
     pub(crate) ca: CertAuthority,
+    /// Operator and ACME certificates (the selection order is in `certs`).
+    pub(crate) certs: Arc<certs::CertStore>,
+    /// The ACME client, when `[acme]` is configured.
+    pub(crate) acme: Option<Arc<acme::Acme>>,
     /// Live sessions: id → token that opened it and the switch that ends it.
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
     pub(crate) tls_port: u16,
@@ -68,6 +76,22 @@ impl Edge {
             Some(dir) => CertAuthority::load_or_create(dir)?,
             None => CertAuthority::generate()?,
         };
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let certs = Arc::new(certs::CertStore::load(
+            &config.certs,
+            config.state_dir.as_deref(),
+        )?);
+        let acme = match &config.acme {
+            Some(a) if a.mode == AcmeMode::Acme => Some(acme::Acme::new(
+                a.clone(),
+                config.state_dir.as_deref(),
+                certs.clone(),
+                tasks.clone(),
+                stop.clone(),
+            )?),
+            _ => None,
+        };
         let tunnel_listener = bind(config.tunnel_addr, "tunnel_addr").await?;
         let tls_listener = bind(config.tls_addr, "tls_addr").await?;
         let tunnel_addr = local_addr(&tunnel_listener)?;
@@ -84,11 +108,18 @@ impl Edge {
             config,
             routes,
             ca,
+            certs,
+            acme,
             sessions: Mutex::new(HashMap::new()),
             tls_port: tls_addr.port(),
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
+            tasks,
+            stop,
         });
+        if let Some(acme) = &shared.acme {
+            shared.tasks.spawn(
+                acme::renew_loop(acme.clone()).instrument(tracing::info_span!("acme-renewal")),
+            );
+        }
         shared.tasks.spawn(
             session::accept_agents(shared.clone(), tunnel_listener, tunnel_tls)
                 .instrument(tracing::info_span!("tunnel", addr = %tunnel_addr)),
@@ -129,6 +160,11 @@ impl Edge {
     /// The route serving `host` right now, if any (for tests and diagnostics).
     pub fn route(&self, host: &str) -> Option<Route> {
         lookup(self.shared.routes.as_ref(), host)
+    }
+
+    /// What the ACME client has done since start; `None` without `[acme]`.
+    pub fn acme_counters(&self) -> Option<AcmeCounters> {
+        self.shared.acme.as_ref().map(|a| a.counters())
     }
 
     /// Number of authenticated sessions.

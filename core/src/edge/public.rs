@@ -114,6 +114,14 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
         return;
     };
+    // An ACME directory validating a name the edge is ordering a certificate for.
+    if let Some(acme) = &shared.acme {
+        if let Some(config) = acme.challenge_config(&sni, &hello.alpn) {
+            acme.answer_challenge(hello.accepted, tcp, config, deadline)
+                .await;
+            return;
+        }
+    }
     let Some(route) = lookup(shared.routes.as_ref(), &sni) else {
         tracing::info!(%sni, "refused: no endpoint serves this SNI");
         send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;

@@ -169,6 +169,25 @@ async fn refuse(control: &mut ControlChannel<MuxStream>, err: &Error) {
     control.close().await;
 }
 
+/// The answer to `Bind` request `request_id`.
+fn bind_reply(request_id: u64, result: Result<(String, String)>) -> EdgeMsg {
+    match result {
+        Ok((endpoint_id, url)) => EdgeMsg::BindOk {
+            request_id,
+            endpoint_id,
+            url,
+        },
+        Err(e) => {
+            tracing::info!(reason = %e, "bind refused");
+            EdgeMsg::Error {
+                request_id: Some(request_id),
+                code: e.code(),
+                message: e.message().to_owned(),
+            }
+        }
+    }
+}
+
 /// One authenticated agent and what it has bound.
 pub(crate) struct AgentSession {
     pub(crate) shared: Arc<Shared>,
@@ -196,8 +215,17 @@ impl AgentSession {
         let mut ticker = interval(heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        // Binds waiting for an ACME certificate, beside the loop (see bind::pending_cert).
+        let mut waiting = futures::stream::FuturesUnordered::<bind::PendingBind>::new();
         loop {
             tokio::select! {
+                Some((request_id, spec, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
+                    let result = match ready {
+                        Ok(()) => bind::bind(self, *spec).await,
+                        Err(e) => Err(e),
+                    };
+                    control.send(&bind_reply(request_id, result)).await?;
+                }
                 _ = kill.cancelled() => {
                     let _ = control.send(&EdgeMsg::Stop { reason: "edge is closing the session".into() }).await;
                     return Ok(());
@@ -222,14 +250,13 @@ impl AgentSession {
                         None => return Ok(()),
                         Some(AgentMsg::Heartbeat) => {}
                         Some(AgentMsg::Bind { request_id, spec }) => {
-                            let reply = match bind::bind(self, *spec).await {
-                                Ok((endpoint_id, url)) => EdgeMsg::BindOk { request_id, endpoint_id, url },
-                                Err(e) => {
-                                    tracing::info!(reason = %e, "bind refused");
-                                    EdgeMsg::Error { request_id: Some(request_id), code: e.code(), message: e.message().to_owned() }
+                            match bind::pending_cert(&self.shared, &self.grant, &spec) {
+                                Some(wait) => waiting.push(Box::pin(async move { (request_id, spec, wait.await) })),
+                                None => {
+                                    let result = bind::bind(self, *spec).await;
+                                    control.send(&bind_reply(request_id, result)).await?;
                                 }
-                            };
-                            control.send(&reply).await?;
+                            }
                         }
                         Some(AgentMsg::Unbind { endpoint_id }) => self.unbind(&endpoint_id),
                         Some(AgentMsg::Auth { .. }) => {

@@ -70,6 +70,15 @@ fn versions(
 
 /// A server config that terminates TLS with `cert` under `settings`.
 pub fn server_config(cert: &CertKey, settings: &ServerTlsSettings) -> Result<ServerConfig> {
+    server_config_with_resolver(Arc::new(SingleCert(cert.certified.clone())), settings)
+}
+
+/// A server config that asks `resolver` for the certificate of each handshake, so the
+/// certificate can change (renewal) without building a new config.
+pub fn server_config_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    settings: &ServerTlsSettings,
+) -> Result<ServerConfig> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(settings.min_version, settings.max_version)?)
         .map_err(|e| Error::option(format!("TLS versions: {e}")))?;
@@ -91,7 +100,7 @@ pub fn server_config(cert: &CertKey, settings: &ServerTlsSettings) -> Result<Ser
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(Arc::new(SingleCert(cert.certified.clone())));
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = settings
         .alpn
         .iter()

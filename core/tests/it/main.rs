@@ -1,5 +1,6 @@
 //! burrow-core integration tests: real TLS clients and servers on 127.0.0.1.
 
+mod acme;
 mod cli;
 mod common;
 mod config;
