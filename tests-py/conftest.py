@@ -7,9 +7,10 @@ import os
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 from cryptography import x509
@@ -154,6 +155,22 @@ def echo_exact(conn: socket.socket, data: bytes, chunk: int = 64 * 1024) -> None
             assert more, f"connection closed after {off + len(got)} of {len(data)} bytes"
             got.extend(more)
         assert bytes(got) == piece, f"echo differs in the chunk at byte {off}"
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Polls ``done`` until it holds or the deadline passes (for events delivered by
+    another thread, such as bridged log records)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A port the OS just gave out on 127.0.0.1 and took back."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def edge_addr(listener: burrow.Listener) -> Tuple[str, int]:

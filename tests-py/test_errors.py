@@ -2,42 +2,108 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import burrow
-from conftest import Echo, Pki
+from burrow import _burrow
+from conftest import Pki, free_port
 
 
 def test_errors_are_value_errors_with_codes() -> None:
     assert issubclass(burrow.Error, ValueError)
-    for cls in (burrow.AuthError, burrow.BindError, burrow.CertificateError, burrow.PolicyError, burrow.ConnectionError):
+    for cls in (burrow.AuthError, burrow.BindError, burrow.CertificateError, burrow.PolicyError,
+                burrow.ConnectionError):
         assert issubclass(cls, burrow.Error)
+
+
+# Every code of burrow_core::ErrorCode, with the class the binding maps it to.
+CODES = {
+    "AUTH_FAILED": burrow.AuthError, "RATE_LIMITED": burrow.AuthError,
+    "DOMAIN_NOT_ALLOWED": burrow.BindError, "DOMAIN_TAKEN": burrow.BindError,
+    "PORT_UNAVAILABLE": burrow.BindError, "LIMIT_EXCEEDED": burrow.BindError,
+    "CERT_DOMAIN_MISMATCH": burrow.CertificateError, "KEY_MISMATCH": burrow.CertificateError,
+    "INVALID_PEM": burrow.CertificateError, "ACME_FAILED": burrow.CertificateError,
+    "ACME_UNREACHABLE": burrow.CertificateError, "ACME_RATE_LIMITED": burrow.CertificateError,
+    "INVALID_POLICY": burrow.PolicyError,
+    "CONNECT_FAILED": burrow.ConnectionError, "TIMEOUT": burrow.ConnectionError,
+    "CLOSED": burrow.ConnectionError, "VERSION_MISMATCH": burrow.ConnectionError,
+    "PROTOCOL": burrow.ConnectionError,
+    "INVALID_URL": burrow.Error, "INVALID_OPTION": burrow.Error, "UNSUPPORTED": burrow.Error,
+    "CONFIG": burrow.Error, "IO": burrow.Error, "INTERNAL": burrow.Error,
+}
+
+
+def test_the_table_lists_every_core_code() -> None:
+    """A code added to the core must be placed in a class on purpose (errors.rs, and here)."""
+    source = (Path(__file__).resolve().parent.parent / "core" / "src" / "error.rs").read_text()
+    core_codes = set(re.findall(r'ErrorCode::\w+ => "([A-Z_]+)"', source))
+    assert len(core_codes) > 20
+    assert core_codes == set(CODES)
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_every_core_code_maps_to_a_class(code: str) -> None:
+    err = _burrow.new_error(code, f"what went wrong ({code})")
+    assert type(err) is CODES[code]
+    assert err.code == code and err.message == f"what went wrong ({code})" and str(err) == err.message
 
 
 def test_bad_token() -> None:
     with burrow.Edge(authtokens=[{"token": "right", "domains": ["*.ok.test"]}]) as edge:
         with pytest.raises(burrow.AuthError) as e:
-            burrow.forward(8080, authtoken="wrong", **edge.options())
+            burrow.forward(8080, authtoken="wrong-secret-token", **edge.options())
         assert e.value.code == "AUTH_FAILED"
-        assert "authtoken" in e.value.message and "wrong" not in str(e.value)
+        assert "authtoken" in e.value.message
+        assert "wrong-secret-token" not in str(e.value) and "wrong-secret-token" not in repr(e.value)
 
 
-def test_domain_refused() -> None:
+def test_domain_refused_and_taken() -> None:
     with burrow.Edge(authtokens=[{"token": "right", "domains": ["*.ok.test"]}]) as edge:
         with pytest.raises(burrow.BindError) as e:
             burrow.forward(8080, authtoken="right", domain="app.other.test", **edge.options())
         assert e.value.code == "DOMAIN_NOT_ALLOWED"
         assert "app.other.test" in e.value.message
+        burrow.forward(8080, authtoken="right", domain="app.ok.test", **edge.options())
+        with pytest.raises(burrow.BindError) as e:
+            burrow.forward(8080, authtoken="right", domain="app.ok.test", force_new_session=True, **edge.options())
+        assert e.value.code == "DOMAIN_TAKEN" and "app.ok.test" in e.value.message
 
 
-def test_cert_mismatch_and_malformed_pem(edge: burrow.Edge, pki: Pki) -> None:
+def test_port_unavailable() -> None:
+    port = free_port()
+    with burrow.Edge(tcp_ports=[port, port]) as edge:
+        other = port + 1 if port < 65535 else port - 1
+        with pytest.raises(burrow.BindError) as e:
+            burrow.forward(8080, "tcp", remote_addr=f"127.0.0.1:{other}", **edge.options())
+        assert e.value.code == "PORT_UNAVAILABLE" and str(other) in e.value.message
+
+
+def test_cert_mismatch_key_mismatch_and_malformed_pem(edge: burrow.Edge, pki: Pki) -> None:
     other = pki.leaf("other.test")
+    mine = pki.leaf("app.test")
     with pytest.raises(burrow.CertificateError) as e:
         burrow.forward(8080, domain="app.test", crt=other.crt, key=other.key, **edge.options())
     assert e.value.code == "CERT_DOMAIN_MISMATCH" and "app.test" in e.value.message
     with pytest.raises(burrow.CertificateError) as e:
+        burrow.forward(8080, domain="app.test", crt=mine.crt, key=other.key, **edge.options())
+    assert e.value.code == "KEY_MISMATCH" and "key" in e.value.message
+    with pytest.raises(burrow.CertificateError) as e:
         burrow.forward(8080, domain="app.test", crt=b"not a certificate", key=other.key, **edge.options())
     assert e.value.code == "INVALID_PEM" and "crt" in e.value.message
+    secret_key = b"-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZTUFURVJJQUw=\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(burrow.CertificateError) as e:
+        burrow.forward(8080, domain="app.test", crt=mine.crt, key=secret_key, terminate_at="agent", **edge.options())
+    assert e.value.code in ("INVALID_PEM", "KEY_MISMATCH") and "key" in e.value.message
+    assert "U0VDUkVUS0VZTUFURVJJQUw" not in str(e.value), "key material never in errors"
+
+
+def test_pem_path_that_does_not_exist(edge: burrow.Edge, tmp_path: Path) -> None:
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, crt=tmp_path / "missing.pem", key=tmp_path / "missing.pem", **edge.options())
+    assert e.value.code == "IO" and "missing.pem" in e.value.message
 
 
 def test_crt_without_key(edge: burrow.Edge, pki: Pki) -> None:
@@ -51,12 +117,35 @@ def test_unknown_and_unsupported_options(edge: burrow.Edge) -> None:
     with pytest.raises(burrow.Error) as e:
         burrow.forward(8080, domian="typo.test", **edge.options())
     assert e.value.code == "INVALID_OPTION" and "domian" in e.value.message
+    for option in ("pooling_enabled", "basic_auth", "oauth.provider", "labels"):
+        with pytest.raises(burrow.Error) as e:
+            burrow.forward(8080, **{option: "x"}, **edge.options())
+        assert e.value.code == "UNSUPPORTED" and option in e.value.message and "not supported" in e.value.message
+    for proto in ("http", "https"):
+        with pytest.raises(burrow.Error) as e:
+            burrow.forward(8080, proto=proto, **edge.options())
+        assert e.value.code == "UNSUPPORTED" and proto in e.value.message
+
+
+def test_bad_values(edge: burrow.Edge) -> None:
     with pytest.raises(burrow.Error) as e:
-        burrow.forward(8080, pooling_enabled=True, **edge.options())
-    assert e.value.code == "UNSUPPORTED" and "pooling_enabled" in e.value.message
+        burrow.forward(8080, terminate_at="nowhere", **edge.options())
+    assert e.value.code == "INVALID_OPTION" and "nowhere" in e.value.message
     with pytest.raises(burrow.Error) as e:
-        burrow.forward(8080, proto="http", **edge.options())
-    assert e.value.code == "UNSUPPORTED" and "http" in e.value.message
+        burrow.forward("not a port", **edge.options())
+    assert e.value.code == "INVALID_URL" and "not a port" in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, url="https://app.test", **edge.options())
+    assert e.value.code == "INVALID_URL" and "https://app.test" in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, proxy_proto="3", terminate_at="edge", **edge.options())
+    assert e.value.code == "INVALID_OPTION" and "proxy_proto" in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, crt=123, key=b"", **edge.options())
+    assert e.value.code == "INVALID_OPTION" and "crt" in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.log_level("LOUD")
+    assert e.value.code == "INVALID_OPTION" and "LOUD" in e.value.message
 
 
 def test_bad_policy_names_the_field(edge: burrow.Edge) -> None:
@@ -68,12 +157,26 @@ def test_bad_policy_names_the_field(edge: burrow.Edge) -> None:
 
 
 def test_unreachable_edge() -> None:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     with pytest.raises(burrow.ConnectionError) as e:
         burrow.forward(8080, server_addr=f"127.0.0.1:{port}", root_cas=Pki().ca_pem)
-    assert e.value.code == "CONNECT_FAILED"
+    assert e.value.code == "CONNECT_FAILED" and str(port) in e.value.message
+
+
+def test_closed_session(edge: burrow.Edge) -> None:
+    session = burrow.SessionBuilder().server_addr(edge.tunnel_addr).root_cas(edge.ca_pem).connect()
+    session.close()
+    session.close()  # idempotent
+    with pytest.raises(burrow.ConnectionError) as e:
+        session.tls_endpoint().listen_and_forward(8080)
+    assert e.value.code == "CLOSED" and "closed" in e.value.message
+
+
+def test_edge_config_errors() -> None:
+    with pytest.raises(burrow.Error) as e:
+        burrow.Edge(tcp_ports=[3, 2])
+    assert e.value.code == "CONFIG" and "tcp_ports" in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.Edge(no_such_key=1)
+    assert "no_such_key" in e.value.message
+

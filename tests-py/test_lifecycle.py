@@ -1,13 +1,14 @@
-"""Listener lifetime, module functions, builders, asyncio, mTLS, PROXY v2, policy, logs."""
+"""Listener lifetime: close, context managers, disconnect, kill, the GC rule, join,
+the GIL released while waiting, Ctrl-C, and the pytest plugin."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import logging
+import signal
 import socket
 import ssl
-import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import List
@@ -15,18 +16,40 @@ from typing import List
 import pytest
 
 import burrow
-from conftest import Echo, Pki, echo_exact, edge_addr, host, tls_client, write
+from conftest import Echo, Pki, echo_exact, edge_addr, tls_client, wait_until
+
+pytest_plugins = ["pytester"]
+
+
+def wait_refused(edge: burrow.Edge, url: str, name: str) -> None:
+    """Waits until the edge no longer serves ``name`` (it answers with a TLS alert).
+
+    close() tells the edge at once but does not wait for its answer (the core's
+    Forwarder::close is fire-and-forget), so this polls with a deadline."""
+    port = int(url.rsplit(":", 1)[1])
+
+    def gone() -> bool:
+        try:
+            tls_client(("127.0.0.1", port), name, edge.ca_pem.encode()).close()
+        except (ssl.SSLError, OSError):
+            return True
+        return False
+
+    wait_until(gone, f"the edge to drop {name}")
 
 
 def test_close_twice_and_context_manager(edge: burrow.Edge) -> None:
     service = Echo()
-    listener = burrow.forward(service.port, terminate_at="edge", **edge.options())
+    listener = burrow.forward(service.port, domain="c.py.test", terminate_at="edge", **edge.options())
     listener.close()
     listener.close()
     listener.join()  # returns at once: already closed
+    wait_refused(edge, listener.url(), "c.py.test")
+    assert listener.url().startswith("tls://c.py.test:"), "still describes itself after close"
     with burrow.forward(service.port, terminate_at="edge", **edge.options()) as l2:
         assert l2 in burrow.get_listeners()
     assert l2 not in burrow.get_listeners()
+    l2.close()  # after the with block: still fine
 
 
 def test_disconnect_one_url_keeps_the_others(edge: burrow.Edge) -> None:
@@ -34,11 +57,23 @@ def test_disconnect_one_url_keeps_the_others(edge: burrow.Edge) -> None:
     a = burrow.forward(service.port, domain="a.py.test", terminate_at="edge", **edge.options())
     b = burrow.forward(service.port, domain="b.py.test", terminate_at="edge", **edge.options())
     burrow.disconnect(a.url())
-    with pytest.raises(ssl.SSLError):
-        tls_client(edge_addr(a), "a.py.test", edge.ca_pem.encode()).close()
+    wait_refused(edge, a.url(), "a.py.test")
     with tls_client(edge_addr(b), "b.py.test", edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"b still works")
     assert [x.url() for x in burrow.get_listeners()] == [b.url()]
+
+
+def test_kill_closes_everything_and_forward_works_after(edge: burrow.Edge) -> None:
+    service = Echo()
+    a = burrow.forward(service.port, domain="k1.py.test", terminate_at="edge", **edge.options())
+    b = burrow.forward(service.port, domain="k2.py.test", terminate_at="edge", **edge.options())
+    burrow.kill()
+    assert burrow.get_listeners() == []
+    wait_refused(edge, a.url(), "k1.py.test")
+    wait_refused(edge, b.url(), "k2.py.test")
+    c = burrow.connect(service.port, domain="k1.py.test", terminate_at="edge", **edge.options())  # alias
+    with tls_client(edge_addr(c), "k1.py.test", edge.ca_pem.encode()) as conn:
+        echo_exact(conn, b"a new session after kill")
 
 
 def test_garbage_collection_does_not_close_a_listener(edge: burrow.Edge) -> None:
@@ -53,151 +88,128 @@ def test_garbage_collection_does_not_close_a_listener(edge: burrow.Edge) -> None
     assert [x.url() for x in burrow.get_listeners()] == [url]
 
 
-def test_builders(edge: burrow.Edge, pki: Pki) -> None:
-    cert = pki.leaf("built.py.test")
+def test_listener_describes_itself(edge: burrow.Edge) -> None:
     service = Echo()
-    session = burrow.SessionBuilder().server_addr(edge.tunnel_addr).root_cas(edge.ca_pem).connect()
-    listener = (session.tls_endpoint().domain("built.py.test").agent_termination(cert.crt, cert.key)
-                .metadata("m").listen_and_forward(f"127.0.0.1:{service.port}"))
-    assert listener.metadata() == "m" and listener.terminate_at() == "agent"
-    with tls_client(edge_addr(listener), "built.py.test", pki.ca_pem) as conn:
-        echo_exact(conn, b"built")
-    session.close()
+    listener = burrow.forward(service.port, "tcp", metadata="meta", forwards_to="svc", **edge.options())
+    assert listener.proto() == "tcp" and listener.metadata() == "meta" and listener.forwards_to() == "svc"
+    assert len(listener.id()) >= 16
+    assert repr(listener) == f"<burrow.Listener {listener.url()} terminate_at=upstream>"
 
 
-def test_mutual_tls_at_the_edge(edge: burrow.Edge, tmp_path: Path, pki: Pki) -> None:
-    clients = Pki("clients")
+def test_join_releases_the_gil(edge: burrow.Edge) -> None:
+    """A thread blocked in join() lets Python run: the echo service and client below are
+    Python threads that need the GIL; close() from here ends the join."""
     service = Echo()
-    listener = burrow.forward(service.port, domain="m.py.test", terminate_at="edge",
-                              mutual_tls_cas=clients.ca_pem, **edge.options())
-    ca = edge.ca_pem.encode()
-    with tls_client(edge_addr(listener), "m.py.test", ca, clients.client("alice"), tmp_path) as conn:
-        echo_exact(conn, b"with a certificate")
-    refused = False
-    try:
-        with tls_client(edge_addr(listener), "m.py.test", ca) as conn:
-            conn.sendall(b"x")
-            refused = conn.recv(1) == b""
-    except (ssl.SSLError, OSError):
-        refused = True
-    assert refused, "a client without a certificate is refused"
-
-
-def test_proxy_proto_2_tells_the_upstream_the_client(edge: burrow.Edge) -> None:
-    seen: List[bytes] = []
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        with conn:
-            head = b""
-            while len(head) < 16:
-                head += conn.recv(16 - len(head))
-            length = struct.unpack("!H", head[14:16])[0]
-            body = b""
-            while len(body) < length:
-                body += conn.recv(length - len(body))
-            seen.append(head + body)
-            conn.sendall(b"ok")
-
-    t = threading.Thread(target=serve)
-    t.start()
-    listener = burrow.forward(srv.getsockname()[1], domain="pp.py.test", terminate_at="edge",
-                              proxy_proto="2", **edge.options())
-    with tls_client(edge_addr(listener), "pp.py.test", edge.ca_pem.encode()) as conn:
-        client_port = conn.getsockname()[1]
-        conn.sendall(b"hi")
-        assert conn.recv(2) == b"ok"
-    t.join(10)
-    srv.close()
-    header = seen[0]
-    assert header[:12] == b"\r\n\r\n\x00\r\nQUIT\n", "a PROXY v2 signature"
-    src_ip, _dst_ip, src_port, _dst_port = struct.unpack("!4s4sHH", header[16:28])
-    assert socket.inet_ntoa(src_ip) == "127.0.0.1" and src_port == client_port
-
-
-def test_traffic_policy_terminate_tls(edge: burrow.Edge) -> None:
-    service = Echo()
-    policy = "on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {min_version: '1.3'}\n"
-    listener = burrow.forward(service.port, domain="pol.py.test", traffic_policy=policy, **edge.options())
-    assert listener.terminate_at() == "edge"
-    with tls_client(edge_addr(listener), "pol.py.test", edge.ca_pem.encode()) as conn:
-        assert conn.version() == "TLSv1.3"
-        echo_exact(conn, b"policy")
-
-
-def test_coercions(edge: burrow.Edge) -> None:
-    service = Echo()
-    options = {"allow_cidr": "127.0.0.0/8", "metadata": None, "forwards.to": "svc"}
-    listener = burrow.forward(service.port, terminate_at="edge", **options, **edge.options())  # type: ignore[arg-type]
-    assert listener.forwards_to() == "svc"
-    with tls_client(edge_addr(listener), host(listener), edge.ca_pem.encode()) as conn:
-        echo_exact(conn, b"coerced")
-
-
-def test_rust_logs_reach_python_logging(edge: burrow.Edge, caplog: pytest.LogCaptureFixture) -> None:
-    burrow.log_level("INFO")
-    service = Echo()
-    with caplog.at_level(logging.INFO, logger="burrow"):
-        listener = burrow.forward(service.port, terminate_at="edge", **edge.options())
-        assert any("endpoint online" in r.getMessage() for r in caplog.records), caplog.records
+    listener = burrow.forward(service.port, domain="j.py.test", terminate_at="edge", **edge.options())
+    joiner = threading.Thread(target=listener.join)
+    joiner.start()
+    with tls_client(edge_addr(listener), "j.py.test", edge.ca_pem.encode()) as conn:
+        echo_exact(conn, b"x" * 1_000_000)
+    assert joiner.is_alive(), "join() waits while the listener is open"
     listener.close()
-    burrow.log_level("OFF")
+    joiner.join(10)
+    assert not joiner.is_alive(), "close() ends join()"
 
 
-@pytest.mark.asyncio
-async def test_fifty_concurrent_async_forwards(edge: burrow.Edge) -> None:
-    service = Echo()
-    listeners = await asyncio.gather(*[
-        burrow.async_forward(service.port, domain=f"as{i}.py.test", terminate_at="edge", **edge.options())
-        for i in range(50)
-    ])
-    assert len({x.url() for x in listeners}) == 50
-    ctx = ssl.create_default_context(cadata=edge.ca_pem)
+def test_blocking_forward_releases_the_gil() -> None:
+    """forward() waiting on a silent server leaves the GIL to this thread, which accepts
+    the connection (Python code) and then hangs up on it so forward() fails."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    silent.settimeout(20)
+    errors: List[burrow.Error] = []
 
-    async def talk(i: int) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", edge.tls_port, ssl=ctx,
-                                                       server_hostname=f"as{i}.py.test")
-        msg = f"hello {i}".encode() * 100
-        writer.write(msg)
-        await writer.drain()
-        got = await reader.readexactly(len(msg))
-        writer.close()
-        await writer.wait_closed()
-        return got
+    def call() -> None:
+        try:
+            burrow.forward(1, server_addr="127.0.0.1:%d" % silent.getsockname()[1], root_cas=Pki().ca_pem)
+        except burrow.Error as e:
+            errors.append(e)
 
-    results = await asyncio.gather(*[talk(i) for i in range(50)])
-    assert all(r == f"hello {i}".encode() * 100 for i, r in enumerate(results))
+    caller = threading.Thread(target=call)
+    caller.start()
+    conn, _ = silent.accept()  # needs the GIL while forward() is still waiting
+    conn.close()
+    silent.close()
+    caller.join(20)
+    assert not caller.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], burrow.ConnectionError), errors
 
 
-@pytest.mark.asyncio
-async def test_forward_inside_a_loop_is_awaitable(edge: burrow.Edge) -> None:
-    service = Echo()
-    pending = burrow.forward(service.port, terminate_at="edge", **edge.options())
-    assert asyncio.iscoroutine(pending)
-    async with await pending as listener:
-        assert listener.url().startswith("tls://")
+CHILD_JOIN = """
+import burrow
+l = burrow.forward(1, terminate_at='edge', server_addr={tunnel!r}, root_cas={ca!r})
+try:
+    print('ready', flush=True)
+    l.join()
+except KeyboardInterrupt:
+    print('interrupted', flush=True)
+"""
+
+CHILD_FORWARD = """
+import burrow
+try:
+    print('ready', flush=True)
+    burrow.forward(1, server_addr={silent!r}, root_cas={ca!r})
+except KeyboardInterrupt:
+    print('interrupted', flush=True)
+"""
 
 
 def test_ctrl_c_interrupts_a_blocking_join(edge: burrow.Edge) -> None:
-    import signal
-    import subprocess
-    import sys
-
-    code = (
-        "import burrow\n"
-        f"l = burrow.forward(1, terminate_at='edge', server_addr={edge.tunnel_addr!r}, root_cas={edge.ca_pem!r})\n"
-        "try:\n"
-        "    print('ready', flush=True)\n"
-        "    l.join()\n"
-        "except KeyboardInterrupt:\n"
-        "    print('interrupted', flush=True)\n"
-    )
+    code = CHILD_JOIN.format(tunnel=edge.tunnel_addr, ca=edge.ca_pem)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=20)
     assert "interrupted" in out
+
+
+def test_ctrl_c_interrupts_a_blocking_forward() -> None:
+    silent = socket.socket()  # accepts the tunnel connection, never answers the handshake
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    silent.settimeout(20)
+    addr = "127.0.0.1:%d" % silent.getsockname()[1]
+    code = CHILD_FORWARD.format(silent=addr, ca=Pki().ca_pem.decode())
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        conn, _ = silent.accept()  # the child is inside forward() now
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=20)
+        conn.close()
+    finally:
+        silent.close()
+        if p.poll() is None:
+            p.kill()
+    assert "interrupted" in out
+
+
+def test_edge_context_manager_and_addresses() -> None:
+    with burrow.Edge() as edge:
+        assert edge.tunnel_addr.startswith("127.0.0.1:") and edge.tls_addr.startswith("127.0.0.1:")
+        assert edge.ca_pem.startswith("-----BEGIN CERTIFICATE-----")
+        tunnel_port = int(edge.tunnel_addr.rsplit(":", 1)[1])
+        socket.create_connection(("127.0.0.1", tunnel_port), timeout=5).close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", tunnel_port), timeout=5).close()
+    edge.close()  # idempotent
+
+
+def test_pytest_plugin_gives_an_edge_and_cleans_up(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    record = tmp_path / "tunnel.txt"
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(f"""
+        import pathlib
+        import burrow
+
+        def test_uses_the_fixture(edge):
+            assert isinstance(edge, burrow.Edge)
+            pathlib.Path({str(record)!r}).write_text(edge.tunnel_addr)
+    """)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    host, port = record.read_text().rsplit(":", 1)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=5).close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import burrow
@@ -21,7 +22,8 @@ def test_upstream_mode_passes_tls_through(edge: burrow.Edge, tmp_path: Path, pki
 def test_agent_mode_with_crt_and_key(edge: burrow.Edge, pki: Pki, data: bytes) -> None:
     cert = pki.leaf("app.agent.test")
     service = Echo()
-    listener = burrow.forward(service.port, domain="app.agent.test", crt=cert.crt, key=cert.key,
+    # crt and key as str PEM text
+    listener = burrow.forward(service.port, domain="app.agent.test", crt=cert.crt.decode(), key=cert.key.decode(),
                               terminate_at="agent", **edge.options())
     assert listener.terminate_at() == "agent"
     with tls_client(edge_addr(listener), "app.agent.test", pki.ca_pem) as conn:
@@ -31,10 +33,12 @@ def test_agent_mode_with_crt_and_key(edge: burrow.Edge, pki: Pki, data: bytes) -
 
 def test_edge_mode_with_cert_bytes(edge: burrow.Edge, tmp_path: Path, pki: Pki, data: bytes) -> None:
     cert = pki.leaf("app.edge.test")
+    key_path = tmp_path / "key.pem"
+    key_path.write_bytes(cert.key)
     service = Echo()
+    # crt as bytearray (ngrok's type), key as a pathlib.Path (beyond ngrok)
     listener = burrow.forward(f"localhost:{service.port}", proto="tls", domain="app.edge.test",
-                              crt=bytearray(cert.crt), key=Path(tmp_path / "k.pem").write_bytes(cert.key) and tmp_path / "k.pem",
-                              **edge.options())
+                              crt=bytearray(cert.crt), key=key_path, **edge.options())
     assert listener.terminate_at() == "edge"
     with tls_client(edge_addr(listener), "app.edge.test", pki.ca_pem) as conn:
         assert conn.getpeercert(binary_form=True) == cert.der()
@@ -51,8 +55,6 @@ def test_edge_mode_with_automatic_certificate(edge: burrow.Edge, data: bytes) ->
 
 
 def test_tcp_endpoint(edge: burrow.Edge, data: bytes) -> None:
-    import socket
-
     service = Echo()
     listener = burrow.forward(service.port, proto="tcp", **edge.options())
     assert listener.url().startswith("tcp://127.0.0.1:")

@@ -1,76 +1,91 @@
-"""The seed documents' Python examples, run as written apart from the import.
+"""The seed documents' Python examples ("Cloud service" and "Terminate at Upstream"),
+run as written apart from ``import ngrok`` -> ``import burrow as ngrok`` and the
+certificate paths (``/path/to/`` -> a temporary directory).
 
-No server address is configured, so burrow starts its embedded edge in-process; the
-service the examples expose listens on localhost:8080 as they say.
+The server address: none is configured, so burrow starts its embedded edge in this
+process (on 127.0.0.1). The examples expose ``localhost:8080``; a service listens there.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Dict
 
 import pytest
 
-from conftest import Echo, Pki, echo_exact, tls_client
+from conftest import Cert, Echo, Pki, echo_exact, tls_client
+
+# Copied verbatim from ../shared/seeds/001_*.txt.
+CLOUD_SERVICE = '''\
+import ngrok
+
+def load_file(name):
+    with open(name, "r") as crt:
+        return bytearray(crt.read().encode())
+
+listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
+    proto="tls",
+    domain="app.example.com",
+    crt=load_file("/path/to/app-example-com-crt.pem"),
+    key=load_file("/path/to/app-example-com-key.pem"))
+
+print(f"Ingress established at: {listener.url()}");
+'''
+
+TERMINATE_AT_UPSTREAM = '''\
+import ngrok
+
+listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
+    proto="tls",
+    domain="app.example.com")
+
+print(f"Ingress established at: {listener.url()}");
+'''
 
 
-@pytest.fixture
-def service_8080() -> Echo:
+def run_seed(source: str, tmp: Path) -> Dict[str, Any]:
+    """Runs a seed example with only the import and the certificate paths changed."""
+    changed = source.replace("import ngrok\n", "import burrow as ngrok\n", 1).replace("/path/to/", f"{tmp}/")
+    assert changed.count("\n") == source.count("\n")
+    namespace: Dict[str, Any] = {"__name__": "__seed__"}
+    exec(compile(changed, "seed-example", "exec"), namespace)
+    return namespace
+
+
+def service_on_8080(cert: "Cert | None" = None, tmp: "Path | None" = None) -> Echo:
     try:
-        return Echo(port=8080)
+        return Echo(cert, tmp, port=8080)
     except OSError as e:
         pytest.fail(f"the seed examples forward localhost:8080, which is busy here: {e}")
         raise
 
 
-def test_cloud_service_example(tmp_path: Path, service_8080: Echo, pki: Pki, data: bytes) -> None:
+def test_cloud_service_example(tmp_path: Path, pki: Pki, data: bytes, capsys: pytest.CaptureFixture[str],
+                               caplog: pytest.LogCaptureFixture) -> None:
     cert = pki.leaf("app.example.com")
     (tmp_path / "app-example-com-crt.pem").write_bytes(cert.crt)
     (tmp_path / "app-example-com-key.pem").write_bytes(cert.key)
-    os.chdir(tmp_path)
-
-    # --- the seed, with only the import changed ---
-    import burrow as ngrok
-
-    def load_file(name):  # type: ignore[no-untyped-def]
-        with open(name, "r") as crt:
-            return bytearray(crt.read().encode())
-
-    listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
-        proto="tls",
-        domain="app.example.com",
-        crt=load_file("app-example-com-crt.pem"),
-        key=load_file("app-example-com-key.pem"))
-
-    print(f"Ingress established at: {listener.url()}")
-    # --- end of the seed ---
-
+    service_on_8080()
+    with caplog.at_level(logging.INFO, logger="burrow"):
+        listener = run_seed(CLOUD_SERVICE, tmp_path)["listener"]
+    assert [r.getMessage() for r in caplog.records if "embedded edge" in r.getMessage()] == [
+        "no server address given: started an embedded edge in this process"], "one log line says so"
+    assert f"Ingress established at: {listener.url()}" in capsys.readouterr().out
+    assert listener.url().startswith("tls://app.example.com:")
+    assert listener.terminate_at() == "edge"
     port = int(listener.url().rsplit(":", 1)[1])
     with tls_client(("127.0.0.1", port), "app.example.com", pki.ca_pem) as conn:
-        assert conn.getpeercert(binary_form=True) == cert.der(), "edge terminates with the bytes passed"
+        assert conn.getpeercert(binary_form=True) == cert.der(), "the edge serves the bytes passed"
         echo_exact(conn, data)
 
 
 def test_terminate_at_upstream_example(tmp_path: Path, pki: Pki, data: bytes) -> None:
     cert = pki.leaf("app.example.com")
-    try:
-        service = Echo(cert, tmp_path, port=8080)
-    except OSError as e:
-        pytest.fail(f"the seed example forwards localhost:8080, which is busy here: {e}")
-
-    # --- the seed, with only the import changed ---
-    import burrow as ngrok
-
-    listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
-        proto="tls",
-        domain="app.example.com")
-
-    print(f"Ingress established at: {listener.url()}");
-    # --- end of the seed ---
-
+    service_on_8080(cert, tmp_path)  # the upstream terminates TLS itself
+    listener = run_seed(TERMINATE_AT_UPSTREAM, tmp_path)["listener"]
+    assert listener.terminate_at() == "upstream"
     port = int(listener.url().rsplit(":", 1)[1])
     with tls_client(("127.0.0.1", port), "app.example.com", pki.ca_pem) as conn:
-        assert conn.getpeercert(binary_form=True) == cert.der(), "the upstream terminates"
+        assert conn.getpeercert(binary_form=True) == cert.der(), "the upstream's certificate, end to end"
         echo_exact(conn, data)
-    service.close()

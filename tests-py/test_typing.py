@@ -13,9 +13,14 @@ import burrow
 
 def main(edge: burrow.Edge) -> None:
     l1: burrow.Listener = burrow.forward(8080, "tls", domain="a.test", crt=b"..", key=Path("k.pem"),
-                                         terminate_at="agent", mutual_tls_cas="...", metadata="m",
+                                         terminate_at="agent", mutual_tls_cas=bytearray(b"..."), metadata="m",
                                          traffic_policy="", proxy_proto="2", allow_cidr=["10.0.0.0/8"],
-                                         server_addr=edge.tunnel_addr, root_cas=edge.ca_pem)
+                                         deny_cidr="10.1.0.0/16", forwards_to="svc", verify_upstream_tls=False,
+                                         upstream_root_cas="...", authtoken="t", authtoken_from_env=True,
+                                         server_addr=edge.tunnel_addr, root_cas=edge.ca_pem,
+                                         session_metadata="s", force_new_session=True)
+    l1 = burrow.connect("tls://localhost:8443", hostname="b.test", policy="", session_ca_cert=Path("ca.pem"))
+    l1 = burrow.forward(url="tcp://127.0.0.1:9000", remote_addr="127.0.0.1:9000", addr=22)
     print(l1.url(), l1.id(), l1.proto(), l1.metadata(), l1.forwards_to(), l1.terminate_at())
     l1.close()
     l1.join()
@@ -25,11 +30,17 @@ def main(edge: burrow.Edge) -> None:
     burrow.disconnect(l1.url())
     burrow.set_auth_token("t")
     burrow.log_level("INFO")
+    burrow.log_level(10)
     burrow.kill()
-    s = burrow.SessionBuilder().authtoken_from_env().server_addr("h:1").root_cas(b"").connect()
-    l2 = s.tls_endpoint().domain("b.test").termination(b"", b"").mutual_tlsca(b"").listen_and_forward(80)
+    print(edge.tls_addr, edge.tls_port, edge.options())
+    s = burrow.SessionBuilder().authtoken_from_env().authtoken("t").server_addr("h:1").root_cas(b"") \
+        .ca_cert("").metadata("m").connect()
+    print(s.id())
+    l2 = (s.tls_endpoint().domain("b.test").termination(b"", b"").agent_termination("", Path("k"))
+          .mutual_tlsca(b"").traffic_policy("").proxy_proto("2").allow_cidr("a").deny_cidr("d")
+          .metadata("m").forwards_to("f").verify_upstream_tls(True).listen_and_forward(80))
     l3 = s.tcp_endpoint().remote_addr("h:1").listen_and_forward("localhost:80")
-    with l2, l3:
+    with l2, l3, s:
         pass
     try:
         burrow.forward(1)
@@ -37,26 +48,43 @@ def main(edge: burrow.Edge) -> None:
         code: str = e.code
         message: str = e.message
         print(code, message)
+    except (burrow.BindError, burrow.CertificateError, burrow.PolicyError, burrow.ConnectionError) as e:
+        print(e.code)
+    except burrow.Error as e:
+        assert isinstance(e, ValueError)
 
-async def amain() -> None:
-    async with await burrow.async_forward(8080, proto="tcp") as l:
+async def amain(edge: burrow.Edge) -> None:
+    async with await burrow.async_forward(8080, proto="tcp", **edge.options()) as l:
         await l.async_join()
+    l4: burrow.Listener = await burrow.forward(8080)
+    s = await burrow.SessionBuilder().server_addr(edge.tunnel_addr).connect()
+    l5: burrow.Listener = await s.tls_endpoint().domain("c.test").listen_and_forward(8080)
+    print(l4, l5)
 
 with burrow.Edge(open=True) as edge:
     main(edge)
-asyncio.run(amain())
+    asyncio.run(amain(edge))
 '''
+
+
+# mypy's cache lives in the (git-ignored) build dir, so warm runs are quick.
+CACHE = Path(__file__).resolve().parent.parent / "target" / "python" / "mypy-cache"
+
+
+def mypy(script: Path) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(CACHE), str(script)],
+                          capture_output=True, text=True, cwd=script.parent)
 
 
 def test_mypy_strict_accepts_the_surface(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(SAMPLE)
-    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(sample)], capture_output=True, text=True)
+    result = mypy(sample)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_rejects_a_bad_option(tmp_path: Path) -> None:
     sample = tmp_path / "bad.py"
     sample.write_text("import burrow\nburrow.forward(8080, terminate_at='nowhere')\n")
-    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(sample)], capture_output=True, text=True)
+    result = mypy(sample)
     assert result.returncode != 0 and "terminate_at" in result.stdout

@@ -1,8 +1,9 @@
-//! burrow's exception classes and the one mapping from core error codes to them.
+//! burrow's exception classes and the one mapping from error codes to them.
 
 use burrow_core::{Error as CoreError, ErrorCode};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 pyo3::create_exception!(
     _burrow,
@@ -33,7 +34,7 @@ pyo3::create_exception!(
     _burrow,
     ConnectionError,
     Error,
-    "The edge or the upstream could not be reached."
+    "The edge or the upstream could not be reached, or the session is closed."
 );
 
 /// Adds the exception classes to the module.
@@ -45,47 +46,68 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CertificateError", py.get_type::<CertificateError>())?;
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
+    m.add_function(wrap_pyfunction!(new_error, m)?)?;
     Ok(())
 }
 
-/// Builds the exception for `code` with `.code` and `.message` set.
-fn make(code: &str, message: String, kind: ErrorCode) -> PyErr {
-    let err = match kind {
-        ErrorCode::AuthFailed | ErrorCode::RateLimited => AuthError::new_err(message.clone()),
-        ErrorCode::DomainNotAllowed
-        | ErrorCode::DomainTaken
-        | ErrorCode::PortUnavailable
-        | ErrorCode::LimitExceeded => BindError::new_err(message.clone()),
-        ErrorCode::CertDomainMismatch | ErrorCode::KeyMismatch | ErrorCode::InvalidPem => {
-            CertificateError::new_err(message.clone())
+/// The exception class for an error code: the one place codes meet classes.
+///
+/// Codes are the strings of [`ErrorCode::as_str`] (plus the binding's own, which use
+/// the same spelling); a code not listed here is a plain `burrow.Error`.
+fn class_for<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyType> {
+    match code {
+        "AUTH_FAILED" | "RATE_LIMITED" => py.get_type::<AuthError>(),
+        "DOMAIN_NOT_ALLOWED" | "DOMAIN_TAKEN" | "PORT_UNAVAILABLE" | "LIMIT_EXCEEDED" => {
+            py.get_type::<BindError>()
         }
-        ErrorCode::InvalidPolicy => PolicyError::new_err(message.clone()),
-        ErrorCode::ConnectFailed
-        | ErrorCode::Timeout
-        | ErrorCode::Closed
-        | ErrorCode::VersionMismatch
-        | ErrorCode::Protocol => ConnectionError::new_err(message.clone()),
-        _ => Error::new_err(message.clone()),
-    };
-    Python::attach(|py| {
-        let value = err.value(py);
-        let _ = value.setattr("code", code);
-        let _ = value.setattr("message", message);
-    });
-    err
+        "CERT_DOMAIN_MISMATCH"
+        | "KEY_MISMATCH"
+        | "INVALID_PEM"
+        | "ACME_FAILED"
+        | "ACME_UNREACHABLE"
+        | "ACME_RATE_LIMITED" => py.get_type::<CertificateError>(),
+        "INVALID_POLICY" => py.get_type::<PolicyError>(),
+        "CONNECT_FAILED" | "TIMEOUT" | "CLOSED" | "VERSION_MISMATCH" | "PROTOCOL" => {
+            py.get_type::<ConnectionError>()
+        }
+        _ => py.get_type::<Error>(),
+    }
+}
+
+/// Builds the exception for `code`, with `.code` and `.message` set.
+fn make(code: &str, message: &str) -> PyErr {
+    Python::try_attach(|py| {
+        let built = class_for(py, code).call1((message,)).and_then(|value| {
+            value.setattr("code", code)?;
+            value.setattr("message", message)?;
+            Ok(value)
+        });
+        match built {
+            Ok(value) => PyErr::from_value(value),
+            Err(e) => e,
+        }
+    })
+    // The interpreter is shutting down: nobody will see the exception's attributes.
+    .unwrap_or_else(|| Error::new_err(format!("{message} [{code}]")))
+}
+
+/// Makes a `burrow.Error` (or the subclass its code maps to) with `.code` and `.message`.
+#[pyfunction]
+fn new_error(py: Python<'_>, code: &str, message: &str) -> Py<PyAny> {
+    make(code, message).into_value(py).into_any()
 }
 
 /// Maps a core error to its Python exception.
 pub fn to_py(e: CoreError) -> PyErr {
-    make(e.code().as_str(), e.message().to_owned(), e.code())
+    make(e.code().as_str(), e.message())
 }
 
 /// An invalid-option error raised by the binding itself.
-pub fn option(message: String) -> PyErr {
-    make("INVALID_OPTION", message, ErrorCode::InvalidOption)
+pub fn option(message: &str) -> PyErr {
+    make(ErrorCode::InvalidOption.as_str(), message)
 }
 
 /// An unexpected failure inside the binding.
-pub fn internal(message: String) -> PyErr {
-    make("INTERNAL", message, ErrorCode::Internal)
+pub fn internal(message: &str) -> PyErr {
+    make(ErrorCode::Internal.as_str(), message)
 }

@@ -10,6 +10,7 @@ mod logging;
 use burrow_core::{
     Edge, EdgeConfig, Forwarder, ProxyProto, Session, TerminateAt, TlsEndpointBuilder, Upstream,
 };
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::future::Future;
@@ -31,7 +32,7 @@ where
         match step {
             Ok(Ok(result)) => return result,
             Ok(Err(join)) => {
-                return Err(errors::internal(format!("background task failed: {join}")));
+                return Err(errors::internal(&format!("background task failed: {join}")));
             }
             Err(_elapsed) => {
                 if let Err(interrupt) = py.check_signals() {
@@ -43,14 +44,19 @@ where
     }
 }
 
+/// `d[key]` converted to `T`; `None` when the key is absent or its value is `None`.
 fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
     match d.get_item(key)? {
-        Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(Into::into)?)),
+        Some(v) if !v.is_none() => match v.extract::<T>() {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                let e: PyErr = e.into();
+                Err(errors::option(&format!("option {key}: {e}")))
+            }
+        },
         _ => Ok(None),
     }
 }
-
-use pyo3::conversion::FromPyObjectOwned;
 
 /// Session settings, taken from the options dict.
 struct SessionOptions {
@@ -61,6 +67,7 @@ struct SessionOptions {
 }
 
 impl SessionOptions {
+    /// Reads the session keys of a normalized options dict.
     fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
         Ok(SessionOptions {
             authtoken: get(d, "authtoken")?,
@@ -70,6 +77,7 @@ impl SessionOptions {
         })
     }
 
+    /// Connects and authenticates.
     async fn connect(self) -> PyResult<Session> {
         let mut b = Session::builder();
         if let Some(t) = self.authtoken {
@@ -109,6 +117,7 @@ struct EndpointOptions {
 }
 
 impl EndpointOptions {
+    /// Reads the endpoint keys of a normalized options dict.
     fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
         Ok(EndpointOptions {
             proto: get(d, "proto")?.unwrap_or_else(|| "tls".to_owned()),
@@ -130,6 +139,7 @@ impl EndpointOptions {
         })
     }
 
+    /// Binds the endpoint on `session` and starts forwarding to the upstream.
     async fn forward(self, session: Session) -> PyResult<Forwarder> {
         let mut upstream: Upstream = self.upstream.parse().map_err(errors::to_py)?;
         upstream = upstream.verify_tls(self.verify_upstream_tls);
@@ -197,7 +207,7 @@ impl EndpointOptions {
                 }
                 configure!(b)
             }
-            other => Err(errors::option(format!(
+            other => Err(errors::option(&format!(
                 "proto {other:?} is not supported (use \"tls\" or \"tcp\")"
             ))),
         }
@@ -294,6 +304,7 @@ struct NativeListener {
 }
 
 impl NativeListener {
+    /// Wraps a running forwarder, keeping its descriptive fields readable after close.
     fn new(fwd: Forwarder) -> Self {
         NativeListener {
             id: fwd.id().to_owned(),
@@ -325,34 +336,41 @@ impl NativeListener {
 
 #[pymethods]
 impl NativeListener {
+    /// The endpoint id the edge gave.
     fn id(&self) -> &str {
         &self.id
     }
+    /// The public URL.
     fn url(&self) -> &str {
         &self.url
     }
+    /// `"tls"` or `"tcp"`.
     fn proto(&self) -> &str {
         &self.proto
     }
+    /// The endpoint's metadata.
     fn metadata(&self) -> &str {
         &self.metadata
     }
+    /// The upstream it forwards to.
     fn forwards_to(&self) -> &str {
         &self.forwards_to
     }
+    /// `"edge"`, `"agent"` or `"upstream"`.
     fn terminate_at(&self) -> &str {
         &self.terminate_at
     }
 
     /// Stops the endpoint (idempotent).
-    fn close(&self) {
+    fn close(&self, py: Python<'_>) {
         let fwd = self
             .forwarder
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(fwd) = fwd {
-            fwd.close();
+            // Without the GIL: closing takes a session lock other threads may hold.
+            py.detach(move || fwd.close());
         }
     }
 
@@ -397,12 +415,15 @@ impl NativeEdge {
         })
     }
 
+    /// Where agents connect (`host:port`).
     fn tunnel_addr(&self) -> &str {
         &self.tunnel_addr
     }
+    /// The public TLS listener (`host:port`).
     fn tls_addr(&self) -> &str {
         &self.tls_addr
     }
+    /// The edge's CA certificate (PEM): trust it to reach the tunnel and edge-made certs.
     fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
@@ -420,14 +441,6 @@ impl NativeEdge {
     }
 }
 
-/// Parses and checks a traffic policy without binding anything.
-#[pyfunction]
-fn check_policy(policy: &str) -> PyResult<()> {
-    burrow_core::policy::TrafficPolicy::parse(policy)
-        .map(|_| ())
-        .map_err(errors::to_py)
-}
-
 /// The Python module `burrow._burrow`.
 #[pymodule]
 fn _burrow(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -435,7 +448,6 @@ fn _burrow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeSession>()?;
     m.add_class::<NativeListener>()?;
     m.add_class::<NativeEdge>()?;
-    m.add_function(wrap_pyfunction!(check_policy, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     Ok(())
 }

@@ -1,39 +1,59 @@
 //! Bridges Rust `tracing` events into Python's `logging` (logger "burrow").
+//!
+//! Events are formatted where they happen and handed to one delivery thread over a
+//! bounded channel; only that thread takes the GIL. A tokio task that logs while it
+//! holds a lock therefore never waits for the GIL, so a Python thread that holds the
+//! GIL and waits for that lock cannot deadlock with it. When the channel is full
+//! (Python logging far slower than the tunnel), events are dropped, never waited on.
 
 use pyo3::prelude::*;
-use std::sync::OnceLock;
+use std::fmt::Write as _;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::{filter::LevelFilter, reload, Layer, Registry};
+use tracing_subscriber::{reload, Layer, Registry};
 
-static RELOAD: OnceLock<reload::Handle<LevelFilter, Registry>> = OnceLock::new();
+/// Events waiting for the delivery thread, at most.
+const QUEUE: usize = 10_000;
 
-/// Sends each event to `logging.getLogger("burrow")` at the matching level.
-struct PythonLogger;
+/// The level filter of the bridge, set up by the first `set_log_level` call.
+static BRIDGE: Mutex<Option<reload::Handle<Targets, Registry>>> = Mutex::new(None);
 
+/// One formatted event: Python logging level and message.
+type Record = (u8, String);
+
+/// Sends each event, formatted, to the delivery thread.
+struct ToChannel(SyncSender<Record>);
+
+/// Collects an event's message and fields as `message key=value ...`.
 #[derive(Default)]
-struct Message(String);
+struct Message {
+    text: String,
+    fields: String,
+}
 
 impl Visit for Message {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            self.0.insert_str(0, &format!("{value:?}"));
+            let _ = write!(self.text, "{value:?}");
         } else {
-            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+            let _ = write!(self.fields, " {}={:?}", field.name(), value);
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.0.insert_str(0, value);
+            self.text.push_str(value);
         } else {
-            self.0.push_str(&format!(" {}={}", field.name(), value));
+            let _ = write!(self.fields, " {}={}", field.name(), value);
         }
     }
 }
 
-impl<S: Subscriber> Layer<S> for PythonLogger {
+impl<S: Subscriber> Layer<S> for ToChannel {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut msg = Message::default();
         event.record(&mut msg);
@@ -41,43 +61,73 @@ impl<S: Subscriber> Layer<S> for PythonLogger {
             Level::ERROR => 40,
             Level::WARN => 30,
             Level::INFO => 20,
-            _ => 10,
+            Level::DEBUG => 10,
+            Level::TRACE => 5,
         };
-        Python::attach(|py| {
-            if let Ok(logging) = py.import("logging") {
-                if let Ok(logger) = logging.call_method1("getLogger", ("burrow",)) {
-                    let _ = logger.call_method1("log", (level, msg.0));
-                }
+        let _ = self.0.try_send((level, msg.text + &msg.fields));
+    }
+}
+
+/// Delivers records to `logging.getLogger("burrow")` until the interpreter goes away.
+fn deliver(records: Receiver<Record>) {
+    while let Ok((level, message)) = records.recv() {
+        let delivered = Python::try_attach(|py| {
+            // A failing handler must not stop the bridge; logging reports its own errors.
+            if let Ok(logger) = py
+                .import("logging")
+                .and_then(|logging| logging.call_method1("getLogger", ("burrow",)))
+            {
+                let _ = logger.call_method1("log", (level, message));
             }
         });
+        if delivered.is_none() {
+            return; // interpreter finalizing
+        }
     }
+}
+
+/// The filter for `level`: burrow's own events at `level`, other crates' at WARN at most.
+fn targets(level: LevelFilter) -> Targets {
+    Targets::new()
+        .with_target("burrow_core", level)
+        .with_target("_burrow", level)
+        .with_default(level.min(LevelFilter::WARN))
 }
 
 /// Sets the level of Rust events forwarded to Python logging ("ERROR" ... "TRACE", or "OFF").
 #[pyfunction]
 pub fn set_log_level(level: &str) -> PyResult<()> {
     let filter = match level.to_ascii_uppercase().as_str() {
-        "OFF" => LevelFilter::OFF,
+        "OFF" | "NOTSET" => LevelFilter::OFF,
         "ERROR" | "CRITICAL" => LevelFilter::ERROR,
         "WARN" | "WARNING" => LevelFilter::WARN,
         "INFO" => LevelFilter::INFO,
         "DEBUG" => LevelFilter::DEBUG,
         "TRACE" => LevelFilter::TRACE,
         other => {
-            return Err(super::errors::option(format!(
+            return Err(super::errors::option(&format!(
                 "log level {other:?} is not one of OFF, ERROR, WARNING, INFO, DEBUG, TRACE"
             )))
         }
     };
-    if let Some(handle) = RELOAD.get() {
+    let mut bridge = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(handle) = bridge.as_ref() {
         return handle
-            .reload(filter)
-            .map_err(|e| super::errors::internal(format!("log level: {e}")));
+            .reload(targets(filter))
+            .map_err(|e| super::errors::internal(&format!("log level: {e}")));
     }
-    let (layer, handle) = reload::Layer::new(filter);
-    let subscriber = Registry::default().with(layer).with(PythonLogger);
-    if tracing::subscriber::set_global_default(subscriber).is_ok() {
-        let _ = RELOAD.set(handle);
+    let (tx, rx) = sync_channel(QUEUE);
+    let (layer, handle) = reload::Layer::new(targets(filter));
+    let subscriber = Registry::default().with(layer).with(ToChannel(tx));
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        return Err(super::errors::internal(
+            "another tracing subscriber is already installed in this process",
+        ));
     }
+    std::thread::Builder::new()
+        .name("burrow-log".into())
+        .spawn(move || deliver(rx))
+        .map_err(|e| super::errors::internal(&format!("log thread: {e}")))?;
+    *bridge = Some(handle);
     Ok(())
 }

@@ -7,16 +7,22 @@ Mirrors ngrok's Python SDK, so ``import burrow as ngrok`` works::
 
 Goes further: ``terminate_at="agent"`` (the agent terminates TLS with your crt/key),
 an in-process :class:`Edge` for tests, and errors for unknown options.
+
+Lifetime rule: a :class:`Listener` runs until :meth:`Listener.close`,
+:func:`disconnect` or :func:`kill`. The module keeps a reference to every open
+listener (see :func:`get_listeners`), so dropping yours never stops a forward.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _burrow
 from ._burrow import (
@@ -37,36 +43,45 @@ __all__ = [
 
 Pem = Union[bytes, bytearray, str, Path]
 
+_log = logging.getLogger("burrow")
+
+# --- options -----------------------------------------------------------------------
+
 _SESSION_OPTIONS = {"authtoken", "authtoken_from_env", "server_addr", "root_cas", "session_ca_cert",
                     "session_metadata", "force_new_session"}
 _ENDPOINT_OPTIONS = {"addr", "proto", "domain", "hostname", "url", "crt", "key", "mutual_tls_cas",
                      "terminate_at", "traffic_policy", "policy", "proxy_proto", "metadata", "forwards_to",
                      "allow_cidr", "deny_cidr", "remote_addr", "verify_upstream_tls", "upstream_root_cas"}
-# ngrok options burrow knows but does not implement (mostly HTTP endpoint features).
-_UNSUPPORTED = {"pooling_enabled", "basic_auth", "circuit_breaker", "compression", "oauth_provider",
-                "oauth_allow_domains", "oauth_allow_emails", "oauth_scopes", "oidc_issuer_url",
-                "oidc_client_id", "oidc_client_secret", "request_header_add", "request_header_remove",
-                "response_header_add", "response_header_remove", "schemes", "websocket_tcp_converter",
-                "app_protocol", "label", "labels", "verify_webhook_provider", "verify_webhook_secret",
-                "ip_restriction_allow_cidrs", "ip_restriction_deny_cidrs", "policy_file",
-                "bindings", "session_ca_certs"}
+
+# Known option names burrow does not implement, each with the reason given to the user.
+# The one place to switch an option off (add it here) or on (remove it and pass it to
+# the native layer in lib.rs).
+_UNSUPPORTED: Dict[str, str] = {
+    **{name: "an ngrok HTTP endpoint option; burrow serves tls and tcp endpoints"
+       for name in ("basic_auth", "circuit_breaker", "compression", "oauth_provider",
+                    "oauth_allow_domains", "oauth_allow_emails", "oauth_scopes",
+                    "oauth_client_id", "oauth_client_secret", "oidc_issuer_url",
+                    "oidc_client_id", "oidc_client_secret", "oidc_allow_domains",
+                    "oidc_allow_emails", "oidc_scopes", "request_header_add",
+                    "request_header_remove", "response_header_add", "response_header_remove",
+                    "schemes", "websocket_tcp_converter", "app_protocol", "allow_user_agent",
+                    "deny_user_agent", "verify_webhook_provider", "verify_webhook_secret")},
+    **{name: "an ngrok option burrow does not implement"
+       for name in ("pooling_enabled", "label", "labels", "binding", "bindings",
+                    "ip_restriction_allow_cidrs", "ip_restriction_deny_cidrs", "policy_file",
+                    "session_ca_certs", "description")},
+}
 _LIST_OPTIONS = {"allow_cidr", "deny_cidr"}
 _PEM_OPTIONS = {"crt", "key", "mutual_tls_cas", "root_cas", "session_ca_cert", "upstream_root_cas"}
 
-_lock = threading.Lock()
-_auth_token: Optional[str] = None
-_sessions: Dict[Tuple[Any, ...], "_burrow.NativeSession"] = {}
-_listeners: Dict[str, "Listener"] = {}
 
-
-def _error(code: str, message: str, cls: type = Error) -> Error:
-    err = cls(message)
-    err.code = code  # type: ignore[attr-defined]
-    err.message = message  # type: ignore[attr-defined]
+def _error(code: str, message: str) -> Error:
+    """An exception of the class ``code`` maps to (one mapping, in the native module)."""
+    err: Error = _burrow.new_error(code, message)
     return err
 
 
-def _pem(name: str, value: Pem) -> bytes:
+def _pem(name: str, value: Any) -> bytes:
     if isinstance(value, Path):
         try:
             return value.read_bytes()
@@ -76,7 +91,10 @@ def _pem(name: str, value: Pem) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode()
-    raise _error("INVALID_OPTION", f"{name} must be bytes, bytearray, str PEM text or a pathlib.Path, not {type(value).__name__}")
+    if isinstance(value, (list, tuple)):
+        return b"\n".join(_pem(name, v) for v in value)
+    raise _error("INVALID_OPTION", f"{name} must be bytes, bytearray, str PEM text or a pathlib.Path, "
+                                   f"not {type(value).__name__}")
 
 
 def _normalize(addr: Any, options: Dict[str, Any]) -> Dict[str, Any]:
@@ -87,7 +105,7 @@ def _normalize(addr: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         if value is None:
             continue
         if key in _UNSUPPORTED:
-            raise _error("UNSUPPORTED", f"option {raw_key!r} is an ngrok option burrow does not support")
+            raise _error("UNSUPPORTED", f"option {raw_key!r} is not supported yet: {_UNSUPPORTED[key]}")
         if key not in _SESSION_OPTIONS and key not in _ENDPOINT_OPTIONS:
             raise _error("INVALID_OPTION", f"unknown option {raw_key!r}")
         opts[key] = value
@@ -126,14 +144,18 @@ def _normalize(addr: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         opts[key] = _pem(key, opts[key])
     for key in _LIST_OPTIONS & opts.keys():
         v = opts[key]
-        opts[key] = [v] if isinstance(v, str) else list(v)
+        opts[key] = [v] if isinstance(v, str) else [str(x) for x in v]
     if ("crt" in opts) != ("key" in opts):
         missing = "key" if "crt" in opts else "crt"
         raise _error("INVALID_OPTION", f"Missing {missing} for tls termination")
     if "traffic_policy" in opts and not isinstance(opts["traffic_policy"], str):
         raise _error("INVALID_OPTION", "traffic_policy must be a YAML or JSON string")
-    if "proxy_proto" in opts:
-        opts["proxy_proto"] = str(opts["proxy_proto"])
+    for key in ("proxy_proto", "domain", "remote_addr", "metadata", "forwards_to", "session_metadata",
+                "terminate_at", "server_addr", "authtoken"):
+        if key in opts:
+            opts[key] = str(opts[key])
+    if opts.get("proxy_proto") == "":
+        del opts["proxy_proto"]
     if opts.pop("authtoken_from_env", False) and "authtoken" not in opts:
         token = os.environ.get("BURROW_AUTHTOKEN") or os.environ.get("NGROK_AUTHTOKEN")
         if token:
@@ -145,76 +167,166 @@ def _normalize(addr: Any, options: Dict[str, Any]) -> Dict[str, Any]:
     return opts
 
 
-def _session_key(opts: Dict[str, Any]) -> Tuple[Any, ...]:
+# --- sessions ------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_auth_token: Optional[str] = None
+_bridge_level = logging.CRITICAL + 1  # the level Rust events reach Python logging at (none yet)
+_SessionKey = Tuple[Any, ...]
+_sessions: Dict[_SessionKey, "_burrow.NativeSession"] = {}  # reused by later forwards
+_all_sessions: List["_burrow.NativeSession"] = []  # every session kill() closes
+_pending: Dict[_SessionKey, "concurrent.futures.Future[_burrow.NativeSession]"] = {}
+_listeners: Dict[str, "Listener"] = {}
+
+
+class _Abandoned(Exception):
+    """The caller connecting a shared session was cancelled; waiters try again."""
+
+
+def _session_key(opts: Dict[str, Any]) -> _SessionKey:
     return (opts.get("server_addr"), opts.get("authtoken"), opts.get("root_cas"), opts.get("session_metadata"))
 
 
-def _session_for(opts: Dict[str, Any]) -> "_burrow.NativeSession":
-    key = _session_key(opts)
+def _claim(key: _SessionKey) -> Tuple[Optional["_burrow.NativeSession"],
+                                      "concurrent.futures.Future[_burrow.NativeSession]", bool]:
+    """The shared session for ``key``, or a future to wait on, or (True) the duty to connect."""
     with _lock:
-        if not opts.get("force_new_session") and key in _sessions:
-            return _sessions[key]
-    native = _burrow.NativeSession.connect(opts)
-    if native.embedded_edge() is not None:
-        logging.getLogger("burrow").info("no server address given: started an embedded edge in this process")
+        if key in _sessions:
+            return _sessions[key], concurrent.futures.Future(), False
+        if key in _pending:
+            return None, _pending[key], False
+        fut: concurrent.futures.Future[_burrow.NativeSession] = concurrent.futures.Future()
+        _pending[key] = fut
+        return None, fut, True
+
+
+def _adopt(native: "_burrow.NativeSession", key: Optional[_SessionKey]) -> "_burrow.NativeSession":
     with _lock:
-        _sessions.setdefault(key, native)
+        _all_sessions.append(native)
+        if key is not None:
+            _sessions[key] = native
+    if native.embedded_edge() is not None and _bridge_level > logging.INFO:
+        # (With the bridge at INFO the core says this itself.)
+        _log.info("no server address given: started an embedded edge in this process")
     return native
+
+
+def _settle(key: _SessionKey, fut: "concurrent.futures.Future[_burrow.NativeSession]",
+            native: Optional["_burrow.NativeSession"], error: Optional[BaseException]) -> None:
+    if native is not None:
+        _adopt(native, key)
+    with _lock:
+        _pending.pop(key, None)
+    if native is not None:
+        fut.set_result(native)
+    else:
+        fut.set_exception(error if isinstance(error, Exception) else _Abandoned())
+
+
+def _session_for(opts: Dict[str, Any]) -> "_burrow.NativeSession":
+    """One session per (server, token, CA, metadata), connected once even under races."""
+    if opts.get("force_new_session"):
+        return _adopt(_burrow.NativeSession.connect(opts), None)
+    key = _session_key(opts)
+    while True:
+        native, fut, mine = _claim(key)
+        if native is not None:
+            return native
+        if not mine:
+            try:
+                return fut.result()
+            except _Abandoned:
+                continue
+        try:
+            native = _burrow.NativeSession.connect(opts)
+        except BaseException as e:
+            _settle(key, fut, None, e)
+            raise
+        _settle(key, fut, native, None)
+        return native
 
 
 async def _session_for_async(opts: Dict[str, Any]) -> "_burrow.NativeSession":
+    """Like :func:`_session_for`, without blocking the event loop."""
+    if opts.get("force_new_session"):
+        return _adopt(await _burrow.NativeSession.connect_async(opts), None)
     key = _session_key(opts)
-    with _lock:
-        if not opts.get("force_new_session") and key in _sessions:
-            return _sessions[key]
-    native = await _burrow.NativeSession.connect_async(opts)
-    with _lock:
-        _sessions.setdefault(key, native)
-    return native
+    while True:
+        native, fut, mine = _claim(key)
+        if native is not None:
+            return native
+        if not mine:
+            try:
+                return await asyncio.wrap_future(fut)
+            except _Abandoned:
+                continue
+        try:
+            native = await _burrow.NativeSession.connect_async(opts)
+        except BaseException as e:
+            _settle(key, fut, None, e)
+            raise
+        _settle(key, fut, native, None)
+        return native
 
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+# --- listeners -----------------------------------------------------------------------
 
 class Listener:
-    """A forwarding endpoint. It keeps running until :meth:`close`, :func:`disconnect` or
-    :func:`kill`; dropping the last reference does not stop it (the module keeps one,
-    see :func:`get_listeners`)."""
+    """A forwarding endpoint.
+
+    It keeps running until :meth:`close`, :func:`disconnect` or :func:`kill`; dropping
+    the last reference does not stop it (the module keeps one, see :func:`get_listeners`).
+    """
 
     def __init__(self, native: "_burrow.NativeListener") -> None:
         self._native = native
-        self._closed = False
         with _lock:
             _listeners[native.id()] = self
 
     def id(self) -> str:
+        """The endpoint id the edge gave."""
         return self._native.id()
 
     def url(self) -> str:
+        """The public URL, e.g. ``tls://app.example.com:443`` or ``tcp://host:port``."""
         return self._native.url()
 
     def proto(self) -> str:
+        """``"tls"`` or ``"tcp"``."""
         return self._native.proto()
 
     def metadata(self) -> str:
+        """The endpoint's metadata."""
         return self._native.metadata()
 
     def forwards_to(self) -> str:
+        """The upstream this endpoint forwards to."""
         return self._native.forwards_to()
 
     def terminate_at(self) -> str:
+        """Where TLS is terminated: ``"edge"``, ``"agent"`` or ``"upstream"``."""
         return self._native.terminate_at()
 
     def close(self) -> None:
         """Stops the endpoint; calling it again does nothing."""
-        if not self._closed:
-            self._closed = True
-            self._native.close()
+        self._native.close()
         with _lock:
             _listeners.pop(self.id(), None)
 
     def join(self) -> None:
-        """Blocks until the endpoint is closed (Ctrl-C interrupts)."""
+        """Blocks until the endpoint is closed (the GIL is released; Ctrl-C interrupts)."""
         self._native.join()
 
     async def async_join(self) -> None:
+        """Waits until the endpoint is closed."""
         await self._native.join_async()
 
     def __enter__(self) -> "Listener":
@@ -253,13 +365,11 @@ def forward(addr: Any = None, proto: Optional[str] = None, **options: Any) -> An
     Blocks and returns a :class:`Listener` when no asyncio loop runs in this thread;
     inside a running loop returns an awaitable, as ngrok's SDK does.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        if proto is not None:
-            options["proto"] = proto
-        return _forward_blocking(addr, options)
-    return async_forward(addr, proto, **options)
+    if _in_running_loop():
+        return async_forward(addr, proto, **options)
+    if proto is not None:
+        options["proto"] = proto
+    return _forward_blocking(addr, options)
 
 
 connect = forward
@@ -279,35 +389,65 @@ def disconnect(url: Optional[str] = None) -> None:
 
 
 def kill() -> None:
-    """Closes every listener and session."""
+    """Closes every listener and every session this module opened."""
     disconnect()
     with _lock:
-        sessions = list(_sessions.values())
+        sessions = list(_all_sessions)
+        _all_sessions.clear()
         _sessions.clear()
     for s in sessions:
         s.close()
 
 
 def set_auth_token(token: str) -> None:
-    """The authtoken used when none is passed."""
+    """The authtoken used when a call passes none."""
     global _auth_token
     _auth_token = token
 
 
-def log_level(level: Union[str, int] = "INFO") -> None:
-    """Forwards burrow's Rust logs at ``level`` and above to ``logging.getLogger("burrow")``."""
-    if isinstance(level, int):
-        level = logging.getLevelName(level)
-    _burrow.set_log_level(str(level))
-    logger = logging.getLogger("burrow")
-    if str(level).upper() != "OFF":
-        logger.setLevel(str(level).upper().replace("TRACE", "DEBUG"))
+_LEVELS = {"OFF": logging.CRITICAL + 1, "NOTSET": logging.CRITICAL + 1, "CRITICAL": logging.CRITICAL,
+           "ERROR": logging.ERROR, "WARN": logging.WARNING, "WARNING": logging.WARNING,
+           "INFO": logging.INFO, "DEBUG": logging.DEBUG, "TRACE": 5}
 
+
+def log_level(level: Union[str, int] = "INFO") -> None:
+    """Forwards burrow's Rust logs at ``level`` and above to ``logging.getLogger("burrow")``.
+
+    ``level`` is a name (``"TRACE"``, ``"DEBUG"``, ``"INFO"``, ``"WARNING"``, ``"ERROR"``,
+    ``"OFF"``) or a :mod:`logging` number. TRACE records use level 5. The records are
+    delivered by a background thread, shortly after the event.
+    """
+    global _bridge_level
+    if isinstance(level, int) and not isinstance(level, bool):
+        name = next((n for n in ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+                     if level <= _LEVELS[n]), "OFF")
+    else:
+        name = str(level).upper()
+    if name not in _LEVELS:
+        raise _error("INVALID_OPTION", f"log level {level!r} is not one of {', '.join(_LEVELS)}")
+    _burrow.set_log_level(name)
+    _bridge_level = _LEVELS[name]
+    if _bridge_level <= logging.CRITICAL:
+        _log.setLevel(_bridge_level)
+
+
+def _quiet_at_exit() -> None:
+    # The log thread stops delivering once the interpreter finalizes; stop feeding it first.
+    if _bridge_level <= logging.CRITICAL:
+        _burrow.set_log_level("OFF")
+
+
+atexit.register(_quiet_at_exit)
+
+
+# --- the in-process edge -------------------------------------------------------------
 
 class Edge:
-    """An edge running in this process, for tests and local use.
+    """An edge running in this process, for tests and local use (a context manager).
 
-    Keyword arguments are edge config keys (see the README), e.g. ``authtokens=[...]``.
+    Keyword arguments are the edge config file's keys, e.g.
+    ``Edge(authtokens=[{"token": "t", "domains": ["*.example.test"]}])``; with none,
+    an open edge on loopback: random ports, any token, TCP ports from the OS.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -315,25 +455,30 @@ class Edge:
 
     @property
     def tunnel_addr(self) -> str:
+        """Where agents connect (``host:port``): pass it as ``server_addr``."""
         return self._native.tunnel_addr()
 
     @property
     def tls_addr(self) -> str:
+        """The public TLS listener (``host:port``)."""
         return self._native.tls_addr()
 
     @property
     def tls_port(self) -> int:
+        """The port of :attr:`tls_addr`."""
         return int(self.tls_addr.rsplit(":", 1)[1])
 
     @property
     def ca_pem(self) -> str:
+        """The edge's CA (PEM): pass it as ``root_cas``; it also signs automatic certificates."""
         return self._native.ca_pem()
 
     def options(self) -> Dict[str, Any]:
-        """Session options that point a forward() at this edge."""
+        """Session options that point a :func:`forward` at this edge."""
         return {"server_addr": self.tunnel_addr, "root_cas": self.ca_pem}
 
     def close(self) -> None:
+        """Stops the edge; calling it again does nothing."""
         self._native.close()
 
     def __enter__(self) -> "Edge":
@@ -341,6 +486,9 @@ class Edge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"<burrow.Edge tunnel={self.tunnel_addr} tls={self.tls_addr}>"
 
 
 def _toml(config: Dict[str, Any]) -> str:
@@ -370,20 +518,40 @@ def _toml(config: Dict[str, Any]) -> str:
     return "\n".join(lines + tables) + "\n"
 
 
+# --- builders (as ngrok's) -----------------------------------------------------------
+
+def _loop_aware(blocking: Callable[[], Any], awaitable: Callable[[], Any]) -> Any:
+    """``blocking()`` with no running loop in this thread, else the awaitable (as ngrok's)."""
+    return awaitable() if _in_running_loop() else blocking()
+
+
 class Session:
-    """A session made by :class:`SessionBuilder`."""
+    """A session made by :class:`SessionBuilder`; closed by :meth:`close` or on exit of ``with``."""
 
     def __init__(self, native: "_burrow.NativeSession") -> None:
         self._native = native
 
+    def id(self) -> str:
+        """The session id the edge gave."""
+        return self._native.id()
+
     def tls_endpoint(self) -> "TlsEndpointBuilder":
+        """Starts building a TLS (SNI-routed) endpoint."""
         return TlsEndpointBuilder(self, "tls")
 
     def tcp_endpoint(self) -> "TcpEndpointBuilder":
+        """Starts building a TCP endpoint on a port of its own."""
         return TcpEndpointBuilder(self, "tcp")
 
     def close(self) -> None:
+        """Closes every endpoint of this session and the tunnel (idempotent)."""
         self._native.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SessionBuilder:
@@ -393,30 +561,42 @@ class SessionBuilder:
         self._opts: Dict[str, Any] = {}
 
     def authtoken(self, token: str) -> "SessionBuilder":
+        """The authtoken presented to the edge."""
         self._opts["authtoken"] = token
         return self
 
     def authtoken_from_env(self) -> "SessionBuilder":
+        """Reads the authtoken from ``BURROW_AUTHTOKEN``, then ``NGROK_AUTHTOKEN``."""
         self._opts["authtoken_from_env"] = True
         return self
 
     def server_addr(self, addr: str) -> "SessionBuilder":
+        """The edge's tunnel address; without one an embedded edge starts in-process."""
         self._opts["server_addr"] = addr
         return self
 
     def root_cas(self, pem: Pem) -> "SessionBuilder":
+        """CA bundle the edge's tunnel certificate must chain to."""
         self._opts["root_cas"] = pem
         return self
 
     def ca_cert(self, pem: Pem) -> "SessionBuilder":
+        """ngrok's name for :meth:`root_cas`."""
         return self.root_cas(pem)
 
     def metadata(self, metadata: str) -> "SessionBuilder":
+        """Free-form session metadata sent to the edge."""
         self._opts["session_metadata"] = metadata
         return self
 
-    def connect(self) -> Session:
-        return Session(_burrow.NativeSession.connect(_normalize(None, dict(self._opts))))
+    def connect(self) -> Any:
+        """Connects: returns the :class:`Session`, or an awaitable of it inside a running loop."""
+        opts = _normalize(None, dict(self._opts))
+
+        async def connect_async() -> Session:
+            return Session(await _burrow.NativeSession.connect_async(opts))
+
+        return _loop_aware(lambda: Session(_burrow.NativeSession.connect(opts)), connect_async)
 
 
 class _EndpointBuilder:
@@ -429,45 +609,65 @@ class _EndpointBuilder:
         return self
 
     def metadata(self, metadata: str) -> Any:
+        """The endpoint's metadata."""
         return self._set("metadata", metadata)
 
     def forwards_to(self, to: str) -> Any:
+        """A description of the upstream, reported by :meth:`Listener.forwards_to`."""
         return self._set("forwards_to", to)
 
     def termination(self, crt: Pem, key: Pem) -> Any:
+        """The edge terminates TLS with this certificate and key."""
         self._opts.update(crt=crt, key=key, terminate_at="edge")
         return self
 
     def agent_termination(self, crt: Pem, key: Pem) -> Any:
+        """The agent (this process) terminates TLS with this certificate and key."""
         self._opts.update(crt=crt, key=key, terminate_at="agent")
         return self
 
     def mutual_tlsca(self, ca: Pem) -> Any:
+        """Clients must present a certificate from this CA bundle."""
         return self._set("mutual_tls_cas", ca)
 
     def traffic_policy(self, policy: str) -> Any:
+        """A traffic policy (YAML or JSON)."""
         return self._set("traffic_policy", policy)
 
     def proxy_proto(self, version: str) -> Any:
+        """Send a PROXY protocol header (``"1"`` or ``"2"``) to the upstream."""
         return self._set("proxy_proto", version)
 
     def allow_cidr(self, cidr: str) -> Any:
+        """Accept clients from this network only (repeatable)."""
         self._opts.setdefault("allow_cidr", []).append(cidr)
         return self
 
     def deny_cidr(self, cidr: str) -> Any:
+        """Refuse clients from this network (repeatable)."""
         self._opts.setdefault("deny_cidr", []).append(cidr)
         return self
 
-    def listen_and_forward(self, url: Union[str, int]) -> Listener:
+    def verify_upstream_tls(self, verify: bool) -> Any:
+        """Whether a ``tls://`` upstream's certificate is checked (default True)."""
+        return self._set("verify_upstream_tls", verify)
+
+    def listen_and_forward(self, url: Union[str, int]) -> Any:
+        """Binds and forwards to ``url``: the :class:`Listener`, or an awaitable of it inside a loop."""
         opts = _normalize(url, dict(self._opts))
-        return Listener(self._session._native.forward(opts))
+        native = self._session._native
+
+        async def forward_async() -> Listener:
+            return Listener(await native.forward_async(opts))
+
+        return _loop_aware(lambda: Listener(native.forward(opts)), forward_async)
 
 
 class TlsEndpointBuilder(_EndpointBuilder):
     """Builds a TLS endpoint."""
 
     def domain(self, domain: str) -> "TlsEndpointBuilder":
+        """The endpoint's host name."""
         return self._set("domain", domain)
 
 
@@ -475,4 +675,5 @@ class TcpEndpointBuilder(_EndpointBuilder):
     """Builds a TCP endpoint."""
 
     def remote_addr(self, addr: str) -> "TcpEndpointBuilder":
+        """The public ``host:port`` to ask for."""
         return self._set("remote_addr", addr)
