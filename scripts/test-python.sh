@@ -10,7 +10,11 @@ REQUIREMENTS=(
 )
 
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  python3 -m venv .venv || {
+    echo "python3 -m venv failed: on Debian/Ubuntu install python3-venv" >&2
+    rm -rf .venv
+    exit 1
+  }
 fi
 # pip only when the pinned set changed since the last successful install.
 stamp=.venv/.burrow-test-requirements

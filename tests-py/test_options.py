@@ -160,6 +160,12 @@ def test_one_session_unless_forced(edge: burrow.Edge) -> None:
     assert len(burrow._all_sessions) == 2
     with tls_client(edge_addr(forced), host(forced), edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"forced")
+    # a shared session that closed is not reused: the next forward connects a new one
+    burrow._all_sessions[0].close()
+    fresh = burrow.forward(service.port, terminate_at="edge", **edge.options())
+    assert len(burrow._all_sessions) == 3
+    with tls_client(edge_addr(fresh), host(fresh), edge.ca_pem.encode()) as conn:
+        echo_exact(conn, b"fresh")
 
 
 def test_tcp_remote_addr() -> None:

@@ -281,6 +281,11 @@ impl NativeSession {
         self.session.id()
     }
 
+    /// True until the session is closed.
+    fn is_open(&self) -> bool {
+        self.session.is_open()
+    }
+
     /// Closes every endpoint and the tunnel.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let session = self.session.clone();

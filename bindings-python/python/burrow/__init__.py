@@ -191,6 +191,8 @@ def _claim(key: _SessionKey) -> Tuple[Optional["_burrow.NativeSession"],
                                       "concurrent.futures.Future[_burrow.NativeSession]", bool]:
     """The shared session for ``key``, or a future to wait on, or (True) the duty to connect."""
     with _lock:
+        if key in _sessions and not _sessions[key].is_open():
+            del _sessions[key]  # closed (Session.close, or the edge gone for good): connect anew
         if key in _sessions:
             return _sessions[key], concurrent.futures.Future(), False
         if key in _pending:
