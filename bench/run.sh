@@ -174,7 +174,8 @@ record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["contender"
 measure() {
   local name="$1" run="$2" label="$3"; shift 3
   local out
-  if out=$("$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
+  # A workload that hangs (a contender that loses a close) is cut off and recorded as failed.
+  if out=$(timeout $((SECS * 10 + 30)) "$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
     record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")"
   else
     echo "   $label failed: $(grep -m1 -v '^ ' "$WORK/last-error.log")"
@@ -212,6 +213,8 @@ for entry in "${CONTENDERS[@]}"; do
       record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"error\":true}"
     fi
     exec 3>&-
+    # A contender that could not take them all leaves the client stuck connecting.
+    kill "$idle_pid" 2>/dev/null || true
     wait "$idle_pid" 2>/dev/null || true
   done
 done
