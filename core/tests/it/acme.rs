@@ -77,7 +77,12 @@ fn drain(out: impl AsyncRead + Unpin + Send + 'static, log: Arc<Mutex<String>>) 
 
 /// pebble (the ACME test server) and pebble-challtestsrv (its DNS, answering
 /// 127.0.0.1 for every name), both on 127.0.0.1 ports of their own. Killed on drop.
+/// One pebble at a time: parallel instances raced for "free" ports and starved each other
+/// on a busy 2-core machine.
+static ONE_PEBBLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Pebble {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
     _pebble: Child,
     _dns: Child,
     log: Arc<Mutex<String>>,
@@ -94,6 +99,7 @@ impl Pebble {
     /// Starts pebble validating TLS-ALPN-01 on `tls_port` of 127.0.0.1; certificates
     /// live `validity_secs` when given (pebble's default is years).
     async fn start(tls_port: u16, validity_secs: Option<u64>) -> Result<Pebble> {
+        let serial = ONE_PEBBLE.lock().await;
         for bin in [PEBBLE, CHALLTESTSRV] {
             assert!(
                 Path::new(bin).exists(),
@@ -163,6 +169,7 @@ impl Pebble {
         drain(pebble.stderr.take().context("pebble stderr")?, log.clone());
 
         let pebble = Pebble {
+            _serial: serial,
             _pebble: pebble,
             _dns: dns,
             log,
@@ -174,7 +181,7 @@ impl Pebble {
         };
         // Ready when both the directory and the management API answer.
         let acme_addr = SocketAddr::from(([127, 0, 0, 1], listen));
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let dir_ok = https_get(acme_addr, "/dir", &pebble.api_ca_pem).await;
             let roots_ok = pebble.root().await;
