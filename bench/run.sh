@@ -14,7 +14,7 @@ QUICK=0
 if [ "$QUICK" = 1 ]; then
   RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10
 else
-  RUNS=3; SECS=3; IDLE_COUNTS="1000 10000"; BIND_COUNT=50
+  RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50
 fi
 WORK="$(mktemp -d /tmp/burrow-bench.XXXXXX)"
 PIDS=()
@@ -73,25 +73,34 @@ start echo_plain "$BENCH" echo
 TLS_UP=$(wait_for echo_tls listening | awk '{print $2}')
 PLAIN_UP=$(wait_for echo_plain listening | awk '{print $2}')
 
-cat > edge.toml <<EOF
-open = true
-state_dir = "$WORK/state"
-EOF
-start edge "$BURROW" edge --config edge.toml --log warn
-TUNNEL=$(wait_for edge "tunnel:" | awk '{print $2}')
-EDGE_TLS=$(wait_for edge "tls:" | awk '{print $2}')
-AGENT_ARGS=(--server-addr "$TUNNEL" --root-cas "$WORK/state/ca.pem" --log warn)
-start agent_upstream "$BURROW" tls "$TLS_UP" --url tls://bench.test "${AGENT_ARGS[@]}"
-start agent_agent "$BURROW" tls "$PLAIN_UP" --terminate-at agent --url tls://agent.bench.test --crt leaf.pem --key leaf.key "${AGENT_ARGS[@]}"
-start agent_edge "$BURROW" tls "$PLAIN_UP" --url tls://edge.bench.test --crt leaf.pem --key leaf.key "${AGENT_ARGS[@]}"
+# One edge per burrow mode, so that no mode's RSS is measured in a heap another
+# mode's connections already grew.
+for mode in upstream agent edge; do
+  printf 'open = true\nstate_dir = "%s"\n' "$WORK/state-$mode" > "edge-$mode.toml"
+  start "edge_$mode" "$BURROW" edge --config "edge-$mode.toml" --log warn
+done
+agent_args() {
+  local tunnel
+  tunnel=$(wait_for "edge_$1" "tunnel:" | awk '{print $2}')
+  echo --server-addr "$tunnel" --root-cas "$WORK/state-$1/ca.pem" --log warn
+}
+EDGE_UPSTREAM=$(wait_for edge_upstream "tls:" | awk '{print $2}')
+EDGE_AGENT=$(wait_for edge_agent "tls:" | awk '{print $2}')
+EDGE_EDGE=$(wait_for edge_edge "tls:" | awk '{print $2}')
+# shellcheck disable=SC2046
+start agent_upstream "$BURROW" tls "$TLS_UP" --url tls://bench.test $(agent_args upstream)
+# shellcheck disable=SC2046
+start agent_agent "$BURROW" tls "$PLAIN_UP" --terminate-at agent --url tls://agent.bench.test --crt leaf.pem --key leaf.key $(agent_args agent)
+# shellcheck disable=SC2046
+start agent_edge "$BURROW" tls "$PLAIN_UP" --url tls://edge.bench.test --crt leaf.pem --key leaf.key $(agent_args edge)
 for a in agent_upstream agent_agent agent_edge; do wait_for "$a" Forwarding >/dev/null; done
 
 # name|address|sni|pids whose RSS counts
 CONTENDERS=(
   "direct|$TLS_UP|bench.test|$PID_echo_tls"
-  "burrow upstream|$EDGE_TLS|bench.test|$PID_edge $PID_agent_upstream"
-  "burrow agent|$EDGE_TLS|agent.bench.test|$PID_edge $PID_agent_agent"
-  "burrow edge|$EDGE_TLS|edge.bench.test|$PID_edge $PID_agent_edge"
+  "burrow upstream|$EDGE_UPSTREAM|bench.test|$PID_edge_upstream $PID_agent_upstream"
+  "burrow agent|$EDGE_AGENT|agent.bench.test|$PID_edge_agent $PID_agent_agent"
+  "burrow edge|$EDGE_EDGE|edge.bench.test|$PID_edge_edge $PID_agent_edge"
 )
 
 if [ "$QUICK" = 0 ]; then
@@ -220,6 +229,7 @@ for entry in "${CONTENDERS[@]}"; do
 done
 
 echo "== bind latency (burrow)"
-record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/state/ca.pem" --upstream "$PLAIN_UP" --count "$BIND_COUNT")"
+TUNNEL=$(wait_for edge_edge "tunnel:" | awk '{print $2}')
+record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/state-edge/ca.pem" --upstream "$PLAIN_UP" --count "$BIND_COUNT")"
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results$([ "$QUICK" = 1 ] && echo -quick).json"

@@ -225,23 +225,37 @@ async fn bulk(args: &RunArgs) -> Result<serde_json::Value> {
         let (pat, stop, received) = (pat.clone(), stop.clone(), received.clone());
         tasks.spawn(async move {
             let (mut r, mut w) = tokio::io::split(conn);
+            // The reader stops once it has every byte the writer sent, so no contender
+            // is judged on how it closes (nginx's ssl proxy sends no close_notify).
+            let (sent_tx, mut sent_rx) = tokio::sync::watch::channel(None::<u64>);
             let writer = async {
                 let mut off = 0usize;
+                let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let chunk = &pat[off..off + 64 * 1024];
                     w.write_all(chunk).await?;
+                    sent += chunk.len() as u64;
                     off = (off + 64 * 1024) % pat.len();
                 }
-                w.shutdown().await?;
+                w.flush().await?;
+                let _ = sent_tx.send(Some(sent));
                 anyhow::Ok(())
             };
             let reader = async {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut pos = 0usize;
                 loop {
-                    let n = r.read(&mut buf).await?;
+                    if let Some(sent) = *sent_rx.borrow_and_update() {
+                        if pos as u64 >= sent {
+                            return anyhow::Ok(());
+                        }
+                    }
+                    let n = tokio::select! {
+                        n = r.read(&mut buf) => n?,
+                        _ = sent_rx.changed() => continue,
+                    };
                     if n == 0 {
-                        return anyhow::Ok(());
+                        bail!("connection closed after {pos} bytes echoed");
                     }
                     for (i, b) in buf[..n].iter().enumerate() {
                         if *b != pat[(pos + i) % pat.len()] {

@@ -687,7 +687,8 @@ async fn forward(
     dialer: &super::upstream::Dialer,
     proxy_proto: Option<ProxyProto>,
 ) -> Result<()> {
-    let mut upstream = dialer.dial().await?;
+    // Boxed: dialling's timers and address lookup are not kept for the splice.
+    let mut upstream = Box::pin(dialer.dial()).await?;
     if let Some(version) = proxy_proto {
         let header = proxy_proto::header(version, conn.client_addr(), conn.server_addr())?;
         upstream

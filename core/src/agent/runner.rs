@@ -113,6 +113,7 @@ pub(crate) async fn establish(
         .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    let tcp = tokio::io::BufReader::with_capacity(mux::READ_BUFFER, tcp);
     let tls = timeout(
         CONNECT_TIMEOUT,
         settings

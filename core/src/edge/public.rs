@@ -6,11 +6,11 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
 use crate::splice::splice_idle;
 use crate::tls::{cert_subject, read_client_hello, send_alert, HelloError, RefusalAlert};
-use crate::wire::{write_header, StreamHeader};
+use crate::wire::{write_header_then, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
@@ -117,8 +117,7 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
     // An ACME directory validating a name the edge is ordering a certificate for.
     if let Some(acme) = &shared.acme {
         if let Some(config) = acme.challenge_config(&sni, &hello.alpn) {
-            acme.answer_challenge(hello.accepted, tcp, config, deadline)
-                .await;
+            Box::pin(acme.answer_challenge(*hello.accepted, tcp, config, deadline)).await;
             return;
         }
     }
@@ -137,26 +136,14 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
         }
     };
     let result = match termination {
-        Some(config) => {
-            let start = StartHandshake::from_parts(hello.accepted, tcp);
-            match timeout(deadline, start.into_stream(config)).await {
-                Ok(Ok(tls)) => {
-                    tracing::info!(%sni, mode = "edge", "connection");
-                    proxy_terminated(target, tls).await
-                }
-                Ok(Err(e)) => Err(Error::io("edge TLS handshake", e)),
-                Err(_) => Err(Error::new(
-                    ErrorCode::Timeout,
-                    "edge TLS handshake timed out",
-                )),
-            }
-        }
+        // Boxed, so that passthrough connections do not carry a TLS session's room.
+        Some(config) => Box::pin(terminate(target, *hello.accepted, tcp, config, deadline)).await,
         None => {
             tracing::info!(%sni, mode = "passthrough", "connection");
             // Keep only the bytes to replay; free the parser's state for the splice.
             let raw = hello.raw;
             drop(hello.accepted);
-            proxy_raw(target, tcp, &raw).await
+            proxy_raw(target, tcp, raw).await
         }
     };
     if let Err(e) = result {
@@ -179,7 +166,7 @@ async fn serve_tcp_conn(
     })?;
     let Some(config) = termination else {
         tracing::info!(mode = "tcp", "connection");
-        return proxy_raw(target, tcp, &[]).await;
+        return proxy_raw(target, tcp, Vec::new()).await;
     };
     let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let handshake = async {
@@ -230,12 +217,14 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// Opens a proxy stream to the agent and sends its header.
+    /// Opens a proxy stream to the agent and sends its header, followed by the
+    /// client's first bytes.
     async fn open(
         self,
         edge_terminated: bool,
         alpn: Option<String>,
         client_cert_subject: Option<String>,
+        first_bytes: &[u8],
     ) -> Result<crate::wire::mux::MuxStream> {
         let mut stream = self.route.tunnel.open().await?;
         let header = StreamHeader {
@@ -247,22 +236,45 @@ impl<'a> Target<'a> {
             server_addr: self.server_addr,
             client_cert_subject,
         };
-        write_header(&mut stream, &header).await?;
+        write_header_then(&mut stream, &header, first_bytes).await?;
         Ok(stream)
     }
 }
 
+/// Edge termination: finish the handshake the client started, then proxy plaintext.
+async fn terminate(
+    target: Target<'_>,
+    accepted: rustls::server::Accepted,
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    deadline: Duration,
+) -> Result<()> {
+    let start = StartHandshake::from_parts(accepted, tcp);
+    match timeout(deadline, start.into_stream(config)).await {
+        Ok(Ok(tls)) => {
+            tracing::info!(
+                sni = target.sni.as_deref().unwrap_or("-"),
+                mode = "edge",
+                "connection"
+            );
+            proxy_terminated(target, tls).await
+        }
+        Ok(Err(e)) => Err(Error::io("edge TLS handshake", e)),
+        Err(_) => Err(Error::new(
+            ErrorCode::Timeout,
+            "edge TLS handshake timed out",
+        )),
+    }
+}
+
 /// Passthrough: replay what was read, then splice raw bytes.
-async fn proxy_raw<C>(target: Target<'_>, mut client: C, already_read: &[u8]) -> Result<()>
+async fn proxy_raw<C>(target: Target<'_>, mut client: C, already_read: Vec<u8>) -> Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = target.idle;
-    let mut stream = target.open(false, None, None).await?;
-    stream
-        .write_all(already_read)
-        .await
-        .map_err(|e| Error::io("tunnel stream", e))?;
+    let mut stream = target.open(false, None, None, &already_read).await?;
+    drop(already_read);
     splice_idle(&mut client, &mut stream, idle)
         .await
         .map(|_| ())
@@ -282,6 +294,6 @@ where
         .and_then(|certs| certs.first())
         .and_then(|c| cert_subject(c));
     let idle = target.idle;
-    let mut stream = target.open(true, alpn, subject).await?;
+    let mut stream = target.open(true, alpn, subject, &[]).await?;
     splice_idle(&mut tls, &mut stream, idle).await.map(|_| ())
 }

@@ -57,6 +57,7 @@ async fn serve_agent(
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let deadline = shared.config.handshake_timeout();
+    let tcp = tokio::io::BufReader::with_capacity(mux::READ_BUFFER, tcp);
     let tls = timeout(deadline, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "tunnel TLS handshake timed out"))?

@@ -18,8 +18,9 @@ pub struct ClientHelloInfo {
     pub sni: Option<String>,
     /// ALPN protocols the client offered.
     pub alpn: Vec<String>,
-    /// The parsed hello, to continue a handshake at the edge.
-    pub accepted: Accepted,
+    /// The parsed hello, to continue a handshake at the edge (boxed: it is large,
+    /// and a passthrough connection drops it before splicing).
+    pub accepted: Box<Accepted>,
 }
 
 /// Why no ClientHello could be read.
@@ -50,7 +51,8 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     deadline: Duration,
     max_bytes: usize,
 ) -> Result<ClientHelloInfo, HelloError> {
-    tokio::time::timeout(deadline, read_inner(io, max_bytes))
+    // Boxed: the parser's state is freed once the hello is read.
+    tokio::time::timeout(deadline, Box::pin(read_inner(io, max_bytes)))
         .await
         .map_err(|_| HelloError::Timeout(deadline))?
 }
@@ -97,7 +99,7 @@ async fn read_inner<R: AsyncRead + Unpin>(
                     raw,
                     sni,
                     alpn,
-                    accepted,
+                    accepted: Box::new(accepted),
                 });
             }
             Err((e, _alert)) => return Err(HelloError::Invalid(e)),

@@ -71,11 +71,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ControlChannel<S> {
 
 /// Writes a length-prefixed header at the start of a stream.
 pub async fn write_header<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+    write_header_then(w, msg, &[]).await
+}
+
+/// Writes a length-prefixed header and the stream's first bytes in one write, so
+/// that they travel in one tunnel frame.
+pub async fn write_header_then<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+    first_bytes: &[u8],
+) -> Result<()> {
     let bytes = encode(msg)?;
     let len = u32::try_from(bytes.len()).map_err(|_| Error::protocol("header too large"))?;
-    let mut buf = Vec::with_capacity(4 + bytes.len());
+    let mut buf = Vec::with_capacity(4 + bytes.len() + first_bytes.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&bytes);
+    buf.extend_from_slice(first_bytes);
     w.write_all(&buf)
         .await
         .map_err(|e| Error::io("stream header", e))

@@ -25,6 +25,11 @@ const YAMUX_MAX_STREAMS: usize = MAX_STREAMS + 64;
 const CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
 /// Larger frames than yamux's default 16 KiB: fewer syscalls for bulk data.
 const SPLIT_SEND_SIZE: usize = 64 * 1024;
+/// Room for one whole frame (12-byte header + body) between yamux and TLS.
+const WRITE_BUFFER: usize = SPLIT_SEND_SIZE + 4 * 1024;
+/// Read buffer under the tunnel's TLS: rustls reads 4 KiB at a time, this makes one
+/// syscall of sixteen of those during bulk transfers.
+pub const READ_BUFFER: usize = 64 * 1024;
 
 /// Which end of the tunnel this is.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +144,9 @@ where
         Side::Agent => yamux::Mode::Client,
         Side::Edge => yamux::Mode::Server,
     };
+    // yamux writes a frame's header and body separately and flushes after each frame:
+    // buffering them here makes one TLS record (and one syscall) of the two.
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::unbounded_channel();
