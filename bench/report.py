@@ -18,7 +18,7 @@ failures = [(r["contender"], r["workload"]) for r in rows if r.get("error")]
 
 def median(contender, workload, conns, get):
     runs = by.get((contender, workload, conns), [])
-    values = [get(r) for r in runs if not r.get("error")]
+    values = [v for v in (get(r) for r in runs if not r.get("error")) if v is not None]
     return statistics.median(values) if values else None
 
 
@@ -39,9 +39,16 @@ for c in contenders:
         "rr_p99_us": median(c, "rr", 1, lambda r: r["latency"]["p99_us"]),
         "rr_p999_us": median(c, "rr", 1, lambda r: r["latency"]["p999_us"]),
         "rr_per_s": median(c, "rr", 1, lambda r: r["per_s"]),
+        # CPU the contender's own processes spent per new connection: the TLS server's
+        # handshake for direct, the relays' work for everyone else.
+        "connect_cpu_us": median(
+            c, "connect", 4, lambda r: r["cpu_s"] * 1e6 / max(r["connect"]["count"], 1) if "cpu_s" in r else None
+        ),
     }
     for r in rows:
-        if r["contender"] == c and r["workload"] == "idle" and r["conns"] and not r.get("error"):
+        if r["contender"] == c and r["workload"] == "idle" and r.get("skipped"):
+            s[f"idle_rss_kib_per_conn_{r['conns']}"] = "n/a"
+        elif r["contender"] == c and r["workload"] == "idle" and r["conns"] and not r.get("error"):
             kib = (r["rss_after_kib"] - r["rss_before_kib"]) / r["conns"]
             s[f"idle_rss_kib_per_conn_{r['conns']}"] = round(kib, 2)
     summary[c] = s
@@ -60,14 +67,14 @@ def fmt(v, digits=0):
 
 
 print()
-print("| contender | bulk 1 conn MiB/s (x direct) | bulk 16 conns MiB/s (x direct) | new conns/s (x direct) | connect p50/p99 µs | 1 KiB rr p50/p99/p99.9 µs | idle RSS KiB/conn |")
-print("|---|---|---|---|---|---|---|")
+print("| contender | bulk 1 conn MiB/s (x direct) | bulk 16 conns MiB/s (x direct) | new conns/s (x direct) | connect p50/p99 µs | CPU µs per new conn | 1 KiB rr p50/p99/p99.9 µs | idle RSS KiB/conn |")
+print("|---|---|---|---|---|---|---|---|")
 for c in contenders:
     s = summary[c]
     idle = ", ".join(f"{k.rsplit('_', 1)[1]}: {v}" for k, v in s.items() if k.startswith("idle_rss"))
     print(
         f"| {c} | {fmt(s['bulk1_mib_s'])} ({ratio(c, 'bulk1_mib_s')}) | {fmt(s['bulk16_mib_s'])} ({ratio(c, 'bulk16_mib_s')}) "
-        f"| {fmt(s['connect_per_s'])} ({ratio(c, 'connect_per_s')}) | {fmt(s['connect_p50_us'])}/{fmt(s['connect_p99_us'])} "
+        f"| {fmt(s['connect_per_s'])} ({ratio(c, 'connect_per_s')}) | {fmt(s['connect_p50_us'])}/{fmt(s['connect_p99_us'])} | {fmt(s['connect_cpu_us'])} "
         f"| {fmt(s['rr_p50_us'])}/{fmt(s['rr_p99_us'])}/{fmt(s['rr_p999_us'])} | {idle or '-'} |"
     )
 if direct.get("rr_p50_us") is not None:
@@ -78,6 +85,49 @@ if direct.get("rr_p50_us") is not None:
     print()
 for b in bind:
     print(f"burrow bind latency (forward() to first byte echoed): p50 {b['bind']['p50_us'] / 1000:.2f} ms, p99 {b['bind']['p99_us'] / 1000:.2f} ms over {b['bind']['count']} binds")
+
+
+
+def target(name, value, goal, ok):
+    """One line of the targets list: measured value, goal, met or missed."""
+    if value is None:
+        print(f"- {name}: not measured (goal {goal})")
+        return
+    print(f"- {name}: {value} (goal {goal}): {'met' if ok else 'MISSED'}")
+
+
+def get(c, key):
+    return summary.get(c, {}).get(key)
+
+
+print("\nTargets (issue 7):")
+up, rh, ngx = "burrow upstream", "rathole tls", "nginx ssl"
+if get(up, "bulk16_mib_s") and direct.get("bulk16_mib_s"):
+    r = get(up, "bulk16_mib_s") / direct["bulk16_mib_s"]
+    target("passthrough bulk 16 conns vs direct", f"{r:.2f}x", ">= 0.45x", r >= 0.45)
+if get(up, "bulk16_mib_s") and get(rh, "bulk16_mib_s"):
+    r = get(up, "bulk16_mib_s") / get(rh, "bulk16_mib_s")
+    target("passthrough bulk 16 conns vs rathole tls", f"{r:.2f}x", ">= 1.2x", r >= 1.2)
+if get(up, "connect_per_s") and direct.get("connect_per_s"):
+    r = get(up, "connect_per_s") / direct["connect_per_s"]
+    target("passthrough new conns/s vs direct", f"{r:.2f}x", ">= 0.85x", r >= 0.85)
+if get("burrow edge", "connect_per_s") and get(ngx, "connect_per_s"):
+    r = get("burrow edge", "connect_per_s") / get(ngx, "connect_per_s")
+    target("edge-termination new conns/s vs nginx ssl", f"{r:.2f}x", ">= 1.0x", r >= 1.0)
+modes = [c for c in contenders if c.startswith("burrow")]
+if direct.get("rr_p50_us") is not None and modes:
+    p50 = max(get(c, "rr_p50_us") - direct["rr_p50_us"] for c in modes if get(c, "rr_p50_us") is not None)
+    p99 = max(get(c, "rr_p99_us") - direct["rr_p99_us"] for c in modes if get(c, "rr_p99_us") is not None)
+    target("added rr latency p50, worst burrow mode", f"{p50:.0f} µs", "<= 150 µs", p50 <= 150)
+    target("added rr latency p99, worst burrow mode", f"{p99:.0f} µs", "<= 1000 µs", p99 <= 1000)
+rss = [(c, get(c, "idle_rss_kib_per_conn_10000")) for c in modes]
+rss = [(c, v) for c, v in rss if isinstance(v, (int, float))]
+if rss:
+    c, v = max(rss, key=lambda x: x[1])
+    target("idle RSS per connection at 10,000, edge + agent, worst mode", f"{v} KiB ({c})", "<= 24 KiB", v <= 24)
+for b in bind:
+    v = b["bind"]["p50_us"] / 1000
+    target("bind latency p50", f"{v:.2f} ms", "<= 5 ms", v <= 5)
 
 for c, w in failures:
     print(f"FAILED: {c} {w}")

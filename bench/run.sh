@@ -95,7 +95,9 @@ start agent_agent "$BURROW" tls "$PLAIN_UP" --terminate-at agent --url tls://age
 start agent_edge "$BURROW" tls "$PLAIN_UP" --url tls://edge.bench.test --crt leaf.pem --key leaf.key $(agent_args edge)
 for a in agent_upstream agent_agent agent_edge; do wait_for "$a" Forwarding >/dev/null; done
 
-# name|address|sni|pids whose RSS counts
+# name|address|sni|pids whose RSS and CPU count[|sockets one of its processes holds per
+# proxied connection: rathole's and bore's servers hold two, and so cannot hold 10,000
+# idle connections under this machine's hard limit of open files]
 CONTENDERS=(
   "direct|$TLS_UP|bench.test|$PID_echo_tls"
   "burrow upstream|$EDGE_UPSTREAM|bench.test|$PID_edge_upstream $PID_agent_upstream"
@@ -105,29 +107,34 @@ CONTENDERS=(
 
 if [ "$QUICK" = 0 ]; then
   NGX_PRE=$(freeport); NGX_SSL=$(freeport)
-  mkdir -p nginx/logs
-  cat > nginx.conf <<EOF
+  # nginx_start NAME SERVER-BLOCK: one nginx per mode, so each one's RSS is its own.
+  nginx_start() {
+    mkdir -p "$WORK/$1/logs"
+    cat > "$WORK/$1.conf" <<EOF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes auto;
 worker_rlimit_nofile $(ulimit -Hn);
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
 events { worker_connections $(( $(ulimit -Hn) - 100 )); }
 stream {
   proxy_half_close on;
-  server { listen 127.0.0.1:$NGX_PRE; ssl_preread on; proxy_pass $TLS_UP; }
-  server {
+  $2
+}
+EOF
+    start "$1" nginx -p "$WORK/$1" -c "$WORK/$1.conf"
+  }
+  nginx_start nginx_pre "server { listen 127.0.0.1:$NGX_PRE; ssl_preread on; proxy_pass $TLS_UP; }"
+  nginx_start nginx_ssl "server {
     listen 127.0.0.1:$NGX_SSL ssl;
     ssl_certificate $WORK/leaf.pem; ssl_certificate_key $WORK/leaf.key;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
     proxy_pass $PLAIN_UP;
-  }
-}
-EOF
-  start nginx nginx -p "$WORK/nginx" -c "$WORK/nginx.conf"
+  }"
   sleep 1
-  NGINX_PIDS="$PID_nginx $(pgrep -P "$PID_nginx" | tr '\n' ' ')"
+  NGINX_PRE_PIDS="$PID_nginx_pre $(pgrep -P "$PID_nginx_pre" | tr '\n' ' ')"
+  NGINX_SSL_PIDS="$PID_nginx_ssl $(pgrep -P "$PID_nginx_ssl" | tr '\n' ' ')"
 
   RH=$(freeport); RH_SVC=$(freeport)
   openssl pkcs12 -export -out identity.pfx -inkey leaf.key -in leaf.pem -passout pass:bench 2>/dev/null
@@ -166,10 +173,10 @@ EOF
   BORE_ADDR=$(wait_for bore_client "listening at" | sed 's/.*listening at //' | tr -d '[:space:]' | sed 's/\x1b\[[0-9;]*m//g')
 
   CONTENDERS+=(
-    "nginx preread|127.0.0.1:$NGX_PRE|bench.test|$NGINX_PIDS"
-    "nginx ssl|127.0.0.1:$NGX_SSL|bench.test|$NGINX_PIDS"
-    "rathole tls|127.0.0.1:$RH_SVC|bench.test|$PID_rathole_server $PID_rathole_client"
-    "bore|$BORE_ADDR|bench.test|$PID_bore_server $PID_bore_client"
+    "nginx preread|127.0.0.1:$NGX_PRE|bench.test|$NGINX_PRE_PIDS"
+    "nginx ssl|127.0.0.1:$NGX_SSL|bench.test|$NGINX_SSL_PIDS"
+    "rathole tls|127.0.0.1:$RH_SVC|bench.test|$PID_rathole_server $PID_rathole_client|2"
+    "bore|$BORE_ADDR|bench.test|$PID_bore_server $PID_bore_client|2"
   )
 fi
 
@@ -177,15 +184,27 @@ rss_kib() { local t=0; for p in $1; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc
 
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
-record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["contender"]=sys.argv[1]; d["run"]=int(sys.argv[2]); print(json.dumps(d))' "$1" "$2" "$3" >> "$RESULTS"; }
+# record NAME RUN JSON [EXTRA-JSON]: appends one result line (EXTRA's keys merged in).
+record() {
+  local extra="${4:-}"
+  [ -n "$extra" ] || extra='{}'
+  python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(json.loads(sys.argv[4])); d["contender"]=sys.argv[1]; d["run"]=int(sys.argv[2]); print(json.dumps(d))' "$1" "$2" "$3" "$extra" >> "$RESULTS"
+}
+# cpu_ticks PIDS: user + system CPU time the processes used so far, in clock ticks.
+cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+TICKS_PER_S=$(getconf CLK_TCK)
 
 # measure NAME RUN LABEL ARGS...: one workload run; a failure is recorded, not fatal.
 measure() {
   local name="$1" run="$2" label="$3"; shift 3
-  local out
+  local out ticks
+  ticks=$(cpu_ticks "$pids")
   # A workload that hangs (a contender that loses a close) is cut off and recorded as failed.
   if out=$(timeout $((SECS * 10 + 30)) "$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
-    record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")"
+    # CPU seconds the contender's own processes (server, or relays) spent on the run.
+    local cpu
+    cpu=$(python3 -c 'import sys; print("{\"cpu_s\": %.3f}" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3])))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S")
+    record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")" "$cpu"
   else
     echo "   $label failed: $(grep -m1 -v '^ ' "$WORK/last-error.log")"
     record "$name" "$run" "{\"workload\":\"$label\",\"error\":true}"
@@ -193,16 +212,16 @@ measure() {
 }
 
 for entry in "${CONTENDERS[@]}"; do
-  IFS='|' read -r name addr sni pids <<<"$entry"
+  IFS='|' read -r name addr sni pids fds <<<"$entry"
   echo "== $name ($addr)"
   common=(--target "$addr" --sni "$sni" --ca "$WORK/ca.pem")
-  for run in $(seq 1 "$RUNS"); do
-    measure "$name" "$run" bulk1 --workload bulk --conns 1
-    measure "$name" "$run" bulk16 --workload bulk --conns 16
-    measure "$name" "$run" connect --workload connect --conns 4
-    measure "$name" "$run" rr --workload rr --conns 1
-  done
+  # Idle first, while every contender's heap is as fresh as the others'.
   for n in $IDLE_COUNTS; do
+    if [ $((n * ${fds:-1} + 500)) -gt "$(ulimit -Hn)" ]; then
+      echo "   idle $n skipped: needs $((n * fds)) open files in one process, the limit is $(ulimit -Hn)"
+      record "$name" 1 "{\"workload\":\"idle\",\"conns\":$n,\"skipped\":\"open-file limit\"}"
+      continue
+    fi
     before=$(rss_kib "$pids")
     # The idle client holds its connections until its stdin (a FIFO) closes.
     rm -f "$WORK/hold"; mkfifo "$WORK/hold"
@@ -225,6 +244,12 @@ for entry in "${CONTENDERS[@]}"; do
     # A contender that could not take them all leaves the client stuck connecting.
     kill "$idle_pid" 2>/dev/null || true
     wait "$idle_pid" 2>/dev/null || true
+  done
+  for run in $(seq 1 "$RUNS"); do
+    measure "$name" "$run" bulk1 --workload bulk --conns 1
+    measure "$name" "$run" bulk16 --workload bulk --conns 16
+    measure "$name" "$run" connect --workload connect --conns 4
+    measure "$name" "$run" rr --workload rr --conns 1
   done
 done
 
