@@ -4,16 +4,21 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::tls;
 use rustls::pki_types::ServerName;
 use std::fmt;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an upstream's resolved addresses are reused before the name is looked up
+/// again. Resolving `localhost` on every proxied connection costs a trip through the
+/// blocking thread pool; a failed dial forgets the addresses at once.
+const RESOLVE_TTL: Duration = Duration::from_secs(5);
 
 /// An upstream service address: `8080`, `host:port`, `tcp://host:port` or `tls://host:port`.
 #[derive(Clone)]
@@ -167,6 +172,7 @@ impl Upstream {
         Ok(Dialer {
             upstream: self.clone(),
             tls,
+            resolved: Mutex::new(None),
         })
     }
 }
@@ -175,9 +181,64 @@ impl Upstream {
 pub(crate) struct Dialer {
     upstream: Upstream,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The upstream's addresses, when they were looked up, the one that answered last first.
+    resolved: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
 }
 
 impl Dialer {
+    /// The upstream's addresses, from the cache while it is fresh.
+    async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some((at, addrs)) = &*self.lock_resolved() {
+            if at.elapsed() < RESOLVE_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let up = &self.upstream;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((up.host.as_str(), up.port))
+            .await?
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} has no address", up.host),
+            ));
+        }
+        *self.lock_resolved() = Some((Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+
+    fn lock_resolved(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Vec<SocketAddr>)>> {
+        // The cache holds no invariant a panic could break.
+        self.resolved
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Connects to the first address that answers (the cached order, so an upstream
+    /// on 127.0.0.1 is not tried on ::1 first every time).
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let addrs = self.addresses().await?;
+        let mut last_error = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    if i > 0 {
+                        if let Some((_, cached)) = &mut *self.lock_resolved() {
+                            if let Some(pos) = cached.iter().position(|a| a == addr) {
+                                cached[..=pos].rotate_right(1);
+                            }
+                        }
+                    }
+                    return Ok(tcp);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        // The service moved or is down: look the name up again next time.
+        *self.lock_resolved() = None;
+        Err(last_error.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
+    }
+
     pub(crate) async fn dial(&self) -> Result<UpstreamStream> {
         let up = &self.upstream;
         let failed = |e: std::io::Error| {
@@ -186,8 +247,7 @@ impl Dialer {
                 format!("cannot reach upstream {up}: {e}"),
             )
         };
-        let connect = TcpStream::connect((up.host.as_str(), up.port));
-        let tcp = tokio::time::timeout(DIAL_TIMEOUT, connect)
+        let tcp = tokio::time::timeout(DIAL_TIMEOUT, self.connect())
             .await
             .map_err(|_| {
                 Error::new(
@@ -278,5 +338,47 @@ mod tests {
             "http://h:1".parse::<Upstream>().unwrap_err().code(),
             ErrorCode::Unsupported
         );
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn dead_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn the_address_that_answered_is_tried_first_next_time() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let dead_addr: SocketAddr = ([127, 0, 0, 1], dead_port()).into();
+        let dialer = Upstream::new("localhost", live_addr.port())
+            .unwrap()
+            .dialer()
+            .unwrap();
+        *dialer.lock_resolved() = Some((Instant::now(), vec![dead_addr, live_addr]));
+        dialer.dial().await.unwrap();
+        let cached = dialer.lock_resolved().clone().unwrap().1;
+        assert_eq!(cached, vec![live_addr, dead_addr]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_forgets_the_addresses_and_a_restarted_service_is_found() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dialer = Upstream::new("localhost", addr.port())
+            .unwrap()
+            .dialer()
+            .unwrap();
+        dialer.dial().await.unwrap();
+        assert!(dialer.lock_resolved().is_some(), "addresses are cached");
+        drop(listener);
+        let err = dialer.dial().await.err().expect("nothing listens");
+        assert_eq!(err.code(), ErrorCode::ConnectFailed, "{err}");
+        assert!(
+            dialer.lock_resolved().is_none(),
+            "a failed dial clears the cache"
+        );
+        let _again = tokio::net::TcpListener::bind(addr).await.unwrap();
+        dialer.dial().await.unwrap();
     }
 }
