@@ -8,8 +8,9 @@ use crate::error::{Error, ErrorCode, Result};
 use futures::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -144,14 +145,15 @@ where
         Side::Agent => yamux::Mode::Client,
         Side::Edge => yamux::Mode::Server,
     };
-    // yamux writes a frame's header and body separately and flushes after each frame:
-    // buffering them here makes one TLS record (and one syscall) of the two.
-    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, io);
+    let io = Coalesced {
+        inner: Arc::new(Mutex::new(BufWriter::with_capacity(WRITE_BUFFER, io))),
+    };
+    let flusher = io.inner.clone();
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let closed = CancellationToken::new();
-    tokio::spawn(drive(conn, open_rx, in_tx, stop, closed.clone()));
+    tokio::spawn(drive(conn, flusher, open_rx, in_tx, stop, closed.clone()));
     Mux {
         handle: MuxHandle {
             open_tx,
@@ -162,14 +164,72 @@ where
     }
 }
 
-async fn drive<T>(
+/// The tunnel connection's I/O as yamux sees it.
+///
+/// yamux writes a frame's header and body separately and flushes after every frame.
+/// Here writes only fill a buffer and yamux's flushes do nothing; the driver flushes
+/// once yamux has no more work, so the frames of one busy moment (a header and its
+/// body, a stream's last data and its FIN, frames of several streams) leave as one
+/// batch of TLS records in one syscall. A full buffer is written out at once.
+struct Coalesced<T> {
+    inner: Arc<Mutex<BufWriter<T>>>,
+}
+
+type Shared<T> = Arc<Mutex<BufWriter<T>>>;
+
+/// Locks the shared I/O; only the driver task ever does, so it is never contended.
+fn lock<T>(io: &Mutex<BufWriter<T>>) -> MutexGuard<'_, BufWriter<T>> {
+    // A panic cannot leave the buffer in a state worse than a failed write would.
+    io.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *lock(&self.inner)).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *lock(&self.inner)).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Deferred to the driver (see `flush_when_idle`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *lock(&self.inner)).poll_shutdown(cx)
+    }
+}
+
+/// Writes out what yamux buffered; called whenever yamux has run out of work.
+fn flush_when_idle<T: AsyncWrite + Unpin>(
+    io: &Mutex<BufWriter<T>>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    Pin::new(&mut *lock(io)).poll_flush(cx)
+}
+
+async fn drive<T, IO>(
     mut conn: yamux::Connection<T>,
+    flusher: Shared<IO>,
     mut open_rx: mpsc::Receiver<OpenReply>,
     in_tx: mpsc::UnboundedSender<MuxStream>,
     stop: CancellationToken,
     closed: CancellationToken,
 ) where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+    IO: AsyncWrite + Unpin,
 {
     let mut pending: Option<OpenReply> = None;
     let mut openers_gone = false;
@@ -199,7 +259,14 @@ async fn drive<T>(
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                // Nothing more to send for now: the frames written so far leave together.
+                // A pending flush (full socket) wakes this task when it can go on.
+                if let Poll::Ready(Err(e)) = flush_when_idle(&flusher, cx) {
+                    return Poll::Ready(Err(yamux::ConnectionError::Io(e)));
+                }
+                return Poll::Pending;
+            }
         }
     });
     let result = tokio::select! {
