@@ -211,11 +211,11 @@ measure() {
   fi
 }
 
+# Idle first, for every contender, while each one's heap is as fresh as the others'.
 for entry in "${CONTENDERS[@]}"; do
   IFS='|' read -r name addr sni pids fds <<<"$entry"
-  echo "== $name ($addr)"
+  echo "== idle: $name ($addr)"
   common=(--target "$addr" --sni "$sni" --ca "$WORK/ca.pem")
-  # Idle first, while every contender's heap is as fresh as the others'.
   for n in $IDLE_COUNTS; do
     if [ $((n * ${fds:-1} + 500)) -gt "$(ulimit -Hn)" ]; then
       echo "   idle $n skipped: needs $((n * fds)) open files in one process, the limit is $(ulimit -Hn)"
@@ -245,7 +245,15 @@ for entry in "${CONTENDERS[@]}"; do
     kill "$idle_pid" 2>/dev/null || true
     wait "$idle_pid" 2>/dev/null || true
   done
-  for run in $(seq 1 "$RUNS"); do
+done
+
+# Then run 1 of every contender, run 2 of every contender, ...: a machine that slows
+# down for a while (shared hosts do) weighs on every contender alike, not on one.
+for run in $(seq 1 "$RUNS"); do
+  for entry in "${CONTENDERS[@]}"; do
+    IFS='|' read -r name addr sni pids fds <<<"$entry"
+    echo "== run $run/$RUNS: $name ($addr)"
+    common=(--target "$addr" --sni "$sni" --ca "$WORK/ca.pem")
     measure "$name" "$run" bulk1 --workload bulk --conns 1
     measure "$name" "$run" bulk16 --workload bulk --conns 16
     measure "$name" "$run" connect --workload connect --conns 4
