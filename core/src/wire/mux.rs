@@ -7,8 +7,7 @@
 use crate::error::{Error, ErrorCode, Result};
 use futures::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -26,7 +25,8 @@ const YAMUX_MAX_STREAMS: usize = MAX_STREAMS + 64;
 const CONNECTION_WINDOW: usize = YAMUX_MAX_STREAMS * 256 * 1024;
 /// Larger frames than yamux's default 16 KiB: fewer syscalls for bulk data.
 const SPLIT_SEND_SIZE: usize = 64 * 1024;
-/// Room for one whole frame (12-byte header + body) between yamux and TLS.
+/// Room for at least one whole frame (12-byte header + body) between yamux and TLS;
+/// smaller frames produced together share it (see [`Coalesced`]).
 const WRITE_BUFFER: usize = SPLIT_SEND_SIZE + 4 * 1024;
 /// Read buffer under the tunnel's TLS: rustls reads 4 KiB at a time, this makes one
 /// syscall of sixteen of those during bulk transfers.
@@ -172,9 +172,10 @@ where
 /// body, a stream's last data and its FIN, frames of several streams) leave as one
 /// batch of TLS records in one syscall. A full buffer is written out at once.
 struct Coalesced<T> {
-    inner: Arc<Mutex<BufWriter<T>>>,
+    inner: Shared<T>,
 }
 
+/// The buffered tunnel I/O, shared by yamux (through [`Coalesced`]) and the driver.
 type Shared<T> = Arc<Mutex<BufWriter<T>>>;
 
 /// Locks the shared I/O; only the driver task ever does, so it is never contended.
