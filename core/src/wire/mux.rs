@@ -284,3 +284,79 @@ async fn drive<T, IO>(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes are only flushed when the driver runs out of work: a lone small write,
+    /// many streams' writes at once and a bulk transfer must all arrive, none stranded
+    /// in the buffer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn buffered_frames_always_reach_the_peer() {
+        tokio::time::timeout(std::time::Duration::from_secs(30), exchange())
+            .await
+            .expect("frames stranded in the write buffer");
+    }
+
+    async fn exchange() {
+        let (agent_io, edge_io) = tokio::io::duplex(16 * 1024);
+        let stop = CancellationToken::new();
+        let agent = start(agent_io, Side::Agent, stop.clone(), 64);
+        let mut edge = start(edge_io, Side::Edge, stop.clone(), 64);
+
+        // One byte, then silence: only the idle flush can deliver it.
+        let mut lone = agent.handle.open().await.unwrap();
+        lone.write_all(b"x").await.unwrap();
+        let mut got = edge.inbound.recv().await.unwrap();
+        let mut one = [0u8; 1];
+        got.read_exact(&mut one).await.unwrap();
+        assert_eq!(&one, b"x");
+
+        // Many streams writing small messages at once, each echoed back.
+        let echo = tokio::spawn(async move {
+            while let Some(mut s) = edge.inbound.recv().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..40usize {
+            let handle = agent.handle.clone();
+            clients.spawn(async move {
+                let s = handle.open().await.unwrap();
+                // Stream 0 moves 2 MiB, the rest a few bytes each.
+                let len = if i == 0 { 2 * 1024 * 1024 } else { 7 + i };
+                let msg: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
+                let (mut r, mut w) = tokio::io::split(s);
+                let send = msg.clone();
+                let writer = tokio::spawn(async move {
+                    w.write_all(&send).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+                let mut back = Vec::new();
+                r.read_to_end(&mut back).await.unwrap();
+                writer.await.unwrap();
+                assert!(back == msg, "stream {i} came back different");
+            });
+        }
+        while let Some(r) = clients.join_next().await {
+            r.unwrap();
+        }
+        stop.cancel();
+        echo.abort();
+    }
+}
