@@ -51,6 +51,28 @@ fn free_port() -> Result<u16> {
     Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` loopback ports, distinct from each other and from `taken`. The listeners are held
+/// until all are chosen: ports picked one by one can repeat (the kernel hands a just
+/// closed port out again), and two servers of one test then fight over one port.
+fn distinct_free_ports<const N: usize>(taken: &[u16]) -> Result<[u16; N]> {
+    let mut held = Vec::new();
+    let mut ports = [0u16; N];
+    let mut found = 0;
+    while found < N {
+        let listener = StdTcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        held.push(listener);
+        if !taken.contains(&port) {
+            ports[found] = port;
+            found += 1;
+        }
+        if held.len() > 10 * N + 10 {
+            bail!("no {N} distinct free ports");
+        }
+    }
+    Ok(ports)
+}
+
 /// A loopback port free for both UDP and TCP (DNS uses both).
 fn free_dns_port() -> Result<u16> {
     for _ in 0..50 {
@@ -121,9 +143,12 @@ impl Pebble {
 
         let log = Arc::new(Mutex::new(String::new()));
         let dns_port = free_dns_port()?;
+        let [dns_management, listen, management, http] =
+            distinct_free_ports::<4>(&[dns_port, tls_port])?;
+        let management = SocketAddr::from(([127, 0, 0, 1], management));
         let mut dns = Command::new(CHALLTESTSRV)
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-management", &format!("127.0.0.1:{}", free_port()?)])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdout(Stdio::piped())
@@ -134,14 +159,12 @@ impl Pebble {
         drain(dns.stdout.take().context("dns stdout")?, log.clone());
         drain(dns.stderr.take().context("dns stderr")?, log.clone());
 
-        let listen = free_port()?;
-        let management = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut config = serde_json::json!({
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": management.to_string(),
             "certificate": cert,
             "privateKey": key,
-            "httpPort": free_port()?,
+            "httpPort": http,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
