@@ -180,7 +180,11 @@ EOF
   )
 fi
 
-rss_kib() { local t=0; for p in $1; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
+# proc_sum PIDS FILE AWK-PROGRAM: one /proc/PID/FILE figure, summed over the processes.
+proc_sum() { local t=0; for p in $1; do t=$((t + $(awk "$3" "/proc/$p/$2" 2>/dev/null || echo 0))); done; echo "$t"; }
+rss_kib() { proc_sum "$1" status '/VmRSS/{print $2}'; }
+# cpu_ticks PIDS: user + system CPU time the processes used so far, in clock ticks.
+cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
 
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
@@ -190,8 +194,6 @@ record() {
   [ -n "$extra" ] || extra='{}'
   python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(json.loads(sys.argv[4])); d["contender"]=sys.argv[1]; d["run"]=int(sys.argv[2]); print(json.dumps(d))' "$1" "$2" "$3" "$extra" >> "$RESULTS"
 }
-# cpu_ticks PIDS: user + system CPU time the processes used so far, in clock ticks.
-cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 TICKS_PER_S=$(getconf CLK_TCK)
 
 # measure NAME RUN LABEL ARGS...: one workload run; a failure is recorded, not fatal.

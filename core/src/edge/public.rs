@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
 use crate::splice::splice_idle;
 use crate::tls::{cert_subject, read_client_hello, send_alert, HelloError, RefusalAlert};
-use crate::wire::{write_header_then, StreamHeader};
+use crate::wire::{write_header, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,7 +236,7 @@ impl<'a> Target<'a> {
             server_addr: self.server_addr,
             client_cert_subject,
         };
-        write_header_then(&mut stream, &header, first_bytes).await?;
+        write_header(&mut stream, &header, first_bytes).await?;
         Ok(stream)
     }
 }

@@ -69,14 +69,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ControlChannel<S> {
     }
 }
 
-/// Writes a length-prefixed header at the start of a stream.
-pub async fn write_header<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
-    write_header_then(w, msg, &[]).await
-}
-
-/// Writes a length-prefixed header and the stream's first bytes in one write, so
-/// that they travel in one tunnel frame.
-pub async fn write_header_then<W: AsyncWrite + Unpin, T: Serialize>(
+/// Writes a length-prefixed header at the start of a stream, and the stream's first
+/// bytes (may be empty) in the same write, so that they travel in one tunnel frame.
+pub async fn write_header<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
     first_bytes: &[u8],

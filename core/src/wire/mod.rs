@@ -5,7 +5,7 @@ mod frame;
 mod messages;
 pub mod mux;
 
-pub use frame::{read_header, write_header, write_header_then, ControlChannel, MAX_CONTROL_FRAME};
+pub use frame::{read_header, write_header, ControlChannel, MAX_CONTROL_FRAME};
 pub use messages::{
     AgentMsg, BindSpec, EdgeMsg, EdgeTls, Proto, SecretPem, StreamHeader, PROTOCOL_VERSION,
 };
