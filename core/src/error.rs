@@ -27,6 +27,8 @@ pub enum ErrorCode {
     InvalidPem,
     /// A URL or address could not be understood.
     InvalidUrl,
+    /// A domain name is not a valid DNS name.
+    InvalidDomain,
     /// An option is unknown or has a bad value.
     InvalidOption,
     /// The option or protocol is known but not implemented.
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::InvalidPolicy => "INVALID_POLICY",
             ErrorCode::InvalidPem => "INVALID_PEM",
             ErrorCode::InvalidUrl => "INVALID_URL",
+            ErrorCode::InvalidDomain => "INVALID_DOMAIN",
             ErrorCode::InvalidOption => "INVALID_OPTION",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
@@ -91,6 +94,77 @@ impl ErrorCode {
             ErrorCode::AcmeUnreachable => "ACME_UNREACHABLE",
             ErrorCode::AcmeRateLimited => "ACME_RATE_LIMITED",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order: lets tests and bindings enumerate them all.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::AuthFailed,
+        ErrorCode::DomainNotAllowed,
+        ErrorCode::DomainTaken,
+        ErrorCode::CertDomainMismatch,
+        ErrorCode::KeyMismatch,
+        ErrorCode::InvalidPolicy,
+        ErrorCode::InvalidPem,
+        ErrorCode::InvalidUrl,
+        ErrorCode::InvalidDomain,
+        ErrorCode::InvalidOption,
+        ErrorCode::Unsupported,
+        ErrorCode::LimitExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::PortUnavailable,
+        ErrorCode::ConnectFailed,
+        ErrorCode::VersionMismatch,
+        ErrorCode::Protocol,
+        ErrorCode::Timeout,
+        ErrorCode::Closed,
+        ErrorCode::Config,
+        ErrorCode::Io,
+        ErrorCode::Internal,
+        ErrorCode::AcmeFailed,
+        ErrorCode::AcmeUnreachable,
+        ErrorCode::AcmeRateLimited,
+    ];
+
+    /// ngrok's code (`ERR_NGROK_<n>`) for the same failure, where ngrok documents one.
+    ///
+    /// The bindings report it where ngrok's SDKs do (Python's `args[2]`, Node's
+    /// `errorCode`), so code written against ngrok keeps matching; `None` means ngrok has
+    /// no code for this failure and burrow's own code is used instead.
+    pub fn ngrok_code(self) -> Option<&'static str> {
+        match self {
+            ErrorCode::AuthFailed => Some("ERR_NGROK_105"),
+            ErrorCode::DomainNotAllowed => Some("ERR_NGROK_319"),
+            ErrorCode::DomainTaken => Some("ERR_NGROK_334"),
+            ErrorCode::KeyMismatch => Some("ERR_NGROK_1923"),
+            ErrorCode::InvalidPolicy => Some("ERR_NGROK_2236"),
+            ErrorCode::InvalidDomain => Some("ERR_NGROK_326"),
+            ErrorCode::Protocol => Some("ERR_NGROK_801"),
+            ErrorCode::CertDomainMismatch
+            | ErrorCode::InvalidPem
+            | ErrorCode::InvalidUrl
+            | ErrorCode::InvalidOption
+            | ErrorCode::Unsupported
+            | ErrorCode::LimitExceeded
+            | ErrorCode::RateLimited
+            | ErrorCode::PortUnavailable
+            | ErrorCode::ConnectFailed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Timeout
+            | ErrorCode::Closed
+            | ErrorCode::Config
+            | ErrorCode::Io
+            | ErrorCode::Internal
+            | ErrorCode::AcmeFailed
+            | ErrorCode::AcmeUnreachable
+            | ErrorCode::AcmeRateLimited => None,
+        }
+    }
+
+    /// The code ngrok's SDKs would report: [`Self::ngrok_code`], else [`Self::as_str`].
+    pub fn ngrok_or_own(self) -> &'static str {
+        self.ngrok_code().unwrap_or_else(|| self.as_str())
     }
 }
 
@@ -142,3 +216,60 @@ impl Error {
 
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+    use std::collections::HashSet;
+
+    /// `ALL` lists every variant once: a variant missing here would be missing from the
+    /// bindings' tables too. The match makes adding a variant without listing it a
+    /// compile error.
+    #[test]
+    fn all_lists_every_code_once() {
+        let listed = |c: ErrorCode| match c {
+            ErrorCode::AuthFailed
+            | ErrorCode::DomainNotAllowed
+            | ErrorCode::DomainTaken
+            | ErrorCode::CertDomainMismatch
+            | ErrorCode::KeyMismatch
+            | ErrorCode::InvalidPolicy
+            | ErrorCode::InvalidPem
+            | ErrorCode::InvalidUrl
+            | ErrorCode::InvalidDomain
+            | ErrorCode::InvalidOption
+            | ErrorCode::Unsupported
+            | ErrorCode::LimitExceeded
+            | ErrorCode::RateLimited
+            | ErrorCode::PortUnavailable
+            | ErrorCode::ConnectFailed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Protocol
+            | ErrorCode::Timeout
+            | ErrorCode::Closed
+            | ErrorCode::Config
+            | ErrorCode::Io
+            | ErrorCode::Internal
+            | ErrorCode::AcmeFailed
+            | ErrorCode::AcmeUnreachable
+            | ErrorCode::AcmeRateLimited => 25,
+        };
+        assert_eq!(ErrorCode::ALL.len(), listed(ErrorCode::Io));
+        let names: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "duplicate spelling");
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_string(code).unwrap();
+            assert_eq!(
+                wire,
+                format!("\"{}\"", code.as_str()),
+                "serde and as_str disagree"
+            );
+            if let Some(ngrok) = code.ngrok_code() {
+                assert!(ngrok.starts_with("ERR_NGROK_"), "{code}: {ngrok}");
+                assert_eq!(code.ngrok_or_own(), ngrok);
+            } else {
+                assert_eq!(code.ngrok_or_own(), code.as_str());
+            }
+        }
+    }
+}

@@ -131,7 +131,7 @@ pub(crate) fn normalize_domain(domain: &str) -> Result<String> {
         && matches!(ServerName::try_from(bare), Ok(ServerName::DnsName(_)));
     if !valid {
         return Err(Error::new(
-            ErrorCode::InvalidUrl,
+            ErrorCode::InvalidDomain,
             format!("domain {domain:?} is not a valid DNS name (expected e.g. app.example.com)"),
         ));
     }

@@ -253,7 +253,7 @@ async fn incomplete_termination_options_are_refused() {
         .listen()
         .await
         .expect_err("bad domain");
-    assert_eq!(err.code(), ErrorCode::InvalidUrl);
+    assert_eq!(err.code(), ErrorCode::InvalidDomain);
 
     let err = "ftp://x:1"
         .parse::<burrow_core::Upstream>()
