@@ -27,7 +27,7 @@ pub use agent::{
     Conn, Forwarder, Listener, ProxyProto, Session, SessionBuilder, TcpEndpointBuilder,
     TerminateAt, TlsEndpointBuilder, Upstream,
 };
-pub use edge::{Edge, EdgeConfig};
+pub use edge::{Edge, EdgeConfig, SessionInfo};
 pub use error::{Error, ErrorCode, Result};
 
 /// A random 128-bit id in hex, for sessions and endpoints.

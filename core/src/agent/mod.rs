@@ -2,18 +2,21 @@
 
 mod conn;
 mod endpoint;
+mod hooks;
 mod proxy_proto;
 mod runner;
 mod upstream;
 
 pub use conn::Conn;
 pub use endpoint::{Forwarder, Listener, TcpEndpointBuilder, TerminateAt, TlsEndpointBuilder};
+pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRequest};
 pub use proxy_proto::ProxyProto;
 pub use upstream::Upstream;
 
 use crate::edge::Edge;
 use crate::error::{Error, ErrorCode, Result};
-use crate::wire::{BindSpec, SecretPem};
+use crate::wire::{BindSpec, ClientInfo, SecretPem};
+use hooks::Hooks;
 use runner::{BindRequest, Request, Runner};
 use std::collections::HashMap;
 use std::fmt;
@@ -42,6 +45,9 @@ pub struct SessionBuilder {
     root_cas: Option<Vec<u8>>,
     metadata: String,
     max_pending: Option<usize>,
+    client_info: Vec<ClientInfo>,
+    heartbeat: runner::Heartbeat,
+    hooks: Hooks,
 }
 
 impl fmt::Debug for SessionBuilder {
@@ -50,6 +56,9 @@ impl fmt::Debug for SessionBuilder {
             .field("authtoken", &self.authtoken.as_ref().map(|_| "<redacted>"))
             .field("server_addr", &self.server_addr)
             .field("metadata", &self.metadata)
+            .field("client_info", &self.client_info)
+            .field("heartbeat", &self.heartbeat)
+            .field("hooks", &self.hooks)
             .finish_non_exhaustive()
     }
 }
@@ -80,9 +89,97 @@ impl SessionBuilder {
         self
     }
 
-    /// CA bundle (PEM) the edge's tunnel certificate must chain to; default: platform roots.
+    /// CA bundle (PEM) the edge's tunnel certificate must chain to; default: platform
+    /// roots, or the embedded edge's own CA when no server address is given. Given
+    /// together with the embedded edge it still applies: the session then trusts only
+    /// this bundle, so it connects only if the bundle holds the embedded edge's CA.
     pub fn root_cas(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_cas = Some(pem.into());
+        self
+    }
+
+    /// ngrok's name for [`Self::root_cas`].
+    pub fn ca_cert(self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cas(pem)
+    }
+
+    /// Identifies the application to the edge, which logs it (ngrok's `client_info`).
+    /// May be called several times; the last call is the most significant entry.
+    pub fn client_info(
+        mut self,
+        client_type: impl Into<String>,
+        version: impl Into<String>,
+        comments: Option<String>,
+    ) -> Self {
+        self.client_info.insert(
+            0,
+            ClientInfo {
+                client_type: client_type.into(),
+                version: version.into(),
+                comments,
+            },
+        );
+        self
+    }
+
+    /// How often the session sends a heartbeat (default: the edge's interval).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat.interval = Some(interval.max(runner::MIN_HEARTBEAT));
+        self
+    }
+
+    /// How long a heartbeat may go unanswered before the tunnel counts as lost and the
+    /// session reconnects (default: three heartbeat intervals).
+    pub fn heartbeat_tolerance(mut self, tolerance: Duration) -> Self {
+        self.heartbeat.tolerance = Some(tolerance.max(runner::MIN_HEARTBEAT));
+        self
+    }
+
+    /// Called with the measured round trip of every answered heartbeat. Runs on the
+    /// session's task: keep it short.
+    pub fn handle_heartbeat(mut self, hook: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.hooks.heartbeat = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called with the edge address and the error each time the tunnel is lost and each
+    /// time a reconnect attempt fails. Return `false` to stop reconnecting: the session
+    /// then closes.
+    pub fn handle_disconnection(
+        mut self,
+        hook: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.disconnection = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called when the edge asks the session to stop; replaces the default, which
+    /// closes the session. An `Err` is reported to the edge.
+    pub fn handle_stop_command(
+        mut self,
+        hook: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.stop = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called when the edge asks the session to restart; replaces the default, which
+    /// reconnects. An `Err` is reported to the edge.
+    pub fn handle_restart_command(
+        mut self,
+        hook: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.restart = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called when the edge asks the agent to update; without it the request is
+    /// refused (`UNSUPPORTED`). An `Err` is reported to the edge.
+    pub fn handle_update_command(
+        mut self,
+        hook: impl Fn(&UpdateRequest) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.update = Some(Arc::new(hook));
         self
     }
 
@@ -113,7 +210,10 @@ impl SessionBuilder {
                     tls = %edge.tls_addr(),
                     "no server address given: started an embedded edge in this process"
                 );
-                let ca = edge.ca_pem().as_bytes().to_vec();
+                // A root_cas of the caller's is applied, not ignored (see `root_cas`).
+                let ca = self
+                    .root_cas
+                    .unwrap_or_else(|| edge.ca_pem().as_bytes().to_vec());
                 (edge.tunnel_addr().to_string(), Some(ca), Some(edge))
             }
         };
@@ -122,6 +222,9 @@ impl SessionBuilder {
             root_cas.as_deref(),
             self.authtoken,
             self.metadata,
+            self.client_info,
+            self.heartbeat,
+            self.hooks,
         )?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -2,13 +2,14 @@
 //! control stream, rebinds after a reconnect and dispatches proxy streams.
 
 use super::conn::{Conn, ConnIo};
+use super::hooks::{AfterCommand, Hooks};
 use super::{Registered, SessionInner};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls;
 use crate::wire::mux::{self, MuxHandle, MuxStream, Side};
 use crate::wire::{
-    read_header, AgentMsg, BindSpec, ControlChannel, EdgeMsg, SecretPem, StreamHeader,
-    PROTOCOL_VERSION,
+    read_header, AgentMsg, BindSpec, ClientInfo, Command, ControlChannel, EdgeMsg, SecretPem,
+    StreamHeader, PROTOCOL_VERSION,
 };
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{interval, sleep, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,15 @@ const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The shortest heartbeat interval and tolerance accepted.
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// The session's own heartbeat settings; unset values follow the edge.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Heartbeat {
+    pub(crate) interval: Option<Duration>,
+    pub(crate) tolerance: Option<Duration>,
+}
 
 /// A user's bind: what to serve and where to deliver the answer and the connections.
 pub(crate) struct BindRequest {
@@ -47,6 +57,9 @@ pub(crate) struct Settings {
     connector: TlsConnector,
     authtoken: Option<SecretPem>,
     metadata: String,
+    client_info: Vec<ClientInfo>,
+    heartbeat: Heartbeat,
+    hooks: Hooks,
 }
 
 impl Settings {
@@ -55,6 +68,9 @@ impl Settings {
         root_cas: Option<&[u8]>,
         authtoken: Option<SecretPem>,
         metadata: String,
+        mut client_info: Vec<ClientInfo>,
+        heartbeat: Heartbeat,
+        hooks: Hooks,
     ) -> Result<Self> {
         let host = match addr.rsplit_once(':') {
             Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => host
@@ -74,13 +90,29 @@ impl Settings {
                 format!("server_addr {addr:?} has an invalid host"),
             )
         })?;
-        let config = tls::tunnel_client_config(root_cas)?;
+        let config = tls::tunnel_client_config(root_cas).map_err(|e| {
+            Error::new(
+                e.code(),
+                format!(
+                    "the CA bundle for the tunnel's TLS (root_cas / ca_cert) is unusable: {}",
+                    e.message()
+                ),
+            )
+        })?;
+        client_info.push(ClientInfo {
+            client_type: "burrow".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            comments: None,
+        });
         Ok(Settings {
             addr,
             server_name,
             connector: TlsConnector::from(Arc::new(config)),
             authtoken,
             metadata,
+            client_info,
+            heartbeat,
+            hooks,
         })
     }
 }
@@ -137,6 +169,11 @@ pub(crate) async fn establish(
             authtoken: settings.authtoken.clone(),
             metadata: settings.metadata.clone(),
             resume,
+            client_info: settings.client_info.clone(),
+            heartbeat_ms: settings
+                .heartbeat
+                .interval
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })
         .await
         .map_err(fail)?;
@@ -151,7 +188,10 @@ pub(crate) async fn establish(
             ..
         }) => Ok(Connected {
             session_id,
-            heartbeat: Duration::from_millis(heartbeat_ms.max(50)),
+            heartbeat: settings
+                .heartbeat
+                .interval
+                .unwrap_or(Duration::from_millis(heartbeat_ms.max(50))),
             control,
             inbound: mux.inbound,
             _tunnel: mux.handle,
@@ -185,6 +225,8 @@ pub(crate) struct Runner {
 enum Ended {
     Stopped,
     Lost(String),
+    /// The edge asked for a restart: reconnect without telling the disconnection hook.
+    Restart,
 }
 
 impl Runner {
@@ -208,7 +250,13 @@ impl Runner {
             let session_id = conn.session_id.clone();
             match self.serve(conn).await {
                 Ended::Stopped => break,
-                Ended::Lost(why) => tracing::warn!(reason = %why, "tunnel lost; reconnecting"),
+                Ended::Restart => tracing::info!("the edge asked for a restart; reconnecting"),
+                Ended::Lost(why) => {
+                    tracing::warn!(reason = %why, "tunnel lost; reconnecting");
+                    if !self.keep_going(why).await {
+                        break;
+                    }
+                }
             }
             conn = match self.reconnect(session_id).await {
                 Some(c) => c,
@@ -223,6 +271,25 @@ impl Runner {
             }
         }
         self.inner.endpoints().clear();
+    }
+
+    /// Tells the disconnection hook; when it says stop, closes the session.
+    async fn keep_going(&self, why: String) -> bool {
+        if self.settings.hooks.disconnection.is_none() {
+            return true;
+        }
+        let hooks = self.settings.hooks.clone();
+        let addr = self.settings.addr.clone();
+        let keep = run_hook(&self.inner.stop, move || {
+            hooks.on_disconnection(&addr, &why)
+        })
+        .await
+        .unwrap_or(false);
+        if !keep {
+            tracing::info!("the disconnection hook declined to reconnect; closing the session");
+            self.inner.stop.cancel();
+        }
+        keep
     }
 
     async fn reconnect(&mut self, resume: String) -> Option<Connected> {
@@ -247,7 +314,12 @@ impl Runner {
                     tracing::info!(attempt, "tunnel re-established");
                     return Some(conn);
                 }
-                Err(e) => tracing::warn!(attempt, error = %e, "reconnect failed"),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "reconnect failed");
+                    if !self.keep_going(e.to_string()).await {
+                        return None;
+                    }
+                }
             }
             delay = (delay * 2).min(BACKOFF_MAX);
         }
@@ -266,20 +338,31 @@ impl Runner {
         }
         let mut ticker = interval(conn.heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let silence_limit = conn.heartbeat * 3;
-        let mut last_heard = Instant::now();
+        let tolerance = self
+            .settings
+            .heartbeat
+            .tolerance
+            .unwrap_or(conn.heartbeat * 3);
+        // The heartbeat waiting for its ack: its sequence number and when it left.
+        let mut in_flight: Option<(u64, Instant)> = None;
+        let mut seq = 0u64;
         loop {
+            let ack_deadline = in_flight.map(|(_, sent)| sent + tolerance);
             tokio::select! {
                 _ = self.inner.stop.cancelled() => {
                     conn.control.close().await;
                     return Ended::Stopped;
                 }
+                _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
+                    return Ended::Lost(format!("the edge did not answer a heartbeat within {tolerance:?}"));
+                }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return Ended::Lost(format!("no heartbeat from the edge for {silence_limit:?}"));
-                    }
-                    if let Err(e) = conn.control.send(&AgentMsg::Heartbeat).await {
-                        return Ended::Lost(e.to_string());
+                    if in_flight.is_none() {
+                        seq += 1;
+                        in_flight = Some((seq, Instant::now()));
+                        if let Err(e) = conn.control.send(&AgentMsg::Heartbeat { seq }).await {
+                            return Ended::Lost(e.to_string());
+                        }
                     }
                 }
                 request = self.requests.recv() => {
@@ -300,8 +383,15 @@ impl Runner {
                     });
                 }
                 msg = conn.control.recv::<EdgeMsg>() => {
-                    last_heard = Instant::now();
                     match msg {
+                        Ok(Some(EdgeMsg::HeartbeatAck { seq: acked })) => {
+                            if let Some((expected, sent)) = in_flight {
+                                if acked == expected {
+                                    in_flight = None;
+                                    self.heartbeat_answered(sent.elapsed());
+                                }
+                            }
+                        }
                         Ok(Some(msg)) => {
                             if let Some(ended) = self.on_edge_msg(&mut conn.control, msg).await {
                                 return ended;
@@ -384,13 +474,55 @@ impl Runner {
         }
     }
 
+    /// Hands a measured round trip to the heartbeat hook, off the session's task.
+    fn heartbeat_answered(&self, latency: Duration) {
+        tracing::trace!(?latency, "heartbeat answered");
+        if let Some(hook) = self.settings.hooks.heartbeat.clone() {
+            let stop = self.inner.stop.clone();
+            self.inner.tasks.spawn(async move {
+                run_hook(&stop, move || hook(latency)).await;
+            });
+        }
+    }
+
+    /// Runs the hook (or default) for an edge command and answers the edge.
+    async fn on_command(
+        &mut self,
+        control: &mut ControlChannel<MuxStream>,
+        command_id: u64,
+        command: Command,
+    ) -> Option<Ended> {
+        tracing::info!(?command, "the edge sent a command");
+        let hooks = self.settings.hooks.clone();
+        let (error, after) = run_hook(&self.inner.stop, move || hooks.on_command(&command))
+            .await
+            .unwrap_or((None, AfterCommand::Close));
+        let answer = AgentMsg::CommandResult { command_id, error };
+        if let Err(e) = control.send(&answer).await {
+            return Some(Ended::Lost(e.to_string()));
+        }
+        match after {
+            AfterCommand::Continue => None,
+            AfterCommand::Reconnect => Some(Ended::Restart),
+            AfterCommand::Close => {
+                control.close().await;
+                self.inner.stop.cancel();
+                Some(Ended::Stopped)
+            }
+        }
+    }
+
     async fn on_edge_msg(
         &mut self,
         control: &mut ControlChannel<MuxStream>,
         msg: EdgeMsg,
     ) -> Option<Ended> {
         match msg {
-            EdgeMsg::Heartbeat | EdgeMsg::AuthOk { .. } => None,
+            EdgeMsg::Heartbeat | EdgeMsg::AuthOk { .. } | EdgeMsg::HeartbeatAck { .. } => None,
+            EdgeMsg::Command {
+                command_id,
+                command,
+            } => self.on_command(control, command_id, command).await,
             EdgeMsg::Stop { reason } => Some(Ended::Lost(format!(
                 "the edge stopped the session: {reason}"
             ))),
@@ -470,6 +602,19 @@ impl Runner {
                 None
             }
         }
+    }
+}
+
+/// Runs a user hook on a blocking thread, so that a slow hook (or one that calls back
+/// into the session, e.g. to close it) never stalls or deadlocks the session's task.
+/// `None` when the session closed first or the hook panicked.
+async fn run_hook<T: Send + 'static>(
+    stop: &CancellationToken,
+    hook: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        done = tokio::task::spawn_blocking(hook) => done.ok(),
     }
 }
 

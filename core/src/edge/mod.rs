@@ -8,21 +8,22 @@ pub(crate) mod certs;
 mod config;
 mod public;
 mod routes;
-mod session;
+pub(crate) mod session;
 
+pub use crate::wire::Command;
 pub use acme::{AcmeConfig, AcmeCounters, AcmeMode, ChallengeKind};
 pub use auth::{glob_match, Grant, TokenRule};
 pub use certs::CertFiles;
 pub use config::EdgeConfig;
 pub use routes::{lookup, EdgePolicy, MemoryRoutes, Route, Routes};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::tls::{self, CertAuthority};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -48,7 +49,26 @@ pub(crate) struct Shared {
 pub(crate) struct SessionEntry {
     pub(crate) token: Option<String>,
     pub(crate) kill: CancellationToken,
+    /// Commands for the session's control loop.
+    pub(crate) commands: mpsc::UnboundedSender<session::CommandRequest>,
+    pub(crate) info: SessionInfo,
 }
+
+/// What the edge knows about an authenticated session, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id (as the agent's `Session::id()` reports it).
+    pub id: String,
+    /// The agent's client info entries, e.g. `["my-app/1.2 (beta)", "burrow/0.1"]`.
+    pub client_info: Vec<String>,
+    /// The agent's session metadata.
+    pub metadata: String,
+    /// The agent's address.
+    pub peer: SocketAddr,
+}
+
+/// How long [`Edge::send_command`] waits for the agent's answer.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Shared {
     pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
@@ -170,6 +190,41 @@ impl Edge {
     /// Number of authenticated sessions.
     pub fn session_count(&self) -> usize {
         self.shared.sessions().len()
+    }
+
+    /// Every authenticated session, in no particular order.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared
+            .sessions()
+            .values()
+            .map(|s| s.info.clone())
+            .collect()
+    }
+
+    /// Sends `command` (ngrok's Stop, Restart or Update) to session `session_id` and
+    /// waits for the agent's answer: `Ok` when it carried it out, its refusal otherwise.
+    pub async fn send_command(&self, session_id: &str, command: Command) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .shared
+            .sessions()
+            .get(session_id)
+            .map(|s| s.commands.send(session::CommandRequest { command, reply }));
+        let gone = || Error::new(ErrorCode::Closed, format!("no session {session_id:?}"));
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return Err(gone()),
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "session {session_id:?} did not answer the command within {COMMAND_TIMEOUT:?}"
+                ),
+            )),
+        }
     }
 
     /// Stops accepting, ends every session and waits for all tasks to finish.

@@ -2,16 +2,17 @@
 
 use super::auth::{authorize, Grant};
 use super::bind::{self, Bound};
-use super::{SessionEntry, Shared};
+use super::{SessionEntry, SessionInfo, Shared};
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::mux::{self, MuxHandle, MuxStream, Side};
-use crate::wire::{AgentMsg, ControlChannel, EdgeMsg, SecretPem, PROTOCOL_VERSION};
+use crate::wire::{AgentMsg, Command, ControlChannel, EdgeMsg, SecretPem, PROTOCOL_VERSION};
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -79,12 +80,14 @@ async fn serve_agent(
     let first = timeout(deadline, control.recv::<AgentMsg>())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent sent no Auth message"))??;
-    let (authtoken, resume) = match first {
+    let (authtoken, resume, hello) = match first {
         Some(AgentMsg::Auth {
             version,
             authtoken,
             resume,
-            ..
+            metadata,
+            client_info,
+            heartbeat_ms,
         }) => {
             if version != PROTOCOL_VERSION {
                 let err = Error::new(
@@ -94,7 +97,12 @@ async fn serve_agent(
                 refuse(&mut control, &err).await;
                 return Err(err);
             }
-            (authtoken.map(|SecretPem(t)| t), resume)
+            let hello = Hello {
+                client_info: client_info.iter().map(ToString::to_string).collect(),
+                metadata,
+                heartbeat_ms,
+            };
+            (authtoken.map(|SecretPem(t)| t), resume, hello)
         }
         _ => {
             let err = Error::protocol("the first control message must be Auth");
@@ -123,14 +131,23 @@ async fn serve_agent(
         replace_session(&shared, &old, authtoken.as_deref());
     }
     let session_id = crate::random_id();
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let client = hello.client_info.join(" ");
     shared.sessions().insert(
         session_id.clone(),
         SessionEntry {
             token: authtoken,
             kill: kill.clone(),
+            commands,
+            info: SessionInfo {
+                id: session_id.clone(),
+                client_info: hello.client_info,
+                metadata: hello.metadata,
+                peer,
+            },
         },
     );
-    tracing::info!(%session_id, "agent authenticated");
+    tracing::info!(%session_id, client = %client, "agent authenticated");
     let mut session = AgentSession {
         shared: shared.clone(),
         id: session_id.clone(),
@@ -138,11 +155,27 @@ async fn serve_agent(
         tunnel: mux.handle,
         bound: HashMap::new(),
     };
-    let result = session.run(&mut control, kill.clone()).await;
+    let agent_heartbeat = hello.heartbeat_ms.map(Duration::from_millis);
+    let result = session
+        .run(&mut control, kill.clone(), agent_heartbeat, command_rx)
+        .await;
     session.release_all();
     shared.sessions().remove(&session_id);
     kill.cancel();
     result
+}
+
+/// What the agent said about itself in `Auth`.
+struct Hello {
+    client_info: Vec<String>,
+    metadata: String,
+    heartbeat_ms: Option<u64>,
+}
+
+/// An operator's command on its way to a session, with where to put the answer.
+pub(crate) struct CommandRequest {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<Result<()>>,
 }
 
 /// Ends an older session the reconnecting agent replaces (same token required).
@@ -203,9 +236,15 @@ impl AgentSession {
         &mut self,
         control: &mut ControlChannel<MuxStream>,
         kill: CancellationToken,
+        agent_heartbeat: Option<Duration>,
+        mut commands: mpsc::UnboundedReceiver<CommandRequest>,
     ) -> Result<()> {
         let heartbeat = self.shared.config.heartbeat();
-        let silence_limit = heartbeat * 3;
+        // An agent may send its heartbeats less often than the edge does (ngrok's
+        // heartbeat_interval); allow three of the longer interval.
+        let silence_limit = heartbeat.max(agent_heartbeat.unwrap_or_default()) * 3;
+        let mut command_replies: HashMap<u64, oneshot::Sender<Result<()>>> = HashMap::new();
+        let mut next_command = 1u64;
         control
             .send(&EdgeMsg::AuthOk {
                 version: PROTOCOL_VERSION,
@@ -231,6 +270,13 @@ impl AgentSession {
                     let _ = control.send(&EdgeMsg::Stop { reason: "edge is closing the session".into() }).await;
                     return Ok(());
                 }
+                Some(request) = commands.recv() => {
+                    let command_id = next_command;
+                    next_command += 1;
+                    tracing::info!(command = ?request.command, "sending command to the agent");
+                    command_replies.insert(command_id, request.reply);
+                    control.send(&EdgeMsg::Command { command_id, command: request.command }).await?;
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
                         return Err(Error::new(ErrorCode::Timeout, format!("no heartbeat for {silence_limit:?}")));
@@ -249,7 +295,19 @@ impl AgentSession {
                     };
                     match msg {
                         None => return Ok(()),
-                        Some(AgentMsg::Heartbeat) => {}
+                        Some(AgentMsg::Heartbeat { seq }) => {
+                            control.send(&EdgeMsg::HeartbeatAck { seq }).await?;
+                        }
+                        Some(AgentMsg::CommandResult { command_id, error }) => {
+                            let result = match error {
+                                None => Ok(()),
+                                Some(e) => Err(Error::new(e.code, e.message)),
+                            };
+                            tracing::info!(command_id, ?result, "agent answered a command");
+                            if let Some(reply) = command_replies.remove(&command_id) {
+                                let _ = reply.send(result);
+                            }
+                        }
                         Some(AgentMsg::Bind { request_id, spec }) => {
                             match bind::pending_cert(&self.shared, &self.grant, &spec) {
                                 Some(wait) => waiting.push(Box::pin(async move { (request_id, spec, wait.await) })),

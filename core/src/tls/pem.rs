@@ -23,10 +23,24 @@ pub fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>
         ));
     }
     for cert in &certs {
-        webpki::EndEntityCert::try_from(cert)
-            .map_err(|e| invalid_pem(what, format!("not a valid X.509 certificate ({e})")))?;
+        parse_x509(cert, what)?;
     }
     Ok(certs)
+}
+
+/// Parses one DER certificate, X.509 v1 included (what `openssl x509 -req` makes without
+/// extensions); webpki refuses v1, so checks that must accept it read it with x509-parser.
+fn parse_x509<'a>(
+    der: &'a [u8],
+    what: &str,
+) -> Result<x509_parser::certificate::X509Certificate<'a>> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => Ok(cert),
+        Err(e) => Err(invalid_pem(
+            what,
+            format!("not a valid X.509 certificate ({e})"),
+        )),
+    }
 }
 
 /// Parses the first private key (PKCS#8, PKCS#1 or SEC1) in `pem`.
@@ -65,39 +79,91 @@ impl CertKey {
             .key_provider
             .load_private_key(key)
             .map_err(|e| invalid_pem("key", format!("unsupported private key ({e})")))?;
-        let certified = CertifiedKey::new(certs, signing);
-        match certified.keys_match() {
-            Ok(()) => {}
-            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => {
+        // Compared here rather than with rustls' `keys_match`, which reads the certificate
+        // with webpki and so refuses X.509 v1.
+        if let Some(key_spki) = signing.public_key() {
+            let leaf = parse_x509(&certs[0], "crt")?;
+            if leaf.public_key().raw != key_spki.as_ref() {
                 return Err(Error::new(
                     ErrorCode::KeyMismatch,
                     "key does not belong to crt: the private key's public half differs from the certificate's",
-                ))
+                ));
             }
         }
+        let certified = CertifiedKey::new(certs, signing);
         Ok(CertKey {
             certified: Arc::new(certified),
         })
     }
 
     /// Fails unless the leaf certificate is valid for `domain` (wildcards included).
+    ///
+    /// The names are the subject alternative names (DNS), or the subject's common name
+    /// when the certificate has no SAN extension (X.509 v1 certificates never do).
     pub fn check_covers(&self, domain: &str) -> Result<()> {
         let leaf = self
             .certified
             .cert
             .first()
             .ok_or_else(|| invalid_pem("crt", "empty chain"))?;
-        let cert = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| invalid_pem("crt", format!("not a valid X.509 certificate ({e})")))?;
-        let name = ServerName::try_from(domain)
-            .map_err(|_| Error::option(format!("domain {domain:?} is not a valid DNS name")))?;
-        cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
-            Error::new(
-                ErrorCode::CertDomainMismatch,
-                format!("crt is not valid for domain {domain:?}: its subject alternative names do not include it"),
-            )
-        })
+        if !matches!(ServerName::try_from(domain), Ok(ServerName::DnsName(_))) {
+            return Err(Error::new(
+                ErrorCode::InvalidDomain,
+                format!("domain {domain:?} is not a valid DNS name"),
+            ));
+        }
+        let names = cert_dns_names(&parse_x509(leaf, "crt")?)?;
+        if names.iter().any(|n| name_matches(n, domain)) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::CertDomainMismatch,
+            format!(
+                "crt is not valid for domain {domain:?}: it names {}",
+                if names.is_empty() {
+                    "no DNS name".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ))
+    }
+}
+
+/// The DNS names a certificate is valid for: its SAN DNS entries, else its common names.
+fn cert_dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| invalid_pem("crt", format!("unreadable subjectAltName ({e})")))?;
+    Ok(match san {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        None => cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    })
+}
+
+/// RFC 6125 matching: exact (case-insensitive), or `*.rest` for exactly one more label.
+fn name_matches(pattern: &str, domain: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.');
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(rest) => domain
+            .split_once('.')
+            .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+        None => pattern == domain,
     }
 }
 
@@ -105,4 +171,18 @@ impl CertKey {
 pub fn cert_subject(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(cert.subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn wildcards_cover_one_label_only() {
+        assert!(name_matches("app.example.com", "APP.example.com"));
+        assert!(name_matches("*.example.com", "app.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("app.example.com", "other.example.com"));
+    }
 }

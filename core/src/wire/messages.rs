@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// The protocol version carried in `Auth` and `AuthOk`; a mismatch is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2 added client info, heartbeat sequence numbers and acks, and edge commands.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// PEM text that must never be printed: private keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,13 @@ pub enum AgentMsg {
         metadata: String,
         /// On reconnect, the id of the session this one replaces.
         resume: Option<String>,
+        /// Who is connecting (e.g. `ngrok-python/1.4.0`), most significant first.
+        #[serde(default)]
+        client_info: Vec<ClientInfo>,
+        /// How often this agent sends heartbeats, in milliseconds (the edge allows
+        /// three silent intervals of the longer of its own and this one).
+        #[serde(default)]
+        heartbeat_ms: Option<u64>,
     },
     /// Ask the edge to serve an endpoint.
     Bind {
@@ -46,8 +55,67 @@ pub enum AgentMsg {
         /// The endpoint to stop.
         endpoint_id: String,
     },
-    /// Liveness; sent every heartbeat interval.
-    Heartbeat,
+    /// Liveness, sent every heartbeat interval; the edge answers with `HeartbeatAck`.
+    Heartbeat {
+        /// Echoed in the ack, so the agent can measure the round trip.
+        #[serde(default)]
+        seq: u64,
+    },
+    /// The agent's answer to an edge `Command`.
+    CommandResult {
+        /// The command this answers.
+        command_id: u64,
+        /// Why the agent refused or failed it; `None` when it was carried out.
+        error: Option<CommandError>,
+    },
+}
+
+/// Who is connecting: a client type, its version and optional comments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// E.g. `burrow-python` or an application's name.
+    pub client_type: String,
+    /// The client's version.
+    pub version: String,
+    /// Free-form comments (RFC 7230 comment syntax, as ngrok's User-Agent entries).
+    #[serde(default)]
+    pub comments: Option<String>,
+}
+
+impl fmt::Display for ClientInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.client_type, self.version)?;
+        match &self.comments {
+            Some(c) => write!(f, " ({c})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an edge may ask of a session (ngrok's Stop, Restart and Update commands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Command {
+    /// End the session.
+    Stop,
+    /// Reconnect the session.
+    Restart,
+    /// Update the agent to `version`.
+    Update {
+        /// The version asked for.
+        version: String,
+        /// Whether a new major version is acceptable.
+        permit_major_version: bool,
+    },
+}
+
+/// Why an agent did not carry out a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: String,
 }
 
 /// Messages the edge sends on the control stream.
@@ -83,6 +151,18 @@ pub enum EdgeMsg {
     },
     /// Liveness; sent every heartbeat interval.
     Heartbeat,
+    /// The answer to the agent's `Heartbeat` with the same `seq`.
+    HeartbeatAck {
+        /// The agent's sequence number.
+        seq: u64,
+    },
+    /// An operator's command for this session; the agent answers with `CommandResult`.
+    Command {
+        /// Echoed in the answer.
+        command_id: u64,
+        /// What to do.
+        command: Command,
+    },
     /// The edge is closing the session (shutdown, replaced session).
     Stop {
         /// Why.

@@ -328,3 +328,153 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 }
 
 pub const MIB: usize = 1024 * 1024;
+
+/// Relays TCP to `target`; `freeze` stops moving bytes on existing connections without closing them.
+pub struct FreezingProxy {
+    pub addr: SocketAddr,
+    pub frozen: Arc<tokio::sync::Notify>,
+}
+
+impl FreezingProxy {
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let frozen = Arc::new(tokio::sync::Notify::new());
+        let freeze = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let freeze = freeze.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = freeze.notified() => {
+                            // Hold both sockets open, silently, until the test ends.
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(FreezingProxy { addr, frozen })
+    }
+}
+
+/// A self-signed X.509 v1 certificate for `cn` (no extensions, so no SAN), made the way
+/// people make them: `openssl req` then `openssl x509 -req -signkey`.
+pub fn openssl_v1_cert(cn: &str) -> Result<Leaf> {
+    let dir = std::env::temp_dir().join(format!("burrow-v1-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir)?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    };
+    let subject = format!("/CN={cn}");
+    let made = run(&[
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-subj", &subject,
+        "-out", "csr.pem",
+    ])
+    .and_then(|()| {
+        run(&[
+            "x509", "-req", "-in", "csr.pem", "-signkey", "key.pem", "-days", "2", "-out",
+            "crt.pem",
+        ])
+    })
+    .and_then(|()| {
+        Ok(Leaf {
+            crt: std::fs::read_to_string(dir.join("crt.pem"))?,
+            key: std::fs::read_to_string(dir.join("key.pem"))?,
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    made
+}
+
+/// A TLS 1.3 client that trusts exactly one server certificate (by its DER bytes) and
+/// checks the handshake signature against its public key; for certificates webpki will
+/// not read (X.509 v1).
+pub fn pinned_client_config(expected: CertificateDer<'static>) -> rustls::ClientConfig {
+    let spki = x509_parser::parse_x509_certificate(&expected)
+        .expect("pinned cert parses")
+        .1
+        .public_key()
+        .raw
+        .to_vec();
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            expected,
+            spki: rustls::pki_types::SubjectPublicKeyInfoDer::from(spki),
+            provider: provider(),
+        }))
+        .with_no_client_auth()
+}
+
+#[derive(Debug)]
+struct Pinned {
+    expected: CertificateDer<'static>,
+    spki: rustls::pki_types::SubjectPublicKeyInfoDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.expected.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "the pinned client speaks TLS 1.3 only".into(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        _cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &self.spki,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -229,39 +229,6 @@ async fn a_stalled_reader_is_held_back_without_blocking_others() -> Result<()> {
     Ok(())
 }
 
-/// Relays TCP to `target`; `freeze` stops moving bytes on existing connections without closing them.
-struct FreezingProxy {
-    addr: SocketAddr,
-    frozen: Arc<tokio::sync::Notify>,
-}
-
-impl FreezingProxy {
-    async fn start(target: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let frozen = Arc::new(tokio::sync::Notify::new());
-        let freeze = frozen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let freeze = freeze.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = freeze.notified() => {
-                            // Hold both sockets open, silently, until the test ends.
-                            tokio::time::sleep(Duration::from_secs(60)).await;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(FreezingProxy { addr, frozen })
-    }
-}
-
 #[tokio::test]
 async fn the_agent_detects_a_dead_tunnel_by_heartbeat_and_reconnects() -> Result<()> {
     let edge = edge_with_heartbeat(200).await;

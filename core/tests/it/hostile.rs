@@ -230,6 +230,8 @@ async fn an_oversized_control_message_is_refused_with_a_code() -> Result<()> {
             authtoken: None,
             metadata: String::new(),
             resume: None,
+            client_info: Vec::new(),
+            heartbeat_ms: None,
         })
         .await?;
     assert!(matches!(

@@ -34,6 +34,8 @@ impl RawAgent {
                 authtoken: None,
                 metadata: String::new(),
                 resume: None,
+                client_info: Vec::new(),
+                heartbeat_ms: None,
             })
             .await?;
         match control.recv::<EdgeMsg>().await? {

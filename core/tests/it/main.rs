@@ -11,3 +11,4 @@ mod load;
 mod modes;
 mod policy;
 mod refusals;
+mod session_surface;
