@@ -468,6 +468,7 @@ async fn listen(session: Session, proto: Proto, opts: Options) -> Result<Listene
         terminate_at: mode,
         metadata: opts.metadata,
         forwards_to: opts.forwards_to.unwrap_or_default(),
+        proxy_proto: opts.proxy_proto,
         conns: rx,
     })
 }
@@ -481,6 +482,7 @@ pub struct Listener {
     terminate_at: TerminateAt,
     metadata: String,
     forwards_to: String,
+    proxy_proto: Option<ProxyProto>,
     conns: mpsc::Receiver<Conn>,
 }
 
@@ -534,6 +536,17 @@ impl Listener {
     /// What the endpoint forwards to, as described by its owner.
     pub fn forwards_to(&self) -> &str {
         &self.forwards_to
+    }
+
+    /// Forwards every connection from now on to `upstream` (ngrok's
+    /// `Listener.forward`); `forwards_to` becomes the upstream unless it was set.
+    pub fn forward(mut self, upstream: Upstream) -> Result<Forwarder> {
+        let dialer = upstream.dialer()?;
+        if self.forwards_to.is_empty() {
+            self.forwards_to = upstream.to_string();
+        }
+        let proxy_proto = self.proxy_proto;
+        Ok(Forwarder::start(self, dialer, proxy_proto))
     }
 
     /// Stops serving; connections already accepted keep running.

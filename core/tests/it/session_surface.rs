@@ -323,3 +323,23 @@ async fn root_cas_applies_to_the_embedded_edge_and_a_bad_one_names_tls() -> Resu
     assert!(err.message().contains("TLS"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_listener_gets_its_forwarding_target_later() -> Result<()> {
+    let edge = open_edge().await;
+    let session = session_for(&edge).await;
+    let listener = session
+        .tls_endpoint()
+        .domain("later.test")
+        .terminate_at(TerminateAt::Edge)
+        .metadata("meta")
+        .listen()
+        .await?;
+    assert_eq!(listener.forwards_to(), "", "no target yet");
+    let service = echo_server().await;
+    let fwd = listener.forward(service.addr.to_string().parse()?)?;
+    assert_eq!(fwd.forwards_to(), format!("tcp://{}", service.addr));
+    assert_eq!(fwd.metadata(), "meta");
+    let tls = tls_connect(edge.tls_addr(), "later.test", edge.ca_pem()).await?;
+    echo_check(tls, b"forwarded after listen").await
+}
