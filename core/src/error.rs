@@ -162,10 +162,63 @@ impl ErrorCode {
         }
     }
 
+    /// The family of this code; the bindings map each family to one exception class.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            ErrorCode::AuthFailed | ErrorCode::RateLimited => ErrorKind::Auth,
+            ErrorCode::DomainNotAllowed
+            | ErrorCode::DomainTaken
+            | ErrorCode::InvalidDomain
+            | ErrorCode::PortUnavailable
+            | ErrorCode::LimitExceeded => ErrorKind::Bind,
+            ErrorCode::CertDomainMismatch
+            | ErrorCode::KeyMismatch
+            | ErrorCode::InvalidPem
+            | ErrorCode::AcmeFailed
+            | ErrorCode::AcmeUnreachable
+            | ErrorCode::AcmeRateLimited => ErrorKind::Certificate,
+            ErrorCode::InvalidPolicy => ErrorKind::Policy,
+            ErrorCode::ConnectFailed
+            | ErrorCode::Timeout
+            | ErrorCode::Closed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Protocol => ErrorKind::Connection,
+            ErrorCode::InvalidUrl
+            | ErrorCode::InvalidOption
+            | ErrorCode::Unsupported
+            | ErrorCode::Config
+            | ErrorCode::Io
+            | ErrorCode::Internal => ErrorKind::Other,
+        }
+    }
+
+    /// The code with this spelling ([`Self::as_str`]), if there is one.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
+
     /// The code ngrok's SDKs would report: [`Self::ngrok_code`], else [`Self::as_str`].
     pub fn ngrok_or_own(self) -> &'static str {
         self.ngrok_code().unwrap_or_else(|| self.as_str())
     }
+}
+
+/// A family of error codes: what the bindings turn into exception classes (Python's
+/// `AuthError`, `BindError`, ...). Deliberately exhaustive, so a binding's mapping is too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The edge refused the credentials.
+    Auth,
+    /// The edge refused the endpoint (domain, port, limits).
+    Bind,
+    /// A certificate, key or CA bundle is unusable, or one could not be obtained.
+    Certificate,
+    /// A traffic policy is invalid.
+    Policy,
+    /// The edge could not be reached, the tunnel failed, or the session is closed.
+    Connection,
+    /// Everything else (options, URLs, configuration, I/O, internal failures).
+    Other,
 }
 
 impl fmt::Display for ErrorCode {
@@ -258,6 +311,7 @@ mod tests {
         let names: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), ErrorCode::ALL.len(), "duplicate spelling");
         for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(*code));
             let wire = serde_json::to_string(code).unwrap();
             assert_eq!(
                 wire,

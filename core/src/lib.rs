@@ -28,7 +28,7 @@ pub use agent::{
     TerminateAt, TlsEndpointBuilder, Upstream,
 };
 pub use edge::{Edge, EdgeConfig, SessionInfo};
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ErrorCode, ErrorKind, Result};
 
 /// A random 128-bit id in hex, for sessions and endpoints.
 pub(crate) fn random_id() -> String {

@@ -201,29 +201,37 @@ impl Edge {
             .collect()
     }
 
-    /// Sends `command` (ngrok's Stop, Restart or Update) to session `session_id` and
-    /// waits for the agent's answer: `Ok` when it carried it out, its refusal otherwise.
-    pub async fn send_command(&self, session_id: &str, command: Command) -> Result<()> {
+    /// Sends `command` (ngrok's Stop, Restart or Update) to session `session_id`; the
+    /// future resolves with the agent's answer: `Ok` when it carried the command out,
+    /// its refusal otherwise. It borrows nothing, so bindings can await it anywhere.
+    pub fn send_command(
+        &self,
+        session_id: &str,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .shared
             .sessions()
             .get(session_id)
             .map(|s| s.commands.send(session::CommandRequest { command, reply }));
-        let gone = || Error::new(ErrorCode::Closed, format!("no session {session_id:?}"));
-        match sent {
-            Some(Ok(())) => {}
-            Some(Err(_)) | None => return Err(gone()),
-        }
-        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "session {session_id:?} did not answer the command within {COMMAND_TIMEOUT:?}"
-                ),
-            )),
+        let session_id = session_id.to_owned();
+        async move {
+            let gone = || Error::new(ErrorCode::Closed, format!("no session {session_id:?}"));
+            match sent {
+                Some(Ok(())) => {}
+                Some(Err(_)) | None => return Err(gone()),
+            }
+            match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(gone()),
+                Err(_) => Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "session {session_id:?} did not answer the command within {COMMAND_TIMEOUT:?}"
+                    ),
+                )),
+            }
         }
     }
 
