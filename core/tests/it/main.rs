@@ -9,5 +9,6 @@ mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod option_table;
 mod policy;
 mod refusals;
