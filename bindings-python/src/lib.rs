@@ -5,6 +5,7 @@
 //! tokio runtime with the GIL released, and maps core errors to Python exceptions.
 
 mod errors;
+mod interpreter;
 mod logging;
 
 use burrow_core::{
@@ -237,7 +238,7 @@ impl NativeSession {
         opts: &Bound<'py, PyDict>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = SessionOptions::from_dict(opts)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter::future_into_py(py, async move {
             let session = options.connect().await?;
             Ok(NativeSession { session })
         })
@@ -259,7 +260,7 @@ impl NativeSession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = EndpointOptions::from_dict(opts)?;
         let session = self.session.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter::future_into_py(py, async move {
             let fwd = options.forward(session).await?;
             Ok(NativeListener::new(fwd))
         })
@@ -386,7 +387,7 @@ impl NativeListener {
 
     /// Awaitable that resolves when the endpoint is closed.
     fn join_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        pyo3_async_runtimes::tokio::future_into_py(py, self.wait_closed())
+        interpreter::future_into_py(py, self.wait_closed())
     }
 }
 
@@ -450,6 +451,7 @@ impl NativeEdge {
 #[pymodule]
 fn _burrow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    interpreter::register(m)?;
     m.add_class::<NativeSession>()?;
     m.add_class::<NativeListener>()?;
     m.add_class::<NativeEdge>()?;
