@@ -5,6 +5,7 @@
 //! released, and maps core errors to Python exceptions.
 
 mod errors;
+mod interpreter;
 mod logging;
 
 use burrow_core::{
@@ -192,7 +193,7 @@ impl NativeSession {
     #[staticmethod]
     fn connect_async<'py>(py: Python<'py>, opts: &NativeOptions) -> PyResult<Bound<'py, PyAny>> {
         let builder = opts.parsed.session.builder();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter::future_into_py(py, async move {
             let session = builder.connect().await.map_err(errors::to_py)?;
             Ok(NativeSession { session })
         })
@@ -212,7 +213,7 @@ impl NativeSession {
         opts: &NativeOptions,
     ) -> PyResult<Bound<'py, PyAny>> {
         let fut = forward(self.session.clone(), &opts.parsed);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter::future_into_py(py, async move {
             Ok(NativeListener::new(fut.await?))
         })
     }
@@ -338,7 +339,7 @@ impl NativeListener {
 
     /// Awaitable that resolves when the endpoint is closed.
     fn join_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        pyo3_async_runtimes::tokio::future_into_py(py, self.wait_closed())
+        interpreter::future_into_py(py, self.wait_closed())
     }
 }
 
@@ -402,6 +403,7 @@ impl NativeEdge {
 #[pymodule]
 fn _burrow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    interpreter::register(m)?;
     m.add_class::<NativeSession>()?;
     m.add_class::<NativeListener>()?;
     m.add_class::<NativeEdge>()?;

@@ -16,7 +16,6 @@ listener (see :func:`get_listeners`), so dropping yours never stops a forward.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import logging
 import threading
@@ -323,15 +322,6 @@ def log_level(level: Union[str, int] = "INFO") -> None:
     _bridge_level = _LEVELS[name]
     if _bridge_level <= logging.CRITICAL:
         _log.setLevel(_bridge_level)
-
-
-def _quiet_at_exit() -> None:
-    # The log thread stops delivering once the interpreter finalizes; stop feeding it first.
-    if _bridge_level <= logging.CRITICAL:
-        _burrow.set_log_level("OFF")
-
-
-atexit.register(_quiet_at_exit)
 
 
 # --- the in-process edge -------------------------------------------------------------
