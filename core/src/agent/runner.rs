@@ -3,6 +3,7 @@
 
 use super::conn::{Conn, ConnIo};
 use super::hooks::{AfterCommand, Hooks};
+use super::spec::EndpointKind;
 use super::{Registered, SessionInner};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls;
@@ -627,9 +628,9 @@ fn pin_to_url(spec: &mut BindSpec, url: &str) {
         Some((h, p)) => (h, p.parse::<u16>().ok()),
         None => (rest, None),
     };
-    match spec.proto {
-        crate::wire::Proto::Tls => spec.domain = Some(host.to_owned()),
-        crate::wire::Proto::Tcp => spec.remote_port = port,
+    match &mut spec.kind {
+        EndpointKind::Tls { domain, .. } => *domain = Some(host.to_owned()),
+        EndpointKind::Tcp { remote_port } => *remote_port = port,
     }
 }
 

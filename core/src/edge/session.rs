@@ -259,9 +259,9 @@ impl AgentSession {
         let mut waiting = futures::stream::FuturesUnordered::<bind::PendingBind>::new();
         loop {
             tokio::select! {
-                Some((request_id, spec, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
+                Some((request_id, prepared, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
                     let result = match ready {
-                        Ok(()) => bind::bind(self, *spec).await,
+                        Ok(()) => bind::bind(self, *prepared).await,
                         Err(e) => Err(e),
                     };
                     control.send(&bind_reply(request_id, result)).await?;
@@ -309,10 +309,17 @@ impl AgentSession {
                             }
                         }
                         Some(AgentMsg::Bind { request_id, spec }) => {
-                            match bind::pending_cert(&self.shared, &self.grant, &spec) {
-                                Some(wait) => waiting.push(Box::pin(async move { (request_id, spec, wait.await) })),
+                            let prepared = match bind::Prepared::new(*spec) {
+                                Ok(p) => Box::new(p),
+                                Err(e) => {
+                                    control.send(&bind_reply(request_id, Err(e))).await?;
+                                    continue;
+                                }
+                            };
+                            match bind::pending_cert(&self.shared, &self.grant, &prepared) {
+                                Some(wait) => waiting.push(Box::pin(async move { (request_id, prepared, wait.await) })),
                                 None => {
-                                    let result = bind::bind(self, *spec).await;
+                                    let result = bind::bind(self, *prepared).await;
                                     control.send(&bind_reply(request_id, result)).await?;
                                 }
                             }

@@ -7,6 +7,6 @@ pub mod mux;
 
 pub use frame::{read_header, write_header, ControlChannel, MAX_CONTROL_FRAME};
 pub use messages::{
-    AgentMsg, BindSpec, ClientInfo, Command, CommandError, EdgeMsg, EdgeTls, Proto, SecretPem,
-    StreamHeader, PROTOCOL_VERSION,
+    AgentMsg, BindSpec, ClientInfo, Command, CommandError, EdgeMsg, Proto, SecretPem, StreamHeader,
+    PROTOCOL_VERSION,
 };

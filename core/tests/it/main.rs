@@ -9,6 +9,7 @@ mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod option_table;
 mod policy;
 mod refusals;
 mod session_surface;

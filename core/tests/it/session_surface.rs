@@ -337,7 +337,7 @@ async fn a_listener_gets_its_forwarding_target_later() -> Result<()> {
         .await?;
     assert_eq!(listener.forwards_to(), "", "no target yet");
     let service = echo_server().await;
-    let fwd = listener.forward(service.addr.to_string().parse()?)?;
+    let fwd = listener.forward(&service.addr.to_string().parse()?)?;
     assert_eq!(fwd.forwards_to(), format!("tcp://{}", service.addr));
     assert_eq!(fwd.metadata(), "meta");
     let tls = tls_connect(edge.tls_addr(), "later.test", edge.ca_pem()).await?;
