@@ -51,7 +51,7 @@ async def main() -> None:
     failures = {
         "CONNECT_FAILED": dict(server_addr=f"127.0.0.1:{closed_port()}", force_new_session=True),
         "INVALID_POLICY": dict(traffic_policy="on_tcp_connect: [{actions: [{type: no-such-action}]}]"),
-        "INVALID_URL": dict(domain="-not..a-domain-"),  # refused by the edge
+        "INVALID_DOMAIN": dict(domain="-not..a-domain-"),  # refused by the edge
     }
     for code, options in failures.items():
         try:

@@ -66,7 +66,7 @@ fn option_value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
         return Ok(OptionValue::Float(f.value()));
     }
     if let Ok(s) = v.cast::<PyString>() {
-        return Ok(OptionValue::Str(s.to_str()?.to_owned()));
+        return Ok(OptionValue::Str(s.extract::<String>()?));
     }
     if let Ok(b) = v.cast::<PyBytes>() {
         return Ok(OptionValue::Bytes(b.as_bytes().to_vec()));
