@@ -24,6 +24,7 @@ CODES = {
     "AUTH_FAILED": burrow.AuthError, "RATE_LIMITED": burrow.AuthError,
     "DOMAIN_NOT_ALLOWED": burrow.BindError, "DOMAIN_TAKEN": burrow.BindError,
     "PORT_UNAVAILABLE": burrow.BindError, "LIMIT_EXCEEDED": burrow.BindError,
+    "INVALID_DOMAIN": burrow.BindError,
     "CERT_DOMAIN_MISMATCH": burrow.CertificateError, "KEY_MISMATCH": burrow.CertificateError,
     "INVALID_PEM": burrow.CertificateError, "ACME_FAILED": burrow.CertificateError,
     "ACME_UNREACHABLE": burrow.CertificateError, "ACME_RATE_LIMITED": burrow.CertificateError,
@@ -37,11 +38,27 @@ CODES = {
 
 
 def test_the_table_lists_every_core_code() -> None:
-    """A code added to the core must be placed in a class on purpose (errors.rs, and here)."""
-    source = (Path(__file__).resolve().parent.parent / "core" / "src" / "error.rs").read_text()
-    core_codes = set(re.findall(r'ErrorCode::\w+ => "([A-Z_]+)"', source))
+    """A code added to the core must be placed in a class on purpose (core's ErrorCode::kind, and here)."""
+    core_codes = {code for code, _ in _burrow.error_codes()}
     assert len(core_codes) > 20
     assert core_codes == set(CODES)
+
+
+# ngrok's codes where ngrok documents the same failure (README "Errors").
+NGROK_CODES = {
+    "AUTH_FAILED": "ERR_NGROK_105", "DOMAIN_NOT_ALLOWED": "ERR_NGROK_319",
+    "DOMAIN_TAKEN": "ERR_NGROK_334", "KEY_MISMATCH": "ERR_NGROK_1923",
+    "INVALID_POLICY": "ERR_NGROK_2236", "INVALID_DOMAIN": "ERR_NGROK_326",
+    "PROTOCOL": "ERR_NGROK_801",
+}
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_args_are_ngroks_message_cause_code(code: str) -> None:
+    err = _burrow.new_error(code, f"what went wrong ({code})")
+    assert err.args == (err.message, err.message, NGROK_CODES.get(code, code))
+    assert err.code == code
+    assert dict(_burrow.error_codes())[code] == NGROK_CODES.get(code)
 
 
 @pytest.mark.parametrize("code", sorted(CODES))
@@ -56,6 +73,7 @@ def test_bad_token() -> None:
         with pytest.raises(burrow.AuthError) as e:
             burrow.forward(8080, authtoken="wrong-secret-token", **edge.options())
         assert e.value.code == "AUTH_FAILED"
+        assert e.value.args[2] == "ERR_NGROK_105"
         assert "authtoken" in e.value.message
         assert "wrong-secret-token" not in str(e.value) and "wrong-secret-token" not in repr(e.value)
 
@@ -146,6 +164,13 @@ def test_bad_values(edge: burrow.Edge) -> None:
     with pytest.raises(burrow.Error) as e:
         burrow.log_level("LOUD")
     assert e.value.code == "INVALID_OPTION" and "LOUD" in e.value.message
+
+
+def test_invalid_domain_carries_ngroks_326(edge: burrow.Edge) -> None:
+    with pytest.raises(burrow.BindError) as e:
+        burrow.forward(8080, proto="tls", domain="not a domain", **edge.options())
+    assert e.value.code == "INVALID_DOMAIN" and e.value.args[2] == "ERR_NGROK_326"
+    assert "not a domain" in e.value.message
 
 
 def test_bad_policy_names_the_field(edge: burrow.Edge) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 SAMPLE = '''
 import asyncio
 from pathlib import Path
+from typing import List
 import burrow
 
 def main(edge: burrow.Edge) -> None:
@@ -42,6 +43,19 @@ def main(edge: burrow.Edge) -> None:
     l3 = s.tcp_endpoint().remote_addr("h:1").listen_and_forward("localhost:80")
     with l2, l3, s:
         pass
+    hooked = (burrow.SessionBuilder().client_info("app", "1.0").client_info("lib", "2", "c")
+              .heartbeat_interval(10).heartbeat_tolerance(0.5).handle_heartbeat(lambda ms: print(ms + 1))
+              .handle_disconnection(lambda addr, err: print(addr, err)).handle_stop_command(lambda: None)
+              .handle_restart_command(lambda: None).handle_update_command(lambda v, major: print(v, major))
+              .connect())
+    l6: burrow.Listener = hooked.tls_endpoint().domain("d.test").listen()
+    l6.forward("localhost:80")
+    l6.forward(80)
+    mine: List[burrow.Listener] = hooked.get_listeners()
+    print(mine, len(burrow.get_listeners()))
+    for info in edge.sessions():
+        edge.send_command(info["id"], "update", version="2", permit_major_version=True)
+    hooked.close()
     try:
         burrow.forward(1)
     except burrow.AuthError as e:
@@ -60,6 +74,14 @@ async def amain(edge: burrow.Edge) -> None:
     s = await burrow.SessionBuilder().server_addr(edge.tunnel_addr).connect()
     l5: burrow.Listener = await s.tls_endpoint().domain("c.test").listen_and_forward(8080)
     print(l4, l5)
+    l7: burrow.Listener = await s.tcp_endpoint().listen()
+    await l7.forward("localhost:80")
+    await l7.close()
+    everything: List[burrow.Listener] = await burrow.get_listeners()
+    print(everything)
+    await burrow.disconnect()
+    await burrow.kill()
+    await s.close()
 
 with burrow.Edge(open=True) as edge:
     main(edge)

@@ -1,6 +1,6 @@
 //! burrow's exception classes and the one mapping from error codes to them.
 
-use burrow_core::{Error as CoreError, ErrorCode};
+use burrow_core::{Error as CoreError, ErrorCode, ErrorKind};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -48,31 +48,41 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PolicyError", py.get_type::<PolicyError>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add_function(wrap_pyfunction!(new_error, m)?)?;
+    m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    // `args` is ngrok's `(message, cause, code)`; `str()` stays the message alone.
+    let message_only = py.eval(
+        c"lambda self: str(self.args[0]) if self.args else ''",
+        None,
+        None,
+    )?;
+    py.get_type::<Error>().setattr("__str__", message_only)?;
     Ok(())
 }
 
 /// The exception class for an error code: the one place codes meet classes.
 ///
-/// Codes are the strings of [`ErrorCode::as_str`] (plus the binding's own, which use
-/// the same spelling); a code not listed here is a plain `burrow.Error`.
+/// The family comes from the core ([`ErrorCode::kind`]), whose match is exhaustive, so a
+/// new code cannot land here without being placed on purpose. A spelling the core does
+/// not know (never made by burrow itself) is a plain `burrow.Error`.
 fn class_for<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyType> {
-    match code {
-        "AUTH_FAILED" | "RATE_LIMITED" => py.get_type::<AuthError>(),
-        "DOMAIN_NOT_ALLOWED" | "DOMAIN_TAKEN" | "PORT_UNAVAILABLE" | "LIMIT_EXCEEDED" => {
-            py.get_type::<BindError>()
-        }
-        "CERT_DOMAIN_MISMATCH"
-        | "KEY_MISMATCH"
-        | "INVALID_PEM"
-        | "ACME_FAILED"
-        | "ACME_UNREACHABLE"
-        | "ACME_RATE_LIMITED" => py.get_type::<CertificateError>(),
-        "INVALID_POLICY" => py.get_type::<PolicyError>(),
-        "CONNECT_FAILED" | "TIMEOUT" | "CLOSED" | "VERSION_MISMATCH" | "PROTOCOL" => {
-            py.get_type::<ConnectionError>()
-        }
-        _ => py.get_type::<Error>(),
+    let Some(kind) = ErrorCode::from_name(code).map(ErrorCode::kind) else {
+        return py.get_type::<Error>();
+    };
+    match kind {
+        ErrorKind::Auth => py.get_type::<AuthError>(),
+        ErrorKind::Bind => py.get_type::<BindError>(),
+        ErrorKind::Certificate => py.get_type::<CertificateError>(),
+        ErrorKind::Policy => py.get_type::<PolicyError>(),
+        ErrorKind::Connection => py.get_type::<ConnectionError>(),
+        ErrorKind::Other => py.get_type::<Error>(),
     }
+}
+
+/// The code ngrok's SDK would put in `args[2]`: ngrok's own where it has one.
+fn ngrok_code(code: &str) -> &str {
+    ErrorCode::from_name(code)
+        .map(ErrorCode::ngrok_or_own)
+        .unwrap_or(code)
 }
 
 /// An error's code and message; the exception object is made from them only when the
@@ -85,10 +95,11 @@ struct Coded {
 
 impl PyErrArguments for Coded {
     /// The instance of the code's class (raising an instance of a subclass of `Error` as
-    /// `Error` raises it unchanged).
+    /// `Error` raises it unchanged), with `args == (message, cause, code)` as ngrok's:
+    /// `code` is ngrok's where it has one; burrow's own is on `.code`.
     fn arguments(self, py: Python<'_>) -> Py<PyAny> {
         let built = class_for(py, &self.code)
-            .call1((&self.message,))
+            .call1((&self.message, &self.message, ngrok_code(&self.code)))
             .and_then(|value| {
                 value.setattr("code", &self.code)?;
                 value.setattr("message", &self.message)?;
@@ -107,6 +118,16 @@ fn make(code: &str, message: &str) -> PyErr {
         code: code.to_owned(),
         message: message.to_owned(),
     })
+}
+
+/// Every code of the core, with ngrok's code for it (or `None`): lets tests check that
+/// each one maps to a class on purpose.
+#[pyfunction]
+fn error_codes() -> Vec<(&'static str, Option<&'static str>)> {
+    ErrorCode::ALL
+        .iter()
+        .map(|c| (c.as_str(), c.ngrok_code()))
+        .collect()
 }
 
 /// Makes a `burrow.Error` (or the subclass its code maps to) with `.code` and `.message`.

@@ -5,12 +5,14 @@
 //! released, and maps core errors to Python exceptions.
 
 mod errors;
+mod hooks;
 mod interpreter;
 mod logging;
 
+use burrow_core::edge::Command;
 use burrow_core::{
-    Edge, EdgeConfig, Error as CoreError, ErrorCode, ForwardOptions, Forwarder, OptionValue, Scope,
-    Session,
+    Edge, EdgeConfig, Error as CoreError, ErrorCode, ForwardOptions, Forwarder, Listener,
+    OptionValue, Scope, Session,
 };
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -170,6 +172,15 @@ fn forward(
     }
 }
 
+/// Binds the parsed endpoint on `session` with no forwarding target.
+fn listen(
+    session: Session,
+    parsed: &ForwardOptions,
+) -> impl Future<Output = PyResult<Listener>> + Send + 'static {
+    let spec = parsed.endpoint.clone();
+    async move { session.listen(spec).await.map_err(errors::to_py) }
+}
+
 /// A connection to an edge (the native side of `burrow.Session`).
 #[pyclass(module = "burrow._burrow", frozen)]
 struct NativeSession {
@@ -178,10 +189,16 @@ struct NativeSession {
 
 #[pymethods]
 impl NativeSession {
-    /// Connects with the session options in `opts`, blocking (GIL released).
+    /// Connects with the session options in `opts` and the `SessionBuilder` extras
+    /// (client info, heartbeat timing, hooks), blocking (GIL released).
     #[staticmethod]
-    fn connect(py: Python<'_>, opts: &NativeOptions) -> PyResult<Self> {
-        let builder = opts.parsed.session.builder();
+    #[pyo3(signature = (opts, extras = None))]
+    fn connect(
+        py: Python<'_>,
+        opts: &NativeOptions,
+        extras: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let builder = hooks::SessionExtras::from_dict(extras)?.apply(opts.parsed.session.builder());
         let session = block_on(
             py,
             async move { builder.connect().await.map_err(errors::to_py) },
@@ -191,8 +208,13 @@ impl NativeSession {
 
     /// Like `connect`, as an awaitable.
     #[staticmethod]
-    fn connect_async<'py>(py: Python<'py>, opts: &NativeOptions) -> PyResult<Bound<'py, PyAny>> {
-        let builder = opts.parsed.session.builder();
+    #[pyo3(signature = (opts, extras = None))]
+    fn connect_async<'py>(
+        py: Python<'py>,
+        opts: &NativeOptions,
+        extras: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let builder = hooks::SessionExtras::from_dict(extras)?.apply(opts.parsed.session.builder());
         interpreter::future_into_py(py, async move {
             let session = builder.connect().await.map_err(errors::to_py)?;
             Ok(NativeSession { session })
@@ -214,6 +236,22 @@ impl NativeSession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let fut = forward(self.session.clone(), &opts.parsed);
         interpreter::future_into_py(py, async move { Ok(NativeListener::new(fut.await?)) })
+    }
+
+    /// Binds the parsed endpoint without a forwarding target (ngrok's `listen()`), blocking.
+    fn listen(&self, py: Python<'_>, opts: &NativeOptions) -> PyResult<NativeListener> {
+        let fut = listen(self.session.clone(), &opts.parsed);
+        Ok(NativeListener::listening(block_on(py, fut)?))
+    }
+
+    /// Like `listen`, as an awaitable.
+    fn listen_async<'py>(
+        &self,
+        py: Python<'py>,
+        opts: &NativeOptions,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fut = listen(self.session.clone(), &opts.parsed);
+        interpreter::future_into_py(py, async move { Ok(NativeListener::listening(fut.await?)) })
     }
 
     /// The embedded edge's addresses and CA, when this session started one.
@@ -245,49 +283,103 @@ impl NativeSession {
             Ok(())
         })
     }
+
+    /// Like `close`, as an awaitable; the close starts at once, awaited or not.
+    fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.session.clone();
+        interpreter::future_into_py(py, async move {
+            session.close().await;
+            Ok(())
+        })
+    }
 }
 
-/// One forwarding endpoint (the native side of `burrow.Listener`).
+/// What a listener is doing: bound with no target yet (`listen()`), forwarding, or closed.
+enum State {
+    Listening(Listener),
+    Forwarding(Forwarder),
+    Closed,
+}
+
+/// One endpoint (the native side of `burrow.Listener`).
 #[pyclass(module = "burrow._burrow", frozen)]
 struct NativeListener {
-    forwarder: Mutex<Option<Forwarder>>,
+    state: Mutex<State>,
+    /// Becomes true once the forwarder stops; set when forwarding starts.
+    closed: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     id: String,
     url: String,
     proto: String,
     metadata: String,
-    forwards_to: String,
+    forwards_to: Mutex<String>,
     terminate_at: String,
 }
 
 impl NativeListener {
     /// Wraps a running forwarder, keeping its descriptive fields readable after close.
     fn new(fwd: Forwarder) -> Self {
+        let closed = closed_token(&fwd);
         NativeListener {
             id: fwd.id().to_owned(),
             url: fwd.url().to_owned(),
             proto: fwd.proto().to_owned(),
             metadata: fwd.metadata().to_owned(),
-            forwards_to: fwd.forwards_to().to_owned(),
+            forwards_to: Mutex::new(fwd.forwards_to().to_owned()),
             terminate_at: fwd.terminate_at().to_string(),
-            forwarder: Mutex::new(Some(fwd)),
+            closed: Mutex::new(Some(closed)),
+            state: Mutex::new(State::Forwarding(fwd)),
         }
     }
 
-    /// A future resolving when the endpoint is closed.
-    fn wait_closed(&self) -> impl Future<Output = PyResult<()>> + Send + 'static {
-        let fut = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|f| f.closed());
-        async move {
-            if let Some(fut) = fut {
-                fut.await;
-            }
-            Ok(())
+    /// Wraps a bound listener that forwards nowhere yet (ngrok's `listen()`).
+    fn listening(listener: Listener) -> Self {
+        NativeListener {
+            id: listener.id().to_owned(),
+            url: listener.url().to_owned(),
+            proto: listener.proto().to_owned(),
+            metadata: listener.metadata().to_owned(),
+            forwards_to: Mutex::new(listener.forwards_to().to_owned()),
+            terminate_at: listener.terminate_at().to_string(),
+            closed: Mutex::new(None),
+            state: Mutex::new(State::Listening(listener)),
         }
     }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A future resolving when the endpoint is closed.
+    fn wait_closed(&self) -> PyResult<impl Future<Output = PyResult<()>> + Send + 'static> {
+        let token = self
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if token.is_none() && matches!(*self.state(), State::Listening(_)) {
+            return Err(errors::option(
+                "this listener forwards nowhere yet: call forward(addr) before join()",
+            ));
+        }
+        Ok(async move {
+            if let Some(mut token) = token {
+                // An error means the watcher ended, which it does only after the close.
+                let _ = token.wait_for(|closed| *closed).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A flag that becomes true when `fwd` stops (closed, dropped, or its session closed).
+fn closed_token(fwd: &Forwarder) -> tokio::sync::watch::Receiver<bool> {
+    let (done, flag) = tokio::sync::watch::channel(false);
+    let closed = fwd.closed();
+    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        closed.await;
+        let _ = done.send(true);
+    });
+    flag
 }
 
 #[pymethods]
@@ -308,36 +400,72 @@ impl NativeListener {
     fn metadata(&self) -> &str {
         &self.metadata
     }
-    /// The upstream it forwards to.
-    fn forwards_to(&self) -> &str {
-        &self.forwards_to
+    /// The upstream it forwards to (empty until `forward()` for a `listen()`ed one).
+    fn forwards_to(&self) -> String {
+        self.forwards_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// `"edge"`, `"agent"` or `"upstream"`.
     fn terminate_at(&self) -> &str {
         &self.terminate_at
     }
 
+    /// True until the listener is closed.
+    fn is_open(&self) -> bool {
+        !matches!(*self.state(), State::Closed)
+    }
+
+    /// Starts forwarding to the upstream of `opts` (parsed `{"addr": ...}`); ngrok's
+    /// `Listener.forward`.
+    fn forward(&self, opts: &NativeOptions) -> PyResult<()> {
+        // The forwarder's task is spawned on the binding's runtime.
+        let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+        let mut state = self.state();
+        match std::mem::replace(&mut *state, State::Closed) {
+            State::Listening(listener) => match listener.forward(&opts.parsed.upstream) {
+                Ok(fwd) => {
+                    *self.forwards_to.lock().unwrap_or_else(|p| p.into_inner()) =
+                        fwd.forwards_to().to_owned();
+                    *self.closed.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(closed_token(&fwd));
+                    *state = State::Forwarding(fwd);
+                    Ok(())
+                }
+                Err(e) => Err(errors::to_py(e)),
+            },
+            other => {
+                let already = matches!(other, State::Forwarding(_));
+                *state = other;
+                Err(errors::option(if already {
+                    "this listener already forwards; forward() is for one made by listen()"
+                } else {
+                    "this listener is closed"
+                }))
+            }
+        }
+    }
+
     /// Stops the endpoint (idempotent).
     fn close(&self, py: Python<'_>) {
-        let fwd = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(fwd) = fwd {
-            // Without the GIL: closing takes a session lock other threads may hold.
-            py.detach(move || fwd.close());
-        }
+        let state = std::mem::replace(&mut *self.state(), State::Closed);
+        // Without the GIL: closing takes a session lock other threads may hold.
+        py.detach(move || match state {
+            State::Forwarding(fwd) => fwd.close(),
+            State::Listening(mut listener) => listener.close(),
+            State::Closed => {}
+        });
     }
 
     /// Blocks until the endpoint is closed (Ctrl-C interrupts).
     fn join(&self, py: Python<'_>) -> PyResult<()> {
-        block_on(py, self.wait_closed())
+        block_on(py, self.wait_closed()?)
     }
 
     /// Awaitable that resolves when the endpoint is closed.
     fn join_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        interpreter::future_into_py(py, self.wait_closed())
+        interpreter::future_into_py(py, self.wait_closed()?)
     }
 }
 
@@ -382,6 +510,58 @@ impl NativeEdge {
     /// The edge's CA certificate (PEM): trust it to reach the tunnel and edge-made certs.
     fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// Authenticated sessions: `(id, client_info entries, metadata)`.
+    fn sessions(&self) -> Vec<(String, Vec<String>, String)> {
+        let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner());
+        edge.as_ref()
+            .map(|e| {
+                e.sessions()
+                    .into_iter()
+                    .map(|s| (s.id, s.client_info, s.metadata))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends ngrok's `"stop"`, `"restart"` or `"update"` command to a session and waits
+    /// for the agent's answer; raises the agent's refusal.
+    #[pyo3(signature = (session_id, command, version = String::new(), permit_major_version = false))]
+    fn send_command(
+        &self,
+        py: Python<'_>,
+        session_id: &str,
+        command: &str,
+        version: String,
+        permit_major_version: bool,
+    ) -> PyResult<()> {
+        let command = match command {
+            "stop" => Command::Stop,
+            "restart" => Command::Restart,
+            "update" => Command::Update {
+                version,
+                permit_major_version,
+            },
+            other => {
+                return Err(errors::option(&format!(
+                    "command {other:?} is not one of \"stop\", \"restart\", \"update\""
+                )))
+            }
+        };
+        let answer = {
+            let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner());
+            match edge.as_ref() {
+                Some(e) => e.send_command(session_id, command),
+                None => {
+                    return Err(errors::to_py(burrow_core::Error::new(
+                        burrow_core::ErrorCode::Closed,
+                        "the edge is closed",
+                    )))
+                }
+            }
+        };
+        block_on(py, async move { answer.await.map_err(errors::to_py) })
     }
 
     /// Stops the edge and waits for its tasks (idempotent).

@@ -187,8 +187,10 @@ class Listener:
     the last reference does not stop it (the module keeps one, see :func:`get_listeners`).
     """
 
-    def __init__(self, native: "_burrow.NativeListener") -> None:
+    def __init__(self, native: "_burrow.NativeListener",
+                 session: Optional["_burrow.NativeSession"] = None) -> None:
         self._native = native
+        self._session = session
         with _lock:
             _listeners[native.id()] = self
 
@@ -209,15 +211,28 @@ class Listener:
         return self._native.metadata()
 
     def forwards_to(self) -> str:
-        """The upstream this endpoint forwards to."""
+        """The upstream this endpoint forwards to (empty for a :meth:`listen` one until
+        :meth:`forward`)."""
         return self._native.forwards_to()
+
+    def forward(self, addr: Union[str, int]) -> Any:
+        """Starts forwarding a listener made by ``listen()`` to ``addr`` (ngrok's
+        ``Listener.forward``). Returns None, or inside a running loop an awaitable (the
+        forwarding has started either way)."""
+        self._native.forward(_parse("endpoint", {"addr": addr, "proto": self.proto()}))
+        return _done(None)
 
     def terminate_at(self) -> str:
         """Where TLS is terminated: ``"edge"``, ``"agent"`` or ``"upstream"``."""
         return self._native.terminate_at()
 
-    def close(self) -> None:
-        """Stops the endpoint; calling it again does nothing."""
+    def close(self) -> Any:
+        """Stops the endpoint; calling it again does nothing. Returns None, or inside a
+        running loop an awaitable, as ngrok's (the endpoint is closed either way)."""
+        self._close()
+        return _done(None)
+
+    def _close(self) -> None:
         self._native.close()
         with _lock:
             _listeners.pop(self.id(), None)
@@ -234,13 +249,13 @@ class Listener:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._close()
 
     async def __aenter__(self) -> "Listener":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        self._close()
 
     def __repr__(self) -> str:
         return f"<burrow.Listener {self.url()} terminate_at={self.terminate_at()}>"
@@ -250,7 +265,7 @@ async def async_forward(addr: Any = None, proto: Optional[str] = None, **options
     """Like :func:`forward`, always awaitable."""
     opts = _forward_options(addr, proto, options)
     session = await _session_for_async(opts)
-    return Listener(await session.forward_async(opts))
+    return Listener(await session.forward_async(opts), session)
 
 
 def forward(addr: Any = None, proto: Optional[str] = None, **options: Any) -> Any:
@@ -262,34 +277,57 @@ def forward(addr: Any = None, proto: Optional[str] = None, **options: Any) -> An
     if _in_running_loop():
         return async_forward(addr, proto, **options)
     opts = _forward_options(addr, proto, options)
-    return Listener(_session_for(opts).forward(opts))
+    session = _session_for(opts)
+    return Listener(session.forward(opts), session)
 
 
 connect = forward
 
 
-def get_listeners() -> List[Listener]:
-    """Every open listener made through this module."""
+def _done(value: Any) -> Any:
+    """``value``, or inside a running loop an already-completed awaitable of it: how a
+    call ngrok makes awaitable stays a plain call in scripts. (A Future, unlike a
+    coroutine, may go un-awaited without a warning, and the work is already done.)"""
+    if not _in_running_loop():
+        return value
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
+def _open_listeners() -> List[Listener]:
     with _lock:
         return list(_listeners.values())
 
 
-def disconnect(url: Optional[str] = None) -> None:
-    """Closes the listener with this URL, or every listener when ``url`` is None."""
-    for listener in get_listeners():
+def get_listeners() -> Any:
+    """Every open listener made through this module; inside a running loop, an awaitable
+    of that list (as ngrok's)."""
+    return _done(_open_listeners())
+
+
+def disconnect(url: Optional[str] = None) -> Any:
+    """Closes the listener with this URL, or every listener when ``url`` is None.
+    Returns None, or inside a running loop an awaitable (closed either way)."""
+    for listener in _open_listeners():
         if url is None or listener.url() == url:
-            listener.close()
+            listener._close()
+    return _done(None)
 
 
-def kill() -> None:
-    """Closes every listener and every session this module opened."""
+def kill() -> Any:
+    """Closes every listener and every session this module opened. Returns None, or
+    inside a running loop an awaitable that resolves once the sessions are closed."""
     disconnect()
     with _lock:
         sessions = list(_all_sessions)
         _all_sessions.clear()
         _sessions.clear()
+    if _in_running_loop():
+        return asyncio.gather(*[s.close_async() for s in sessions])
     for s in sessions:
         s.close()
+    return None
 
 
 def set_auth_token(token: str) -> None:
@@ -361,6 +399,16 @@ class Edge:
         """Session options that point a :func:`forward` at this edge."""
         return {"server_addr": self.tunnel_addr, "root_cas": self.ca_pem}
 
+    def sessions(self) -> List[Dict[str, Any]]:
+        """Authenticated sessions: ``{"id", "client_info", "metadata"}`` each."""
+        return [{"id": i, "client_info": c, "metadata": m} for i, c, m in self._native.sessions()]
+
+    def send_command(self, session_id: str, command: str, version: str = "",
+                     permit_major_version: bool = False) -> None:
+        """Sends ngrok's ``"stop"``, ``"restart"`` or ``"update"`` command to a session;
+        raises the agent's refusal (e.g. ``UNSUPPORTED`` for an update nobody handles)."""
+        self._native.send_command(session_id, command, version, permit_major_version)
+
     def close(self) -> None:
         """Stops the edge; calling it again does nothing."""
         self._native.close()
@@ -427,15 +475,27 @@ class Session:
         """Starts building a TCP endpoint on a port of its own."""
         return TcpEndpointBuilder(self, "tcp")
 
-    def close(self) -> None:
-        """Closes every endpoint of this session and the tunnel (idempotent)."""
+    def get_listeners(self) -> List[Listener]:
+        """This session's open listeners (ngrok's ``Session.get_listeners``)."""
+        return [x for x in _open_listeners() if x._session is self._native]
+
+    def close(self) -> Any:
+        """Closes every endpoint of this session and the tunnel (idempotent). Returns
+        None, or inside a running loop an awaitable that resolves once closed."""
+        for listener in self.get_listeners():
+            listener._close()
+        if _in_running_loop():
+            return self._native.close_async()
         self._native.close()
+        return None
 
     def __enter__(self) -> "Session":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        for listener in self.get_listeners():
+            listener._close()
+        self._native.close()
 
 
 class SessionBuilder:
@@ -443,6 +503,7 @@ class SessionBuilder:
 
     def __init__(self) -> None:
         self._opts: Dict[str, Any] = {}
+        self._extras: Dict[str, Any] = {"client_info": []}
 
     def authtoken(self, token: str) -> "SessionBuilder":
         """The authtoken presented to the edge."""
@@ -473,14 +534,59 @@ class SessionBuilder:
         self._opts["session_metadata"] = metadata
         return self
 
+    def client_info(self, client_type: str, version: str, comments: Optional[str] = None) -> "SessionBuilder":
+        """Identifies the application to the edge, which logs it; the latest call is the
+        most significant entry."""
+        self._extras["client_info"].append((client_type, version, comments))
+        return self
+
+    def heartbeat_interval(self, heartbeat_interval: float) -> "SessionBuilder":
+        """Seconds between heartbeats (ngrok takes whole seconds; fractions work too)."""
+        self._extras["heartbeat_interval"] = heartbeat_interval
+        return self
+
+    def heartbeat_tolerance(self, heartbeat_tolerance: float) -> "SessionBuilder":
+        """Seconds a heartbeat may go unanswered before the session reconnects."""
+        self._extras["heartbeat_tolerance"] = heartbeat_tolerance
+        return self
+
+    def handle_heartbeat(self, handler: Callable[[int], Any]) -> "SessionBuilder":
+        """``handler(latency_ms)`` after each answered heartbeat (called from another thread)."""
+        self._extras["handle_heartbeat"] = handler
+        return self
+
+    def handle_disconnection(self, handler: Callable[[str, str], Any]) -> "SessionBuilder":
+        """``handler(addr, error)`` each time the tunnel is lost or a reconnect fails;
+        raising (or returning False) stops reconnecting and closes the session."""
+        self._extras["handle_disconnection"] = handler
+        return self
+
+    def handle_stop_command(self, handler: Callable[[], Any]) -> "SessionBuilder":
+        """``handler()`` when the edge asks the session to stop, instead of closing it;
+        an exception is reported to the edge."""
+        self._extras["handle_stop_command"] = handler
+        return self
+
+    def handle_restart_command(self, handler: Callable[[], Any]) -> "SessionBuilder":
+        """``handler()`` when the edge asks for a restart, instead of reconnecting."""
+        self._extras["handle_restart_command"] = handler
+        return self
+
+    def handle_update_command(self, handler: Callable[[str, bool], Any]) -> "SessionBuilder":
+        """``handler(version, permit_major_version)`` when the edge asks for an update
+        (refused with ``UNSUPPORTED`` without one)."""
+        self._extras["handle_update_command"] = handler
+        return self
+
     def connect(self) -> Any:
         """Connects: returns the :class:`Session`, or an awaitable of it inside a running loop."""
         opts = _parse("session", dict(self._opts))
+        extras = dict(self._extras, client_info=list(self._extras["client_info"]))
 
         async def connect_async() -> Session:
-            return Session(await _burrow.NativeSession.connect_async(opts))
+            return Session(await _burrow.NativeSession.connect_async(opts, extras))
 
-        return _loop_aware(lambda: Session(_burrow.NativeSession.connect(opts)), connect_async)
+        return _loop_aware(lambda: Session(_burrow.NativeSession.connect(opts, extras)), connect_async)
 
 
 class _EndpointBuilder:
@@ -542,9 +648,20 @@ class _EndpointBuilder:
         native = self._session._native
 
         async def forward_async() -> Listener:
-            return Listener(await native.forward_async(opts))
+            return Listener(await native.forward_async(opts), native)
 
-        return _loop_aware(lambda: Listener(native.forward(opts)), forward_async)
+        return _loop_aware(lambda: Listener(native.forward(opts), native), forward_async)
+
+    def listen(self) -> Any:
+        """Binds without a forwarding target (ngrok's ``listen()``); start forwarding with
+        :meth:`Listener.forward`. The :class:`Listener`, or an awaitable of it in a loop."""
+        opts = _parse("endpoint", dict(self._opts))
+        native = self._session._native
+
+        async def listen_async() -> Listener:
+            return Listener(await native.listen_async(opts), native)
+
+        return _loop_aware(lambda: Listener(native.listen(opts), native), listen_async)
 
 
 class TlsEndpointBuilder(_EndpointBuilder):
