@@ -696,5 +696,11 @@ async fn forward(
             .await
             .map_err(|e| Error::io("PROXY header to upstream", e))?;
     }
-    splice(&mut conn, &mut upstream).await.map(|_| ())
+    let result = splice(&mut conn, &mut upstream).await;
+    // On failure `conn` is dropped unclosed, which resets the tunnel stream (and sends
+    // no close_notify under agent termination): the edge passes that on to the client.
+    if result.is_err() {
+        upstream.reset_on_close();
+    }
+    result.map(|_| ())
 }

@@ -183,8 +183,23 @@ pub(crate) struct Runner {
 }
 
 enum Ended {
+    /// The user closed the session.
     Stopped,
+    /// The tunnel broke; reconnecting may help.
     Lost(String),
+    /// The edge refused in a way that every reconnect would meet again.
+    Fatal(Error),
+}
+
+/// Errors that a reconnect would only repeat: the session ends with them instead.
+fn repeats(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::AuthFailed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Protocol
+            | ErrorCode::LimitExceeded
+    )
 }
 
 impl Runner {
@@ -204,35 +219,47 @@ impl Runner {
 
     pub(crate) async fn run(mut self, first: Connected) {
         let mut conn = first;
-        loop {
+        let failure = loop {
             let session_id = conn.session_id.clone();
             match self.serve(conn).await {
-                Ended::Stopped => break,
+                Ended::Stopped => break None,
+                Ended::Fatal(e) => break Some(e),
+                // A lost tunnel seen while the user closes the session is that close.
+                Ended::Lost(_) if self.inner.stop.is_cancelled() => break None,
                 Ended::Lost(why) => tracing::warn!(reason = %why, "tunnel lost; reconnecting"),
             }
             conn = match self.reconnect(session_id).await {
-                Some(c) => c,
-                None => break,
+                Ok(c) => c,
+                Err(failure) => break failure,
             };
-        }
+        };
+        let reason = match &failure {
+            Some(e) => {
+                tracing::error!(error = %e, "the session ended: the edge refuses it, and reconnecting would not change that");
+                e.clone()
+            }
+            None => Error::new(ErrorCode::Closed, "the session is closed"),
+        };
+        *self.inner.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
         for (_, pending) in self.pending.drain() {
             if let Pending::New(req) = pending {
-                let _ = req
-                    .reply
-                    .send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
+                let _ = req.reply.send(Err(reason.clone()));
             }
         }
         self.inner.endpoints().clear();
+        self.inner.stop.cancel();
     }
 
-    async fn reconnect(&mut self, resume: String) -> Option<Connected> {
+    /// Reconnects with capped, jittered backoff; `Err(None)` when the session was
+    /// closed meanwhile, `Err(Some(e))` when the edge refused in a way that repeats.
+    async fn reconnect(&mut self, resume: String) -> Result<Connected, Option<Error>> {
         let mut delay = BACKOFF_MIN;
         let mut attempt = 0u32;
         loop {
             // Jitter: wait between half and all of the current delay.
             let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             tokio::select! {
-                _ = self.inner.stop.cancelled() => return None,
+                _ = self.inner.stop.cancelled() => return Err(None),
                 _ = sleep(jittered) => {}
             }
             attempt += 1;
@@ -245,8 +272,9 @@ impl Runner {
             {
                 Ok(conn) => {
                     tracing::info!(attempt, "tunnel re-established");
-                    return Some(conn);
+                    return Ok(conn);
                 }
+                Err(e) if repeats(e.code()) => return Err(Some(e)),
                 Err(e) => tracing::warn!(attempt, error = %e, "reconnect failed"),
             }
             delay = (delay * 2).min(BACKOFF_MAX);
@@ -375,8 +403,18 @@ impl Runner {
                     request_id,
                     spec: Box::new(req.spec.clone()),
                 };
-                self.pending.insert(request_id, Pending::New(req));
-                control.send(&msg).await
+                match control.send(&msg).await {
+                    // Too large to send: nothing was written, only this bind fails.
+                    Err(e) if e.code() == ErrorCode::LimitExceeded => {
+                        let _ = req.reply.send(Err(too_large(&req.spec, &e)));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        self.pending.insert(request_id, Pending::New(req));
+                        Ok(())
+                    }
+                }
             }
             Request::Unbind { endpoint_id } => {
                 control.send(&AgentMsg::Unbind { endpoint_id }).await
@@ -394,6 +432,11 @@ impl Runner {
             EdgeMsg::Stop { reason } => Some(Ended::Lost(format!(
                 "the edge stopped the session: {reason}"
             ))),
+            EdgeMsg::Error {
+                request_id: None,
+                code,
+                message,
+            } if repeats(code) => Some(Ended::Fatal(Error::new(code, message))),
             EdgeMsg::Error {
                 request_id: None,
                 code,
@@ -471,6 +514,23 @@ impl Runner {
             }
         }
     }
+}
+
+/// The error for a bind too large for one control message, naming what made it large.
+fn too_large(spec: &BindSpec, err: &Error) -> Error {
+    let policy = spec.traffic_policy.as_deref().map_or(0, str::len);
+    let pem = spec.edge_tls.as_ref().map_or(0, |t| {
+        t.cert_pem.as_deref().map_or(0, str::len)
+            + t.key_pem.as_ref().map_or(0, |k| k.0.len())
+            + t.client_ca_pem.as_deref().map_or(0, str::len)
+    });
+    Error::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the bind is too large to send ({}; its traffic policy is {policy} bytes, its certificates {pem} bytes): shorten the traffic policy or the certificate bundles",
+            err.message()
+        ),
+    )
 }
 
 /// Makes a rebind ask for exactly what the first bind got.

@@ -45,8 +45,13 @@ pub struct EdgeConfig {
     pub idle_timeout_ms: u64,
     /// Most bytes read from a public client while waiting for a complete ClientHello.
     pub max_client_hello_bytes: usize,
-    /// Failed authentications allowed per client IP per minute before refusing outright.
+    /// Failed authentications allowed per client IP and token prefix per minute (ten
+    /// times as many per client IP in all) before refusing outright.
     pub auth_failures_per_minute: u32,
+    /// Most tunnel connections one client IP may hold before they authenticate.
+    pub max_unauthenticated_per_ip: usize,
+    /// Most tunnel connections held before they authenticate, from all clients.
+    pub max_unauthenticated: usize,
     /// Automatic certificates from an ACME directory; `None`: from the edge's own CA.
     pub acme: Option<super::acme::AcmeConfig>,
     /// Operator certificates for edge-terminated names (see `edge::certs` for the order).
@@ -75,6 +80,8 @@ impl Default for EdgeConfig {
             idle_timeout_ms: 15 * 60 * 1000,
             max_client_hello_bytes: crate::tls::MAX_HELLO_BYTES,
             auth_failures_per_minute: 10,
+            max_unauthenticated_per_ip: 64,
+            max_unauthenticated: 1024,
             acme: None,
             certs: Vec::new(),
         }
@@ -137,6 +144,11 @@ impl EdgeConfig {
         }
         if self.max_client_hello_bytes < 512 {
             return bad("max_client_hello_bytes must be at least 512".into());
+        }
+        if self.max_unauthenticated == 0 || self.max_unauthenticated_per_ip == 0 {
+            return bad(
+                "max_unauthenticated and max_unauthenticated_per_ip must be at least 1".into(),
+            );
         }
         if self.max_connections == 0 || self.max_endpoints_per_session == 0 {
             return bad("max_connections and max_endpoints_per_session must be at least 1".into());

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod config;
 mod faults;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod load;
