@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Where TLS is terminated for an endpoint.
@@ -561,6 +562,8 @@ pub struct Forwarder {
     session: Session,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// The connections this forwarder is serving.
+    connections: TaskTracker,
 }
 
 impl fmt::Debug for Forwarder {
@@ -591,7 +594,9 @@ impl Forwarder {
             session: listener.session.clone(),
             stop: stop.clone(),
             task: None,
+            connections: TaskTracker::new(),
         };
+        let connections = forwarder.connections.clone();
         let span = tracing::info_span!("forward", url = %listener.url);
         let task = tokio::spawn(
             async move {
@@ -603,7 +608,7 @@ impl Forwarder {
                     let dialer = dialer.clone();
                     let session_stop = session.stopped();
                     tracing::info!(client = %conn.client_addr(), sni = conn.sni().unwrap_or("-"), terminate_at = %listener.terminate_at, "connection");
-                    session.tasks().spawn(
+                    session.tasks().spawn(connections.track_future(
                         async move {
                             tokio::select! {
                                 _ = session_stop.cancelled() => {}
@@ -613,7 +618,7 @@ impl Forwarder {
                             }
                         }
                         .in_current_span(),
-                    );
+                    ));
                 }
                 listener.close();
             }
@@ -666,6 +671,18 @@ impl Forwarder {
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let stop = self.stop.clone();
         async move { stop.cancelled().await }
+    }
+
+    /// Connections this forwarder is serving right now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Waits until every connection this forwarder accepted has ended; with
+    /// [`Forwarder::close`] first, that is a graceful shutdown (bound it with a timeout).
+    pub async fn wait_connections(&self) {
+        self.connections.close();
+        self.connections.wait().await;
     }
 
     /// Waits until the forwarder stops (closed, or its session closed).

@@ -125,7 +125,7 @@ impl SessionBuilder {
         )?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let first = runner::establish(&settings, None, stop.child_token()).await?;
+        let first = runner::establish(&settings, None, CancellationToken::new()).await?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(SessionInner {
             id: Mutex::new(first.session_id.clone()),

@@ -25,6 +25,8 @@ const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a closing session waits for the edge to end it before dropping the tunnel.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// A user's bind: what to serve and where to deliver the answer and the connections.
 pub(crate) struct BindRequest {
@@ -95,6 +97,14 @@ pub(crate) struct Connected {
     stop: CancellationToken,
 }
 
+impl Drop for Connected {
+    fn drop(&mut self) {
+        // The tunnel lives exactly as long as this value: not a child of the session's
+        // stop token, so a closing session can end its control stream first.
+        self.stop.cancel();
+    }
+}
+
 /// Dials the edge, starts the multiplexer and authenticates.
 pub(crate) async fn establish(
     settings: &Settings,
@@ -122,7 +132,7 @@ pub(crate) async fn establish(
     )
     .await
     .map_err(|_| unreachable("TLS handshake timed out".into()))?
-    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+    .map_err(|e| unreachable(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
     // The agent opens only the control stream; the edge opens the rest.
     let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
     let fail = |e: Error| {
@@ -164,6 +174,20 @@ pub(crate) async fn establish(
         None => Err(fail(unreachable(
             "the edge closed the tunnel during Auth".into(),
         ))),
+    }
+}
+
+/// What to do about a tunnel certificate the agent does not trust.
+fn trust_hint(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
+    match tls {
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => " (the edge's certificate is not signed by a CA this agent trusts: pass the edge's CA with --root-cas, or root_cas in the SDKs)",
+        _ => "",
     }
 }
 
@@ -266,7 +290,7 @@ impl Runner {
             match establish(
                 &self.settings,
                 Some(resume.clone()),
-                self.inner.stop.child_token(),
+                CancellationToken::new(),
             )
             .await
             {
@@ -299,7 +323,14 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = self.inner.stop.cancelled() => {
+                    // An intended close: end the control stream and give the edge a moment
+                    // to see that (it ends the session and frees its routes) before the
+                    // tunnel goes, so it is not taken for a lost tunnel.
                     conn.control.close().await;
+                    let _ = timeout(CLOSE_GRACE, async {
+                        while let Ok(Some(_)) = conn.control.recv::<EdgeMsg>().await {}
+                    })
+                    .await;
                     return Ended::Stopped;
                 }
                 _ = ticker.tick() => {

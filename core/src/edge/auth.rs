@@ -67,7 +67,7 @@ pub fn authorize(rules: &[TokenRule], token: Option<&str>, open: bool) -> Result
         Some(rule) => Ok(Grant::Globs(rule.domains.clone())),
         None if token.is_empty() => Err(Error::new(
             ErrorCode::AuthFailed,
-            "an authtoken is required by this edge (set BURROW_AUTHTOKEN or pass authtoken)",
+            "an authtoken is required by this edge (CLI: --authtoken or BURROW_AUTHTOKEN; SDKs: authtoken, or authtoken_from_env with BURROW_AUTHTOKEN)",
         )),
         None => Err(Error::new(
             ErrorCode::AuthFailed,

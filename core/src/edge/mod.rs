@@ -75,6 +75,9 @@ impl Edge {
     /// Like [`Edge::start`], with a routing table of the caller's.
     pub async fn start_with_routes(config: EdgeConfig, routes: Arc<dyn Routes>) -> Result<Edge> {
         config.validate()?;
+        if config.authtokens.is_empty() && !config.open {
+            tracing::warn!("this edge has no authtokens and open is not set: it will refuse every agent (add [[authtokens]], or open = true for a test edge)");
+        }
         let ca = match &config.state_dir {
             Some(dir) => CertAuthority::load_or_create(dir)?,
             None => CertAuthority::generate()?,

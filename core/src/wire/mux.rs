@@ -50,21 +50,14 @@ pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     /// This side shut down its writing half (sent FIN).
     shut_down: bool,
-    /// Cancelled when the tunnel connection has ended.
-    tunnel_closed: CancellationToken,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl MuxStream {
-    fn new(
-        stream: yamux::Stream,
-        tunnel_closed: CancellationToken,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    fn new(stream: yamux::Stream, permit: Option<OwnedSemaphorePermit>) -> Self {
         MuxStream {
             inner: stream.compat(),
             shut_down: false,
-            tunnel_closed,
             _permit: permit,
         }
     }
@@ -73,9 +66,11 @@ impl MuxStream {
     ///
     /// A FIN from the peer leaves the stream half-open (`RecvClosed`) while this side has
     /// not shut down; a reset or a dead connection closes it entirely. Once this side has
-    /// shut down both look alike, so only a dead tunnel tells them apart then.
+    /// shut down, yamux shows a FIN and a reset alike (both close the stream), so the end
+    /// counts as clean: a client that half-closed and then lost the agent is the one case
+    /// where truncation stays hidden.
     fn ended_abnormally(&self) -> bool {
-        self.inner.get_ref().is_closed() && (!self.shut_down || self.tunnel_closed.is_cancelled())
+        self.inner.get_ref().is_closed() && !self.shut_down
     }
 }
 
@@ -142,7 +137,7 @@ impl MuxHandle {
             .await
             .map_err(|_| closed())?
             .map_err(|e| Error::new(ErrorCode::Closed, format!("cannot open stream: {e}")))?;
-        Ok(MuxStream::new(stream, self.closed.clone(), Some(permit)))
+        Ok(MuxStream::new(stream, Some(permit)))
     }
 
     /// True once the connection has ended.
@@ -291,7 +286,7 @@ async fn drive<T, IO>(
         match conn.poll_next_inbound(cx) {
             Poll::Ready(Some(Ok(stream))) => {
                 // A dropped receiver simply drops (resets) unwanted streams.
-                let _ = in_tx.send(MuxStream::new(stream, closed.clone(), None));
+                let _ = in_tx.send(MuxStream::new(stream, None));
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),

@@ -2,6 +2,7 @@
 
 mod acme;
 mod cli;
+mod cli_hardening;
 mod common;
 mod config;
 mod faults;
