@@ -213,9 +213,7 @@ impl NativeSession {
         opts: &NativeOptions,
     ) -> PyResult<Bound<'py, PyAny>> {
         let fut = forward(self.session.clone(), &opts.parsed);
-        interpreter::future_into_py(py, async move {
-            Ok(NativeListener::new(fut.await?))
-        })
+        interpreter::future_into_py(py, async move { Ok(NativeListener::new(fut.await?)) })
     }
 
     /// The embedded edge's addresses and CA, when this session started one.
