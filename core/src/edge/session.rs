@@ -244,7 +244,7 @@ impl AgentSession {
             tokio::select! {
                 Some((request_id, prepared, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
                     let result = match ready {
-                        Ok(()) => bind::bind(self, *prepared).await,
+                        Ok(()) => self.bind(*prepared).await,
                         Err(e) => Err(e),
                     };
                     control.send(&bind_reply(request_id, result)).await?;
@@ -283,7 +283,7 @@ impl AgentSession {
                             match bind::pending_cert(&self.shared, &self.grant, &prepared) {
                                 Some(wait) => waiting.push(Box::pin(async move { (request_id, prepared, wait.await) })),
                                 None => {
-                                    let result = bind::bind(self, *prepared).await;
+                                    let result = self.bind(*prepared).await;
                                     control.send(&bind_reply(request_id, result)).await?;
                                 }
                             }
@@ -296,6 +296,30 @@ impl AgentSession {
                 }
             }
         }
+    }
+
+    /// Serves a prepared bind, replacing an endpoint of the same id; returns the
+    /// endpoint id and public URL.
+    async fn bind(&mut self, prepared: bind::Prepared) -> Result<(String, String)> {
+        self.unbind(prepared.endpoint_id());
+        let limit = self.shared.config.max_endpoints_per_session;
+        if self.bound.len() >= limit {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
+            ));
+        }
+        let owner = bind::Owner {
+            shared: &self.shared,
+            session_id: &self.id,
+            grant: &self.grant,
+            tunnel: &self.tunnel,
+        };
+        let (bound, url) = bind::bind(&owner, &prepared).await?;
+        let endpoint_id = prepared.endpoint_id().to_owned();
+        tracing::info!(%endpoint_id, %url, terminate_at = %prepared.terminate_at(), "endpoint bound");
+        self.bound.insert(endpoint_id.clone(), bound);
+        Ok((endpoint_id, url))
     }
 
     pub(crate) fn unbind(&mut self, endpoint_id: &str) {
