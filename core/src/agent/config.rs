@@ -168,8 +168,14 @@ impl AgentConfig {
         }
         let read = |p: &str, what: &str| -> Result<Vec<u8>> {
             let path = resolve(base_dir, p);
-            std::fs::read(&path)
-                .map_err(|e| config_err(format!("{what}: cannot read {}: {e}", path.display())))
+            std::fs::read(&path).map_err(|e| {
+                // The line of the key that names the file.
+                let line = text
+                    .lines()
+                    .position(|l| l.contains(p))
+                    .map_or(String::new(), |i| format!(" (line {})", i + 1));
+                config_err(format!("{what}{line}: cannot read {}: {e}", path.display()))
+            })
         };
         let root_cas = match raw
             .agent

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Binds `spec` on `session` and returns its connections.
@@ -170,6 +171,8 @@ pub struct Forwarder {
     session: Session,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// The connections this forwarder is serving.
+    connections: TaskTracker,
 }
 
 impl fmt::Debug for Forwarder {
@@ -197,7 +200,9 @@ impl Forwarder {
             session: listener.session.clone(),
             stop: stop.clone(),
             task: None,
+            connections: TaskTracker::new(),
         };
+        let connections = forwarder.connections.clone();
         let span = tracing::info_span!("forward", url = %listener.url);
         let task = tokio::spawn(
             async move {
@@ -209,7 +214,7 @@ impl Forwarder {
                     let dialer = dialer.clone();
                     let session_stop = session.stopped();
                     tracing::info!(client = %conn.client_addr(), sni = conn.sni().unwrap_or("-"), terminate_at = %listener.terminate_at, "connection");
-                    session.tasks().spawn(
+                    session.tasks().spawn(connections.track_future(
                         async move {
                             tokio::select! {
                                 _ = session_stop.cancelled() => {}
@@ -219,7 +224,7 @@ impl Forwarder {
                             }
                         }
                         .in_current_span(),
-                    );
+                    ));
                 }
                 listener.close();
             }
@@ -274,6 +279,18 @@ impl Forwarder {
         async move { stop.cancelled().await }
     }
 
+    /// Connections this forwarder is serving right now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Waits until every connection this forwarder accepted has ended; with
+    /// [`Forwarder::close`] first, that is a graceful shutdown (bound it with a timeout).
+    pub async fn wait_connections(&self) {
+        self.connections.close();
+        self.connections.wait().await;
+    }
+
     /// Waits until the forwarder stops (closed, or its session closed).
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {
@@ -298,5 +315,11 @@ async fn forward(mut conn: Conn, dialer: &Dialer, proxy_proto: Option<ProxyProto
             .await
             .map_err(|e| Error::io("PROXY header to upstream", e))?;
     }
-    splice(&mut conn, &mut upstream).await.map(|_| ())
+    let result = splice(&mut conn, &mut upstream).await;
+    // On failure `conn` is dropped unclosed, which resets the tunnel stream (and sends
+    // no close_notify under agent termination): the edge passes that on to the client.
+    if result.is_err() {
+        upstream.reset_on_close();
+    }
+    result.map(|_| ())
 }

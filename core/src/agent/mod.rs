@@ -235,7 +235,7 @@ impl SessionBuilder {
         )?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let first = runner::establish(&settings, None, stop.child_token()).await?;
+        let first = runner::establish(&settings, None, CancellationToken::new()).await?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(SessionInner {
             id: Mutex::new(first.session_id.clone()),
@@ -244,6 +244,7 @@ impl SessionBuilder {
             max_pending: self.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
             stop: stop.clone(),
             tasks: tasks.clone(),
+            failure: Mutex::new(None),
             edge,
         });
         let runner = Runner::new(inner.clone(), settings, request_rx);
@@ -270,6 +271,8 @@ pub(crate) struct SessionInner {
     pub(crate) max_pending: usize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Why the session ended by itself (the edge refused it for good), if it did.
+    pub(crate) failure: Mutex<Option<Error>>,
     edge: Option<Edge>,
 }
 
@@ -336,9 +339,20 @@ impl Session {
         listener::listen_and_forward(self.clone(), spec, upstream).await
     }
 
-    /// True until the session is closed.
+    /// True until the session is closed, by [`Session::close`] or by a refusal of the
+    /// edge that reconnecting would only repeat (see [`Session::failure`]).
     pub fn is_open(&self) -> bool {
         !self.inner.stop.is_cancelled()
+    }
+
+    /// The edge's refusal that ended this session by itself (e.g. `AUTH_FAILED` after
+    /// a reconnect), if that is how it ended.
+    pub fn failure(&self) -> Option<Error> {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Closes every endpoint and the tunnel, and waits until all of the session's tasks ended.

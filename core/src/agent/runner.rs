@@ -27,6 +27,8 @@ const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a closing session waits for the edge to end it before dropping the tunnel.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// The shortest heartbeat interval and tolerance accepted.
 pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -128,6 +130,14 @@ pub(crate) struct Connected {
     stop: CancellationToken,
 }
 
+impl Drop for Connected {
+    fn drop(&mut self) {
+        // The tunnel lives exactly as long as this value: not a child of the session's
+        // stop token, so a closing session can end its control stream first.
+        self.stop.cancel();
+    }
+}
+
 /// Dials the edge, starts the multiplexer and authenticates.
 pub(crate) async fn establish(
     settings: &Settings,
@@ -155,7 +165,7 @@ pub(crate) async fn establish(
     )
     .await
     .map_err(|_| unreachable("TLS handshake timed out".into()))?
-    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+    .map_err(|e| unreachable(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
     // The agent opens only the control stream; the edge opens the rest.
     let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
     let fail = |e: Error| {
@@ -208,6 +218,20 @@ pub(crate) async fn establish(
     }
 }
 
+/// What to do about a tunnel certificate the agent does not trust.
+fn trust_hint(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
+    match tls {
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => " (the edge's certificate is not signed by a CA this agent trusts: pass the edge's CA with --root-cas, or root_cas in the SDKs)",
+        _ => "",
+    }
+}
+
 enum Pending {
     /// A user's bind, waiting for the edge's answer.
     New(Box<BindRequest>),
@@ -224,10 +248,25 @@ pub(crate) struct Runner {
 }
 
 enum Ended {
+    /// The user closed the session.
     Stopped,
+    /// The tunnel broke; reconnecting may help.
     Lost(String),
+    /// The edge refused in a way that every reconnect would meet again.
+    Fatal(Error),
     /// The edge asked for a restart: reconnect without telling the disconnection hook.
     Restart,
+}
+
+/// Errors that a reconnect would only repeat: the session ends with them instead.
+fn repeats(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::AuthFailed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Protocol
+            | ErrorCode::LimitExceeded
+    )
 }
 
 impl Runner {
@@ -247,31 +286,41 @@ impl Runner {
 
     pub(crate) async fn run(mut self, first: Connected) {
         let mut conn = first;
-        loop {
+        let failure = loop {
             let session_id = conn.session_id.clone();
             match self.serve(conn).await {
-                Ended::Stopped => break,
+                Ended::Stopped => break None,
+                Ended::Fatal(e) => break Some(e),
+                // A lost tunnel seen while the user closes the session is that close.
+                Ended::Lost(_) if self.inner.stop.is_cancelled() => break None,
                 Ended::Restart => tracing::info!("the edge asked for a restart; reconnecting"),
                 Ended::Lost(why) => {
                     tracing::warn!(reason = %why, "tunnel lost; reconnecting");
                     if !self.keep_going(why).await {
-                        break;
+                        break None;
                     }
                 }
             }
             conn = match self.reconnect(session_id).await {
-                Some(c) => c,
-                None => break,
+                Ok(c) => c,
+                Err(failure) => break failure,
             };
-        }
+        };
+        let reason = match &failure {
+            Some(e) => {
+                tracing::error!(error = %e, "the session ended: the edge refuses it, and reconnecting would not change that");
+                e.clone()
+            }
+            None => Error::new(ErrorCode::Closed, "the session is closed"),
+        };
+        *self.inner.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
         for (_, pending) in self.pending.drain() {
             if let Pending::New(req) = pending {
-                let _ = req
-                    .reply
-                    .send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
+                let _ = req.reply.send(Err(reason.clone()));
             }
         }
         self.inner.endpoints().clear();
+        self.inner.stop.cancel();
     }
 
     /// Tells the disconnection hook; when it says stop, closes the session.
@@ -293,32 +342,35 @@ impl Runner {
         keep
     }
 
-    async fn reconnect(&mut self, resume: String) -> Option<Connected> {
+    /// Reconnects with capped, jittered backoff; `Err(None)` when the session was
+    /// closed meanwhile, `Err(Some(e))` when the edge refused in a way that repeats.
+    async fn reconnect(&mut self, resume: String) -> Result<Connected, Option<Error>> {
         let mut delay = BACKOFF_MIN;
         let mut attempt = 0u32;
         loop {
             // Jitter: wait between half and all of the current delay.
             let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             tokio::select! {
-                _ = self.inner.stop.cancelled() => return None,
+                _ = self.inner.stop.cancelled() => return Err(None),
                 _ = sleep(jittered) => {}
             }
             attempt += 1;
             match establish(
                 &self.settings,
                 Some(resume.clone()),
-                self.inner.stop.child_token(),
+                CancellationToken::new(),
             )
             .await
             {
                 Ok(conn) => {
                     tracing::info!(attempt, "tunnel re-established");
-                    return Some(conn);
+                    return Ok(conn);
                 }
+                Err(e) if repeats(e.code()) => return Err(Some(e)),
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "reconnect failed");
                     if !self.keep_going(e.to_string()).await {
-                        return None;
+                        return Err(None);
                     }
                 }
             }
@@ -351,7 +403,14 @@ impl Runner {
             let ack_deadline = in_flight.map(|(_, sent)| sent + tolerance);
             tokio::select! {
                 _ = self.inner.stop.cancelled() => {
+                    // An intended close: end the control stream and give the edge a moment
+                    // to see that (it ends the session and frees its routes) before the
+                    // tunnel goes, so it is not taken for a lost tunnel.
                     conn.control.close().await;
+                    let _ = timeout(CLOSE_GRACE, async {
+                        while let Ok(Some(_)) = conn.control.recv::<EdgeMsg>().await {}
+                    })
+                    .await;
                     return Ended::Stopped;
                 }
                 _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
@@ -466,8 +525,18 @@ impl Runner {
                     request_id,
                     spec: Box::new(req.spec.clone()),
                 };
-                self.pending.insert(request_id, Pending::New(req));
-                control.send(&msg).await
+                match control.send(&msg).await {
+                    // Too large to send: nothing was written, only this bind fails.
+                    Err(e) if e.code() == ErrorCode::LimitExceeded => {
+                        let _ = req.reply.send(Err(too_large(&req.spec, &e)));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        self.pending.insert(request_id, Pending::New(req));
+                        Ok(())
+                    }
+                }
             }
             Request::Unbind { endpoint_id } => {
                 control.send(&AgentMsg::Unbind { endpoint_id }).await
@@ -527,6 +596,11 @@ impl Runner {
             EdgeMsg::Stop { reason } => Some(Ended::Lost(format!(
                 "the edge stopped the session: {reason}"
             ))),
+            EdgeMsg::Error {
+                request_id: None,
+                code,
+                message,
+            } if repeats(code) => Some(Ended::Fatal(Error::new(code, message))),
             EdgeMsg::Error {
                 request_id: None,
                 code,
@@ -604,6 +678,22 @@ impl Runner {
             }
         }
     }
+}
+
+/// The error for a bind too large for one control message, naming what made it large.
+fn too_large(spec: &BindSpec, err: &Error) -> Error {
+    let policy = spec.traffic_policy.as_deref().map_or(0, str::len);
+    let pem = spec.edge_tls().map_or(0, |t| {
+        t.cert.as_ref().map_or(0, |c| c.crt.len() + c.key.0.len())
+            + t.client_cas.as_deref().map_or(0, str::len)
+    });
+    Error::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the bind is too large to send ({}; its traffic policy is {policy} bytes, its certificates {pem} bytes): shorten the traffic policy or the certificate bundles",
+            err.message()
+        ),
+    )
 }
 
 /// Runs a user hook on a blocking thread, so that a slow hook (or one that calls back

@@ -1,13 +1,14 @@
 //! Turning a `Bind` request into a served endpoint.
 
+use super::auth::Grant;
 use super::public;
 use super::routes::{EdgePolicy, Route};
-use super::session::AgentSession;
 use super::Shared;
 use crate::agent::{EndpointKind, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
 use crate::tls;
+use crate::wire::mux::MuxHandle;
 use crate::wire::BindSpec;
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
@@ -53,42 +54,46 @@ impl Prepared {
     }
 }
 
-/// Serves a prepared bind for `session`; returns the endpoint id and public URL.
-pub(crate) async fn bind(
-    session: &mut AgentSession,
-    prepared: Prepared,
-) -> Result<(String, String)> {
-    let spec = &prepared.spec;
-    if spec.endpoint_id.is_empty() || spec.endpoint_id.len() > 128 {
+/// Who a bind is for: the session's identity, grant and tunnel (not the session itself,
+/// which owns what a bind returns).
+pub(crate) struct Owner<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) session_id: &'a str,
+    pub(crate) grant: &'a Grant,
+    pub(crate) tunnel: &'a MuxHandle,
+}
+
+/// Serves a prepared bind for `owner`; returns what the session must hold until the
+/// endpoint closes, and the public URL.
+pub(crate) async fn bind(owner: &Owner<'_>, prepared: &Prepared) -> Result<(Bound, String)> {
+    if prepared.spec.endpoint_id.is_empty() || prepared.spec.endpoint_id.len() > 128 {
         return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
     }
-    session.unbind(&spec.endpoint_id);
-    let limit = session.shared.config.max_endpoints_per_session;
-    if session.bound.len() >= limit {
-        return Err(Error::new(
-            ErrorCode::LimitExceeded,
-            format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
-        ));
+    match &prepared.spec.kind {
+        EndpointKind::Tls { domain, port } => bind_name(owner, prepared, domain.as_deref(), *port),
+        EndpointKind::Tcp { remote_port } => bind_port(owner, prepared, *remote_port).await,
     }
-    let (bound, url) = match &spec.kind {
-        EndpointKind::Tls { domain, port } => {
-            bind_name(session, &prepared, domain.as_deref(), *port)?
-        }
-        EndpointKind::Tcp { remote_port } => bind_port(session, &prepared, *remote_port).await?,
-    };
-    let endpoint_id = prepared.spec.endpoint_id;
-    tracing::info!(%endpoint_id, %url, terminate_at = %prepared.spec.termination.terminate_at(), "endpoint bound");
-    session.bound.insert(endpoint_id.clone(), bound);
-    Ok((endpoint_id, url))
+}
+
+impl Prepared {
+    /// The endpoint id the agent chose.
+    pub(crate) fn endpoint_id(&self) -> &str {
+        &self.spec.endpoint_id
+    }
+
+    /// Where TLS is terminated, for logs.
+    pub(crate) fn terminate_at(&self) -> crate::agent::TerminateAt {
+        self.spec.termination.terminate_at()
+    }
 }
 
 fn bind_name(
-    session: &AgentSession,
+    owner: &Owner<'_>,
     prepared: &Prepared,
     domain: Option<&str>,
     port: Option<u16>,
 ) -> Result<(Bound, String)> {
-    let shared = &session.shared;
+    let shared = owner.shared;
     if let Some(port) = port.filter(|p| *p != shared.tls_port) {
         return Err(Error::new(
             ErrorCode::InvalidUrl,
@@ -107,15 +112,13 @@ fn bind_name(
         Some(domain) => {
             let name = normalize_domain(domain)?;
             if !is_random_name(&name, &suffix) {
-                session.grant.check(&name)?;
+                owner.grant.check(&name)?;
             }
             name
         }
         None => format!("{:016x}.{suffix}", rand::random::<u64>()),
     };
-    shared
-        .routes
-        .claim(&name, route(session, prepared, &name)?)?;
+    shared.routes.claim(&name, route(owner, prepared, &name)?)?;
     let url = match shared.tls_port {
         443 => format!("tls://{name}"),
         port => format!("tls://{name}:{port}"),
@@ -124,8 +127,8 @@ fn bind_name(
 }
 
 /// The route for a prepared bind, served under `name`: edge TLS and policy built and checked.
-fn route(session: &AgentSession, prepared: &Prepared, name: &str) -> Result<Route> {
-    let shared = &session.shared;
+fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
+    let shared = owner.shared;
     let edge_tls = prepared
         .spec
         .edge_tls()
@@ -146,9 +149,9 @@ fn route(session: &AgentSession, prepared: &Prepared, name: &str) -> Result<Rout
         }))
     };
     Ok(Route {
-        session_id: session.id.clone(),
+        session_id: owner.session_id.to_owned(),
         endpoint_id: prepared.spec.endpoint_id.clone(),
-        tunnel: session.tunnel.clone(),
+        tunnel: owner.tunnel.clone(),
         edge_tls: edge_tls.map(Arc::new),
         policy,
     })
@@ -233,11 +236,11 @@ fn edge_server_config(shared: &Shared, name: &str, material: &TlsMaterial) -> Re
 }
 
 async fn bind_port(
-    session: &AgentSession,
+    owner: &Owner<'_>,
     prepared: &Prepared,
     remote_port: Option<u16>,
 ) -> Result<(Bound, String)> {
-    let shared = &session.shared;
+    let shared = owner.shared;
     let Some([lo, hi]) = shared.config.tcp_ports else {
         return Err(Error::new(
             ErrorCode::Unsupported,
@@ -249,7 +252,7 @@ async fn bind_port(
         .local_addr()
         .map_err(|e| Error::io("tcp endpoint address", e))?;
     let host = &shared.config.public_host;
-    let route = route(session, prepared, host)?;
+    let route = route(owner, prepared, host)?;
     let stop = shared.stop.child_token();
     shared.tasks.spawn(
         public::accept_tcp(shared.clone(), listener, route, stop.clone())

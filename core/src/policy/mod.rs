@@ -308,7 +308,13 @@ impl TrafficPolicy {
                             t.server_private_key = Some(SecretPem(string(v, &p)?))
                         }
                         "mutual_tls_certificate_authorities" => {
-                            t.mutual_tls_certificate_authorities = strings(v, &p)?
+                            let cas = strings(v, &p)?;
+                            for (i, ca) in cas.iter().enumerate() {
+                                let at = format!("{p}[{i}]");
+                                crate::tls::parse_certs(ca.as_bytes(), "CA bundle")
+                                    .map_err(|e| err(&at, format!("{} (a PEM certificate, \"-----BEGIN CERTIFICATE-----\" to \"-----END CERTIFICATE-----\")", e.message())))?;
+                            }
+                            t.mutual_tls_certificate_authorities = cas
                         }
                         _ => t.alpn = strings(v, &p)?,
                     }

@@ -2,9 +2,11 @@
 
 mod acme;
 mod cli;
+mod cli_hardening;
 mod common;
 mod config;
 mod faults;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod load;
