@@ -47,6 +47,8 @@ export declare class Listener {
   metadata(): string
   forwardsTo(): string
   terminateAt(): TerminateAt
+  /** Starts forwarding a listener made by `listen()` to `addr` (ngrok's `Listener.forward`). */
+  forward(addr: string | number): Promise<void>
   /** Lets the process exit while this listener is open. */
   unref(): this
   /** Stops the endpoint; idempotent. */
@@ -86,13 +88,29 @@ export declare class Edge {
   readonly tlsPort: number
   readonly caPem: string
   options(): { server_addr: string, root_cas: string }
+  /** Authenticated sessions (for tests and operators). */
+  sessions(): Array<{ id: string, clientInfo: string[], metadata: string }>
+  /** Sends ngrok's stop, restart or update command to a session; rejects with its refusal. */
+  sendCommand(sessionId: string, command: 'stop' | 'restart' | 'update', version?: string, permitMajorVersion?: boolean): Promise<void>
   close(): Promise<void>
 }
 
 export declare class Session {
+  /** The session id the edge gave. */
+  id(): string
   tlsEndpoint(): TlsEndpointBuilder
   tcpEndpoint(): TcpEndpointBuilder
+  /** This session's open listeners, as ngrok's `session.listeners()`. */
+  listeners(): Promise<Listener[]>
+  /** Closes this session's listener with `id`. */
+  closeListener(id: string): Promise<void>
   close(): Promise<void>
+}
+
+/** What an edge's update command asks for (ngrok's `UpdateRequest`). */
+export interface UpdateRequest {
+  version: string
+  permitMajorVersion: boolean
 }
 
 export declare class SessionBuilder {
@@ -100,7 +118,20 @@ export declare class SessionBuilder {
   authtokenFromEnv(): this
   serverAddr(addr: string): this
   rootCas(pem: Pem): this
+  /** ngrok's name for `rootCas`. */
+  caCert(pem: Pem): this
   metadata(metadata: string): this
+  clientInfo(clientType: string, version: string, comments?: string | null): this
+  /** Seconds between heartbeats. */
+  heartbeatInterval(seconds: number): this
+  /** Seconds a heartbeat may go unanswered before the session reconnects. */
+  heartbeatTolerance(seconds: number): this
+  handleHeartbeat(handler: (latency: number) => void): this
+  /** Called on each tunnel loss and failed reconnect; returning false stops reconnecting. */
+  handleDisconnection(handler: (addr: string, error: string) => boolean | void): this
+  handleStopCommand(handler: () => void): this
+  handleRestartCommand(handler: () => void): this
+  handleUpdateCommand(handler: (update: UpdateRequest) => void): this
   connect(): Promise<Session>
 }
 
@@ -115,6 +146,8 @@ declare class EndpointBuilder {
   allowCidr(cidr: string): this
   denyCidr(cidr: string): this
   listenAndForward(url: string | number): Promise<Listener>
+  /** Binds without a forwarding target; see `Listener.forward`. */
+  listen(): Promise<Listener>
 }
 
 export declare class TlsEndpointBuilder extends EndpointBuilder {

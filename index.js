@@ -4,25 +4,32 @@
 
 const native = require('./bindings-node/native.js')
 
+// ngrok's code for each burrow code where ngrok has one (the core owns the mapping).
+const NGROK_CODES = new Map(native.errorCodes().map((c) => [c.code, c.ngrokCode ?? c.code]))
+
+/** An error made here (native errors arrive with `.code` and `.errorCode` already set). */
 function burrowError (code, message) {
   const err = new Error(message)
   err.code = code
-  err.errorCode = code
+  err.errorCode = NGROK_CODES.get(code) ?? code
   return err
 }
 
-// Native errors arrive as "[CODE] message".
-function coded (err) {
-  const m = /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(err && err.message)
-  if (!m) return err
-  return burrowError(m[1], m[2])
+// Native errors already carry `.code` and `.errorCode`; they are copied into an Error of
+// this module's realm so that `instanceof Error` holds where the realm differs (jest's vm).
+function ours (e) {
+  if (e === null || typeof e !== 'object' || typeof e.code !== 'string' || e instanceof Error) return e
+  const err = new Error(e.message)
+  err.code = e.code
+  err.errorCode = e.errorCode ?? NGROK_CODES.get(e.code) ?? e.code
+  return err
 }
 
 async function call (fn) {
   try {
     return await fn()
   } catch (e) {
-    throw coded(e)
+    throw ours(e)
   }
 }
 
@@ -34,7 +41,7 @@ function parse (scope, options) {
   try {
     return native.parseOptions(options, scope, defaultToken ?? undefined)
   } catch (e) {
-    throw coded(e)
+    throw ours(e)
   }
 }
 
@@ -65,8 +72,9 @@ async function sessionFor (opts) {
 
 /** A forwarding endpoint; keeps the process alive until closed (or `unref()`). */
 class Listener {
-  constructor (nativeListener) {
+  constructor (nativeListener, session = null) {
     this._native = nativeListener
+    this._session = session
     this._closed = false
     // An open listener holds the event loop open, as a server socket would.
     this._keepAlive = setInterval(() => {}, 1 << 30)
@@ -79,6 +87,12 @@ class Listener {
   metadata () { return this._native.metadata() }
   forwardsTo () { return this._native.forwardsTo() }
   terminateAt () { return this._native.terminateAt() }
+
+  /** Starts forwarding a listener made by `listen()` to `addr` (ngrok's `forward`). */
+  async forward (addr) {
+    const opts = parse('endpoint', { addr, proto: this.proto() })
+    await call(() => this._native.forward(opts))
+  }
 
   /** Lets the process exit while this listener is open. */
   unref () {
@@ -105,7 +119,7 @@ class Listener {
 async function forward (config) {
   const opts = forwardOptions(config)
   const session = await sessionFor(opts)
-  return new Listener(await call(() => session.forward(opts)))
+  return new Listener(await call(() => session.forward(opts)), session)
 }
 
 async function disconnect (url) {
@@ -157,6 +171,12 @@ function toml (config) {
 class Edge {
   constructor (nativeEdge) { this._native = nativeEdge }
   static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(toml(config)))) }
+  /** Authenticated sessions: `{ id, clientInfo, metadata }` each. */
+  sessions () { return this._native.sessions().map(([id, clientInfo, metadata]) => ({ id, clientInfo, metadata })) }
+  /** Sends ngrok's "stop", "restart" or "update" command to a session; rejects with its refusal. */
+  sendCommand (sessionId, command, version, permitMajorVersion) {
+    return call(() => this._native.sendCommand(sessionId, command, version, permitMajorVersion))
+  }
   get tunnelAddr () { return this._native.tunnelAddr() }
   get tlsAddr () { return this._native.tlsAddr() }
   get tlsPort () { return Number(this._native.tlsAddr().split(':').pop()) }
@@ -170,19 +190,48 @@ class Session {
   constructor (nativeSession) { this._native = nativeSession }
   tlsEndpoint () { return new TlsEndpointBuilder(this, 'tls') }
   tcpEndpoint () { return new TcpEndpointBuilder(this, 'tcp') }
-  close () { return this._native.close() }
+  /** The session id the edge gave. */
+  id () { return this._native.id() }
+  /** This session's open listeners (ngrok's `session.listeners()`). */
+  async listeners () { return listenersList().filter((l) => l._session === this._native) }
+  /** Closes this session's listener with `id` (ngrok's `closeListener`). */
+  async closeListener (id) {
+    const l = listeners.get(id)
+    if (l && l._session === this._native) await l.close()
+  }
+  async close () {
+    for (const l of await this.listeners()) await l.close()
+    return this._native.close()
+  }
 }
 
 class SessionBuilder {
-  constructor () { this._o = {} }
+  constructor () { this._o = {}; this._hooks = new native.NativeHooks() }
   authtoken (t) { this._o.authtoken = t; return this }
   authtokenFromEnv () { this._o.authtoken_from_env = true; return this }
   serverAddr (a) { this._o.server_addr = a; return this }
   rootCas (pem) { this._o.root_cas = pem; return this }
+  /** ngrok's name for `rootCas`. */
+  caCert (pem) { return this.rootCas(pem) }
+  clientInfo (clientType, version, comments) { this._hooks.clientInfo(clientType, version, comments ?? undefined); return this }
+  /** Seconds between heartbeats. */
+  heartbeatInterval (seconds) { this._hooks.heartbeatInterval(seconds); return this }
+  /** Seconds a heartbeat may go unanswered before the session reconnects. */
+  heartbeatTolerance (seconds) { this._hooks.heartbeatTolerance(seconds); return this }
+  /** `handler(latencyMs)` after each answered heartbeat. */
+  handleHeartbeat (handler) { this._hooks.handleHeartbeat(handler); return this }
+  /** `handler(addr, error)` on each tunnel loss or failed reconnect; return false to stop reconnecting. */
+  handleDisconnection (handler) { this._hooks.handleDisconnection(handler); return this }
+  /** `handler()` when the edge asks the session to stop, instead of closing it. */
+  handleStopCommand (handler) { this._hooks.handleStopCommand(handler); return this }
+  /** `handler()` when the edge asks for a restart, instead of reconnecting. */
+  handleRestartCommand (handler) { this._hooks.handleRestartCommand(handler); return this }
+  /** `handler({ version, permitMajorVersion })` when the edge asks for an update (refused without one). */
+  handleUpdateCommand (handler) { this._hooks.handleUpdateCommand(handler); return this }
   metadata (m) { this._o.session_metadata = m; return this }
   async connect () {
     const opts = parse('session', this._o)
-    return new Session(await call(() => native.NativeSession.connect(opts)))
+    return new Session(await call(() => native.NativeSession.connect(opts, this._hooks)))
   }
 }
 
@@ -199,7 +248,13 @@ class EndpointBuilder {
   denyCidr (c) { (this._o.deny_cidr = this._o.deny_cidr || []).push(c); return this }
   async listenAndForward (url) {
     const opts = parse('endpoint', { ...this._o, addr: url })
-    return new Listener(await call(() => this._session._native.forward(opts)))
+    return new Listener(await call(() => this._session._native.forward(opts)), this._session._native)
+  }
+
+  /** Binds without a forwarding target (ngrok's `listen()`); see `Listener.forward`. */
+  async listen () {
+    const opts = parse('endpoint', { ...this._o })
+    return new Listener(await call(() => this._session._native.listen(opts)), this._session._native)
   }
 }
 class TlsEndpointBuilder extends EndpointBuilder { domain (d) { this._o.domain = d; return this } }

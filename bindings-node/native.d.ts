@@ -13,6 +13,13 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeEdge {
   /** Starts an edge from edge-config TOML (empty: the embedded defaults). */
   static start(configToml: string): Promise<NativeEdge>
+  /** Authenticated sessions: `[id, clientInfo entries, metadata]` each. */
+  sessions(): Array<[string, Array<string>, string]>
+  /**
+   * Sends ngrok's "stop", "restart" or "update" command to a session; rejects with the
+   * agent's refusal.
+   */
+  sendCommand(sessionId: string, command: string, version?: string | undefined | null, permitMajorVersion?: boolean | undefined | null): Promise<void>
   /** Where agents connect. */
   tunnelAddr(): string
   /** The public TLS listener. */
@@ -23,7 +30,32 @@ export declare class NativeEdge {
   close(): Promise<void>
 }
 
-/** One forwarding endpoint. */
+/** What `SessionBuilder` collected besides options. */
+export declare class NativeHooks {
+  /** Nothing set yet. */
+  constructor()
+  /** ngrok's `clientInfo(type, version, comments?)`. */
+  clientInfo(clientType: string, version: string, comments?: string | undefined | null): void
+  /** Seconds between heartbeats. */
+  heartbeatInterval(seconds: number): void
+  /** Seconds a heartbeat may go unanswered. */
+  heartbeatTolerance(seconds: number): void
+  /** `handler(latencyMs)` after each answered heartbeat. */
+  handleHeartbeat(handler: (latency: number) => void): void
+  /**
+   * `handler(addr, error)` on each tunnel loss or failed reconnect; returning false
+   * stops reconnecting.
+   */
+  handleDisconnection(handler: (addr: string, error: string) => boolean | void): void
+  /** `handler()` when the edge asks the session to stop (instead of closing it). */
+  handleStopCommand(handler: () => void): void
+  /** `handler()` when the edge asks for a restart (instead of reconnecting). */
+  handleRestartCommand(handler: () => void): void
+  /** `handler(update)` when the edge asks for an update (refused without one). */
+  handleUpdateCommand(handler: (update: UpdateRequest) => void): void
+}
+
+/** One endpoint. */
 export declare class NativeListener {
   /** The endpoint id. */
   id(): string
@@ -33,13 +65,18 @@ export declare class NativeListener {
   proto(): string
   /** The endpoint's metadata. */
   metadata(): string
-  /** What the endpoint forwards to. */
+  /** What the endpoint forwards to (empty until `forward()` for a `listen()`ed one). */
   forwardsTo(): string
   /** Where TLS is terminated. */
   terminateAt(): string
+  /**
+   * Starts forwarding a `listen()`ed endpoint to the upstream of `opts` (parsed
+   * `{addr}`): ngrok's `Listener.forward`.
+   */
+  forward(opts: NativeOptions): Promise<void>
   /** Stops the endpoint (idempotent). */
   close(): void
-  /** Resolves when the endpoint is closed. */
+  /** Resolves when the endpoint is closed (at once if it never forwarded). */
   join(): Promise<void>
 }
 
@@ -55,10 +92,19 @@ export declare class NativeOptions {
 
 /** A connection to an edge. */
 export declare class NativeSession {
-  /** Connects and authenticates. */
-  static connect(opts: NativeOptions): Promise<NativeSession>
+  /**
+   * Connects and authenticates, with the `SessionBuilder` extras (client info,
+   * heartbeat timing, hooks) when given.
+   */
+  static connect(opts: NativeOptions, hooks?: NativeHooks | undefined | null): Promise<NativeSession>
   /** Binds the parsed endpoint and forwards its connections to its upstream. */
   forward(opts: NativeOptions): Promise<NativeListener>
+  /** Binds the parsed endpoint with no forwarding target (ngrok's `listen()`). */
+  listen(opts: NativeOptions): Promise<NativeListener>
+  /** The session id the edge gave. */
+  id(): string
+  /** True until the session is closed. */
+  isOpen(): boolean
   /** The embedded edge's [tunnel, tls, ca] when this session started one. */
   embeddedEdge(): Array<string> | null
   /** Closes every endpoint and the tunnel. */
@@ -67,6 +113,17 @@ export declare class NativeSession {
 
 /** Parses a traffic policy; throws a coded error when it is invalid. */
 export declare function checkPolicy(policy: string): void
+
+/** A core error code and ngrok's code for the same failure, if ngrok has one. */
+export interface CodeInfo {
+  /** burrow's code (`.code` of errors). */
+  code: string
+  /** ngrok's `ERR_NGROK_<n>`, or null. */
+  ngrokCode?: string
+}
+
+/** Every core error code: lets index.js and the tests see the one mapping. */
+export declare function errorCodes(): Array<CodeInfo>
 
 /**
  * Parses ngrok-style options with the core's one parser; `scope` is "forward",
@@ -79,3 +136,11 @@ export declare function setLogLevel(level: string): void
 
 /** Takes the queued log events as [level, message] pairs. */
 export declare function takeLogs(): Array<Array<string>>
+
+/** An update request, as ngrok's `UpdateRequest`. */
+export interface UpdateRequest {
+  /** The version asked for. */
+  version: string
+  /** Whether a new major version is acceptable. */
+  permitMajorVersion: boolean
+}

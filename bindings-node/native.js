@@ -836,10 +836,12 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeEdge = nativeBinding.NativeEdge
+module.exports.NativeHooks = nativeBinding.NativeHooks
 module.exports.NativeListener = nativeBinding.NativeListener
 module.exports.NativeOptions = nativeBinding.NativeOptions
 module.exports.NativeSession = nativeBinding.NativeSession
 module.exports.checkPolicy = nativeBinding.checkPolicy
+module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.parseOptions = nativeBinding.parseOptions
 module.exports.setLogLevel = nativeBinding.setLogLevel
 module.exports.takeLogs = nativeBinding.takeLogs

@@ -37,8 +37,7 @@ function coded (fn) {
   try {
     fn()
   } catch (e) {
-    const m = /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(e.message)
-    return m ? { code: m[1], message: m[2] } : { code: e.code, message: e.message }
+    return { code: e.code, message: e.message }
   }
   return null
 }

@@ -24,6 +24,19 @@ async function main (): Promise<void> {
   const session: burrow.Session = await new burrow.SessionBuilder().authtokenFromEnv().serverAddr('h:1').rootCas('').metadata('m').connect()
   const l2 = await session.tlsEndpoint().domain('b.test').termination('', '').mutualTlsca('').trafficPolicy('').proxyProto('1').listenAndForward(80)
   const l3 = await session.tcpEndpoint().remoteAddr('h:1').allowCidr('1.0.0.0/8').denyCidr('2.0.0.0/8').listenAndForward('localhost:80')
+  const hooked: burrow.Session = await new burrow.SessionBuilder().caCert(Buffer.from('')).clientInfo('app', '1.0')
+    .clientInfo('lib', '2', 'c').heartbeatInterval(10).heartbeatTolerance(0.5)
+    .handleHeartbeat((latency: number) => { console.log(latency + 1) })
+    .handleDisconnection((addr: string, error: string) => addr !== error)
+    .handleStopCommand(() => {}).handleRestartCommand(() => {})
+    .handleUpdateCommand((u: burrow.UpdateRequest) => { console.log(u.version, u.permitMajorVersion) })
+    .connect()
+  const l4: burrow.Listener = await hooked.tlsEndpoint().domain('c.test').listen()
+  await l4.forward('localhost:80')
+  const mine: burrow.Listener[] = await hooked.listeners()
+  await hooked.closeListener(l4.id())
+  for (const info of edge.sessions()) await edge.sendCommand(info.id, 'update', '2', true)
+  console.log(hooked.id(), mine, info0(edge))
   try {
     await burrow.forward({ addr: 1 })
   } catch (e) {
@@ -33,6 +46,10 @@ async function main (): Promise<void> {
   }
   await session.close()
   await edge.close()
+}
+
+function info0 (edge: burrow.Edge): string[] {
+  return edge.sessions().map((s) => s.id + s.clientInfo.join() + s.metadata)
 }
 
 void main()

@@ -2,29 +2,28 @@
 //!
 //! Thin on purpose: ngrok-style config objects go to the core's one option parser as
 //! they come (only JavaScript types are converted here); core calls run on napi's
-//! tokio runtime. Errors carry the
-//! core code as a `[CODE] message` prefix, which `index.js` turns into `err.code`.
+//! tokio runtime. Errors are JavaScript `Error`s with `.code` and `.errorCode`, built
+//! here (see `errors`).
 
 #![deny(clippy::all)]
 
+mod errors;
+mod hooks;
+
+use burrow_core::edge::Command;
 use burrow_core::{
-    Edge, EdgeConfig, ErrorCode, ForwardOptions, Forwarder, OptionValue, Scope, Session,
+    Edge, EdgeConfig, ErrorCode, ForwardOptions, Forwarder, Listener, OptionValue, Scope, Session,
 };
+pub use errors::{error_codes, CodeInfo};
+use errors::{invalid, js_error, promise};
+use hooks::NativeHooks;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use std::sync::Mutex;
-
-fn coded(e: burrow_core::Error) -> napi::Error {
-    napi::Error::from_reason(format!("[{}] {}", e.code().as_str(), e.message()))
-}
-
-fn invalid(message: String) -> napi::Error {
-    napi::Error::from_reason(format!("[INVALID_OPTION] {message}"))
-}
+use std::sync::{Arc, Mutex};
 
 /// A JavaScript value as an option value: language types only (`Buffer` and typed
 /// arrays become bytes); what the value means is the core's business.
-fn option_value(name: &str, v: Unknown<'_>) -> Result<OptionValue> {
+fn option_value(env: &Env, name: &str, v: Unknown<'_>) -> Result<OptionValue> {
     Ok(match v.get_type()? {
         ValueType::Undefined | ValueType::Null => OptionValue::Null,
         ValueType::Boolean => OptionValue::Bool(bool::from_unknown(v)?),
@@ -43,7 +42,7 @@ fn option_value(name: &str, v: Unknown<'_>) -> Result<OptionValue> {
         ValueType::Object if v.is_array()? => OptionValue::List(
             Vec::<Unknown>::from_unknown(v)?
                 .into_iter()
-                .map(|item| option_value(name, item))
+                .map(|item| option_value(env, name, item))
                 .collect::<Result<_>>()?,
         ),
         ValueType::Object => {
@@ -51,12 +50,12 @@ fn option_value(name: &str, v: Unknown<'_>) -> Result<OptionValue> {
             let mut entries = Vec::new();
             for key in Object::keys(&object)? {
                 let value: Unknown = object.get_named_property(&key)?;
-                entries.push((key.clone(), option_value(&key, value)?));
+                entries.push((key.clone(), option_value(env, &key, value)?));
             }
             OptionValue::Map(entries)
         }
         other => {
-            return Err(coded(burrow_core::Error::new(
+            return Err(js_error(env, &burrow_core::Error::new(
                 ErrorCode::InvalidOption,
                 format!("option {name}: a {other} is not accepted (use a string, Buffer, number, boolean or array)"),
             )))
@@ -68,6 +67,7 @@ fn option_value(name: &str, v: Unknown<'_>) -> Result<OptionValue> {
 /// "session" or "endpoint", `defaultAuthtoken` the module's `authtoken()` value.
 #[napi]
 pub fn parse_options(
+    env: &Env,
     options: Object,
     scope: String,
     default_authtoken: Option<String>,
@@ -76,16 +76,16 @@ pub fn parse_options(
         "forward" => Scope::Forward,
         "session" => Scope::Session,
         "endpoint" => Scope::Endpoint,
-        other => return Err(invalid(format!("unknown option scope {other:?}"))),
+        other => return Err(invalid(env, format!("unknown option scope {other:?}"))),
     };
     let mut pairs = Vec::new();
     for key in Object::keys(&options)? {
         let value: Unknown = options.get_named_property(&key)?;
-        let value = option_value(&key, value)?;
+        let value = option_value(env, &key, value)?;
         pairs.push((key, value));
     }
     let parsed = burrow_core::agent::options::parse(pairs, scope, default_authtoken.as_deref())
-        .map_err(coded)?;
+        .map_err(|e| js_error(env, &e))?;
     Ok(NativeOptions { parsed })
 }
 
@@ -124,15 +124,20 @@ pub struct NativeSession {
 
 #[napi]
 impl NativeSession {
-    /// Connects and authenticates.
+    /// Connects and authenticates, with the `SessionBuilder` extras (client info,
+    /// heartbeat timing, hooks) when given.
     #[napi(ts_return_type = "Promise<NativeSession>")]
     pub fn connect<'env>(
         env: &'env Env,
         opts: &NativeOptions,
+        hooks: Option<&NativeHooks>,
     ) -> Result<PromiseRaw<'env, NativeSession>> {
-        let builder = opts.parsed.session.builder();
-        env.spawn_future(async move {
-            let session = builder.connect().await.map_err(coded)?;
+        let mut builder = opts.parsed.session.builder();
+        if let Some(hooks) = hooks {
+            builder = hooks.apply(builder);
+        }
+        promise(env, async move {
+            let session = builder.connect().await?;
             Ok(NativeSession { session })
         })
     }
@@ -146,10 +151,37 @@ impl NativeSession {
     ) -> Result<PromiseRaw<'env, NativeListener>> {
         let session = self.session.clone();
         let (spec, upstream) = (opts.parsed.endpoint.clone(), opts.parsed.upstream.clone());
-        env.spawn_future(async move {
-            let fwd = session.forward(spec, &upstream).await.map_err(coded)?;
+        promise(env, async move {
+            let fwd = session.forward(spec, &upstream).await?;
             Ok(NativeListener::new(fwd))
         })
+    }
+
+    /// Binds the parsed endpoint with no forwarding target (ngrok's `listen()`).
+    #[napi(ts_return_type = "Promise<NativeListener>")]
+    pub fn listen<'env>(
+        &self,
+        env: &'env Env,
+        opts: &NativeOptions,
+    ) -> Result<PromiseRaw<'env, NativeListener>> {
+        let session = self.session.clone();
+        let spec = opts.parsed.endpoint.clone();
+        promise(env, async move {
+            let listener = session.listen(spec).await?;
+            Ok(NativeListener::listening(listener))
+        })
+    }
+
+    /// The session id the edge gave.
+    #[napi]
+    pub fn id(&self) -> String {
+        self.session.id()
+    }
+
+    /// True until the session is closed.
+    #[napi]
+    pub fn is_open(&self) -> bool {
+        self.session.is_open()
     }
 
     /// The embedded edge's [tunnel, tls, ca] when this session started one.
@@ -172,16 +204,27 @@ impl NativeSession {
     }
 }
 
-/// One forwarding endpoint.
+/// What a listener is doing: bound with no target yet (`listen()`), forwarding, or closed.
+enum State {
+    Listening(Listener),
+    Forwarding(Forwarder),
+    Closed,
+}
+
+/// One endpoint.
 #[napi]
 pub struct NativeListener {
-    forwarder: Mutex<Option<Forwarder>>,
+    state: Arc<Mutex<State>>,
     id: String,
     url: String,
     proto: String,
     metadata: String,
-    forwards_to: String,
+    forwards_to: Arc<Mutex<String>>,
     terminate_at: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl NativeListener {
@@ -191,9 +234,21 @@ impl NativeListener {
             url: fwd.url().to_owned(),
             proto: fwd.proto().to_owned(),
             metadata: fwd.metadata().to_owned(),
-            forwards_to: fwd.forwards_to().to_owned(),
+            forwards_to: Arc::new(Mutex::new(fwd.forwards_to().to_owned())),
             terminate_at: fwd.terminate_at().to_string(),
-            forwarder: Mutex::new(Some(fwd)),
+            state: Arc::new(Mutex::new(State::Forwarding(fwd))),
+        }
+    }
+
+    fn listening(listener: Listener) -> Self {
+        NativeListener {
+            id: listener.id().to_owned(),
+            url: listener.url().to_owned(),
+            proto: listener.proto().to_owned(),
+            metadata: listener.metadata().to_owned(),
+            forwards_to: Arc::new(Mutex::new(listener.forwards_to().to_owned())),
+            terminate_at: listener.terminate_at().to_string(),
+            state: Arc::new(Mutex::new(State::Listening(listener))),
         }
     }
 }
@@ -220,10 +275,10 @@ impl NativeListener {
     pub fn metadata(&self) -> String {
         self.metadata.clone()
     }
-    /// What the endpoint forwards to.
+    /// What the endpoint forwards to (empty until `forward()` for a `listen()`ed one).
     #[napi]
     pub fn forwards_to(&self) -> String {
-        self.forwards_to.clone()
+        lock(&self.forwards_to).clone()
     }
     /// Where TLS is terminated.
     #[napi]
@@ -231,28 +286,59 @@ impl NativeListener {
         self.terminate_at.clone()
     }
 
+    /// Starts forwarding a `listen()`ed endpoint to the upstream of `opts` (parsed
+    /// `{addr}`): ngrok's `Listener.forward`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn forward<'env>(
+        &self,
+        env: &'env Env,
+        opts: &NativeOptions,
+    ) -> Result<PromiseRaw<'env, ()>> {
+        let upstream = opts.parsed.upstream.clone();
+        let (state, forwards_to) = (self.state.clone(), self.forwards_to.clone());
+        // Started on napi's runtime: the forwarder spawns its accept loop there.
+        promise(env, async move {
+            let mut state = lock(&state);
+            match std::mem::replace(&mut *state, State::Closed) {
+                State::Listening(listener) => {
+                    let fwd = listener.forward(&upstream)?;
+                    *lock(&forwards_to) = fwd.forwards_to().to_owned();
+                    *state = State::Forwarding(fwd);
+                    Ok(())
+                }
+                other => {
+                    let already = matches!(other, State::Forwarding(_));
+                    *state = other;
+                    Err(burrow_core::Error::new(
+                        ErrorCode::InvalidOption,
+                        if already {
+                            "this listener already forwards; forward() is for one made by listen()"
+                        } else {
+                            "this listener is closed"
+                        },
+                    ))
+                }
+            }
+        })
+    }
+
     /// Stops the endpoint (idempotent).
     #[napi]
     pub fn close(&self) {
-        let fwd = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(fwd) = fwd {
-            fwd.close();
+        match std::mem::replace(&mut *lock(&self.state), State::Closed) {
+            State::Forwarding(fwd) => fwd.close(),
+            State::Listening(mut listener) => listener.close(),
+            State::Closed => {}
         }
     }
 
-    /// Resolves when the endpoint is closed.
+    /// Resolves when the endpoint is closed (at once if it never forwarded).
     #[napi]
     pub async fn join(&self) -> Result<()> {
-        let closed = self
-            .forwarder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|f| f.closed());
+        let closed = match &*lock(&self.state) {
+            State::Forwarding(f) => Some(f.closed()),
+            _ => None,
+        };
         if let Some(closed) = closed {
             closed.await;
         }
@@ -272,19 +358,74 @@ pub struct NativeEdge {
 #[napi]
 impl NativeEdge {
     /// Starts an edge from edge-config TOML (empty: the embedded defaults).
-    #[napi(factory)]
-    pub async fn start(config_toml: String) -> Result<NativeEdge> {
-        let config = if config_toml.trim().is_empty() {
-            EdgeConfig::embedded()
-        } else {
-            EdgeConfig::from_toml(&config_toml).map_err(coded)?
+    #[napi(ts_return_type = "Promise<NativeEdge>")]
+    pub fn start(env: &Env, config_toml: String) -> Result<PromiseRaw<'_, NativeEdge>> {
+        promise(env, async move {
+            let config = if config_toml.trim().is_empty() {
+                EdgeConfig::embedded()
+            } else {
+                EdgeConfig::from_toml(&config_toml)?
+            };
+            let edge = Edge::start(config).await?;
+            Ok(NativeEdge {
+                tunnel_addr: edge.tunnel_addr().to_string(),
+                tls_addr: edge.tls_addr().to_string(),
+                ca_pem: edge.ca_pem().to_owned(),
+                edge: Mutex::new(Some(edge)),
+            })
+        })
+    }
+
+    /// Authenticated sessions: `[id, clientInfo entries, metadata]` each.
+    #[napi(ts_return_type = "Array<[string, Array<string>, string]>")]
+    pub fn sessions(&self) -> Vec<(String, Vec<String>, String)> {
+        lock(&self.edge)
+            .as_ref()
+            .map(|e| {
+                e.sessions()
+                    .into_iter()
+                    .map(|s| (s.id, s.client_info, s.metadata))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends ngrok's "stop", "restart" or "update" command to a session; rejects with the
+    /// agent's refusal.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn send_command<'env>(
+        &self,
+        env: &'env Env,
+        session_id: String,
+        command: String,
+        version: Option<String>,
+        permit_major_version: Option<bool>,
+    ) -> Result<PromiseRaw<'env, ()>> {
+        let command = match command.as_str() {
+            "stop" => Command::Stop,
+            "restart" => Command::Restart,
+            "update" => Command::Update {
+                version: version.unwrap_or_default(),
+                permit_major_version: permit_major_version.unwrap_or(false),
+            },
+            other => {
+                return Err(invalid(
+                    env,
+                    format!("command {other:?} is not one of \"stop\", \"restart\", \"update\""),
+                ))
+            }
         };
-        let edge = Edge::start(config).await.map_err(coded)?;
-        Ok(NativeEdge {
-            tunnel_addr: edge.tunnel_addr().to_string(),
-            tls_addr: edge.tls_addr().to_string(),
-            ca_pem: edge.ca_pem().to_owned(),
-            edge: Mutex::new(Some(edge)),
+        let answer = lock(&self.edge)
+            .as_ref()
+            .map(|e| e.send_command(&session_id, command));
+        promise(env, async move {
+            match answer {
+                Some(answer) => answer.await,
+                None => Err(burrow_core::Error::new(
+                    ErrorCode::Closed,
+                    "the edge is closed",
+                )),
+            }
         })
     }
     /// Where agents connect.
@@ -374,7 +515,7 @@ mod logs {
 
 /// Starts queueing Rust log events at `level` ("ERROR" … "TRACE", or "OFF").
 #[napi]
-pub fn set_log_level(level: String) -> Result<()> {
+pub fn set_log_level(env: &Env, level: String) -> Result<()> {
     use tracing_subscriber::filter::LevelFilter;
     let filter = match level.to_ascii_uppercase().as_str() {
         "OFF" => LevelFilter::OFF,
@@ -384,9 +525,10 @@ pub fn set_log_level(level: String) -> Result<()> {
         "DEBUG" => LevelFilter::DEBUG,
         "TRACE" => LevelFilter::TRACE,
         other => {
-            return Err(invalid(format!(
-                "log level {other:?} is not one of OFF, ERROR, WARN, INFO, DEBUG, TRACE"
-            )))
+            return Err(invalid(
+                env,
+                format!("log level {other:?} is not one of OFF, ERROR, WARN, INFO, DEBUG, TRACE"),
+            ))
         }
     };
     logs::install(filter);
@@ -402,8 +544,8 @@ pub fn take_logs() -> Vec<Vec<String>> {
 
 /// Parses a traffic policy; throws a coded error when it is invalid.
 #[napi]
-pub fn check_policy(policy: String) -> Result<()> {
+pub fn check_policy(env: &Env, policy: String) -> Result<()> {
     burrow_core::policy::TrafficPolicy::parse(&policy)
         .map(|_| ())
-        .map_err(coded)
+        .map_err(|e| js_error(env, &e))
 }
