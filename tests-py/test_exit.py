@@ -1,5 +1,5 @@
 """A clean exit: a script that awaited burrow calls (a forward and a transfer, a refused
-connect, refused binds, logging at DEBUG, a call still in flight) exits with code 0 every
+connect, refused binds, logging at DEBUG, session hooks still firing, a call still in flight) exits with code 0 every
 time, also on a busy machine, where Rust threads racing the interpreter's finalization
 used to abort it (``Fatal Python error: PyGILState_Release``, exit code 134) or crash it.
 """
@@ -60,6 +60,13 @@ async def main() -> None:
             assert e.code == code, (code, e.code, e.message)
         else:
             raise AssertionError(f"no {code}")
+    # a session whose hooks keep firing (every 10 ms) while the interpreter exits
+    beats = []
+    hooked = await (burrow.SessionBuilder().heartbeat_interval(0.01).handle_heartbeat(beats.append)
+                    .handle_disconnection(lambda addr, error: None).connect())
+    while not beats:
+        await asyncio.sleep(0.01)
+    assert hooked.id()
     # still in flight when the loop ends (asyncio.run cancels it)
     asyncio.ensure_future(burrow.async_forward(port, server_addr=f"127.0.0.1:{closed_port()}",
                                                force_new_session=True))
