@@ -271,14 +271,11 @@ pub struct NativeEdge {
 
 #[napi]
 impl NativeEdge {
-    /// Starts an edge from edge-config TOML (empty: the embedded defaults).
+    /// Starts an edge; `config_json` holds the edge config file's keys (see
+    /// `EdgeConfig::in_process`).
     #[napi(factory)]
-    pub async fn start(config_toml: String) -> Result<NativeEdge> {
-        let config = if config_toml.trim().is_empty() {
-            EdgeConfig::embedded()
-        } else {
-            EdgeConfig::from_toml(&config_toml).map_err(coded)?
-        };
+    pub async fn start(config_json: String) -> Result<NativeEdge> {
+        let config = EdgeConfig::in_process(&config_json).map_err(coded)?;
         let edge = Edge::start(config).await.map_err(coded)?;
         Ok(NativeEdge {
             tunnel_addr: edge.tunnel_addr().to_string(),
