@@ -153,24 +153,10 @@ function loggingCallback (callback, level = 'INFO') {
 }
 function consoleLog (level = 'INFO') { loggingCallback((lvl, msg) => console.log(`burrow ${lvl} ${msg}`), level) }
 
-function toml (config) {
-  const c = { ...config }
-  if (c.open === undefined) c.open = !c.authtokens
-  if (c.tcp_ports === undefined) c.tcp_ports = [0, 0]
-  const lit = (v) => Array.isArray(v) ? `[${v.map(lit).join(', ')}]` : (typeof v === 'string' ? JSON.stringify(v) : String(v))
-  const lines = []
-  const tables = []
-  for (const [k, v] of Object.entries(c)) {
-    if (k === 'authtokens') for (const rule of v) tables.push('[[authtokens]]\n' + Object.entries(rule).map(([rk, rv]) => `${rk} = ${lit(rv)}`).join('\n'))
-    else lines.push(`${k} = ${lit(v)}`)
-  }
-  return lines.concat(tables).join('\n') + '\n'
-}
-
 /** An edge running in this process, for tests. */
 class Edge {
   constructor (nativeEdge) { this._native = nativeEdge }
-  static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(toml(config)))) }
+  static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(JSON.stringify(config)))) }
   /** Authenticated sessions: `{ id, clientInfo, metadata }` each. */
   sessions () { return this._native.sessions().map(([id, clientInfo, metadata]) => ({ id, clientInfo, metadata })) }
   /** Sends ngrok's "stop", "restart" or "update" command to a session; rejects with its refusal. */

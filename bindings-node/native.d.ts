@@ -11,8 +11,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** An edge running in this process. */
 export declare class NativeEdge {
-  /** Starts an edge from edge-config TOML (empty: the embedded defaults). */
-  static start(configToml: string): Promise<NativeEdge>
+  /**
+   * Starts an edge; `config_json` holds the edge config file's keys (see
+   * `EdgeConfig::in_process`).
+   */
+  static start(configJson: string): Promise<NativeEdge>
   /** Authenticated sessions: `[id, clientInfo entries, metadata]` each. */
   sessions(): Array<[string, Array<string>, string]>
   /**

@@ -15,18 +15,31 @@ import pytest
 import burrow
 from burrow import _burrow
 
-from conftest import Pki
+from conftest import Cert, Pki
 
 TABLE = json.loads((Path(__file__).parent.parent / "tests-shared" / "option_cases.json").read_text())
 CASES: List[Dict[str, Any]] = TABLE["cases"]
 
 
+class Fixtures:
+    """A CA and one leaf per name, made once for the whole table."""
+
+    def __init__(self) -> None:
+        self.pki = Pki("option table CA")
+        self.leaves: Dict[str, Cert] = {}
+
+    def leaf(self, name: str) -> Cert:
+        if name not in self.leaves:
+            self.leaves[name] = self.pki.leaf(name)
+        return self.leaves[name]
+
+
 @pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki("option table CA")
+def pki() -> Fixtures:
+    return Fixtures()
 
 
-def native(value: Any, pki: Pki) -> Any:
+def native(value: Any, pki: Fixtures) -> Any:
     """A table value as a Python user would pass it (bytes for PEM)."""
     if isinstance(value, list):
         return [native(v, pki) for v in value]
@@ -34,7 +47,7 @@ def native(value: Any, pki: Pki) -> Any:
         return value
     kind, _, name = value.partition(":")
     if kind == "$ca":
-        return pki.ca_pem
+        return pki.pki.ca_pem
     if kind == "$not-utf8":
         return b"\xff\xfe--"
     # "$crt:NAME" and "$key:NAME" are the two halves of one leaf (as the Rust and Node runners read them).
@@ -53,7 +66,7 @@ def lookup(tree: Any, path: str) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_option_case(case: Dict[str, Any], pki: Pki) -> None:
+def test_option_case(case: Dict[str, Any], pki: Fixtures) -> None:
     options = {k: native(v, pki) for k, v in case["options"].items()}
     scope = case.get("scope", "forward")
     if "error" in case:
@@ -67,7 +80,7 @@ def test_option_case(case: Dict[str, Any], pki: Pki) -> None:
             assert lookup(described, path) == want, f"{path} in {described}"
 
 
-def test_path_values_are_read_as_files(tmp_path: Path, pki: Pki) -> None:
+def test_path_values_are_read_as_files(tmp_path: Path, pki: Fixtures) -> None:
     leaf = pki.leaf("p.example.com")
     (tmp_path / "c.pem").write_bytes(leaf.crt)
     (tmp_path / "k.pem").write_bytes(leaf.key)

@@ -357,15 +357,12 @@ pub struct NativeEdge {
 
 #[napi]
 impl NativeEdge {
-    /// Starts an edge from edge-config TOML (empty: the embedded defaults).
+    /// Starts an edge; `config_json` holds the edge config file's keys (see
+    /// `EdgeConfig::in_process`).
     #[napi(ts_return_type = "Promise<NativeEdge>")]
-    pub fn start(env: &Env, config_toml: String) -> Result<PromiseRaw<'_, NativeEdge>> {
+    pub fn start(env: &Env, config_json: String) -> Result<PromiseRaw<'_, NativeEdge>> {
         promise(env, async move {
-            let config = if config_toml.trim().is_empty() {
-                EdgeConfig::embedded()
-            } else {
-                EdgeConfig::from_toml(&config_toml)?
-            };
+            let config = EdgeConfig::in_process(&config_json)?;
             let edge = Edge::start(config).await?;
             Ok(NativeEdge {
                 tunnel_addr: edge.tunnel_addr().to_string(),

@@ -67,8 +67,8 @@ fn option_value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
     if let Ok(f) = v.cast::<PyFloat>() {
         return Ok(OptionValue::Float(f.value()));
     }
-    if let Ok(s) = v.cast::<PyString>() {
-        return Ok(OptionValue::Str(s.extract::<String>()?));
+    if v.cast::<PyString>().is_ok() {
+        return Ok(OptionValue::Str(v.extract::<String>()?));
     }
     if let Ok(b) = v.cast::<PyBytes>() {
         return Ok(OptionValue::Bytes(b.as_bytes().to_vec()));
@@ -480,14 +480,11 @@ struct NativeEdge {
 
 #[pymethods]
 impl NativeEdge {
-    /// Starts an edge; `config_toml` uses the edge config file's keys.
+    /// Starts an edge; `config_json` holds the edge config file's keys (see
+    /// `EdgeConfig::in_process`).
     #[staticmethod]
-    fn start(py: Python<'_>, config_toml: &str) -> PyResult<Self> {
-        let config = if config_toml.trim().is_empty() {
-            EdgeConfig::embedded()
-        } else {
-            EdgeConfig::from_toml(config_toml).map_err(errors::to_py)?
-        };
+    fn start(py: Python<'_>, config_json: &str) -> PyResult<Self> {
+        let config = EdgeConfig::in_process(config_json).map_err(errors::to_py)?;
         let edge = block_on(py, async move {
             Edge::start(config).await.map_err(errors::to_py)
         })?;

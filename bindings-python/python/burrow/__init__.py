@@ -16,6 +16,7 @@ listener (see :func:`get_listeners`), so dropping yours never stops a forward.
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import logging
 import threading
@@ -373,7 +374,7 @@ class Edge:
     """
 
     def __init__(self, **config: Any) -> None:
-        self._native = _burrow.NativeEdge.start(_toml(config))
+        self._native = _burrow.NativeEdge.start(json.dumps(config))
 
     @property
     def tunnel_addr(self) -> str:
@@ -421,33 +422,6 @@ class Edge:
 
     def __repr__(self) -> str:
         return f"<burrow.Edge tunnel={self.tunnel_addr} tls={self.tls_addr}>"
-
-
-def _toml(config: Dict[str, Any]) -> str:
-    if not config:
-        return ""
-    config = dict(config)
-    config.setdefault("open", not config.get("authtokens"))
-    config.setdefault("tcp_ports", [0, 0])
-    lines: List[str] = []
-    tables: List[str] = []
-
-    def lit(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return str(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    for k, v in config.items():
-        if k == "authtokens":
-            for rule in v:
-                tables.append("[[authtokens]]\n" + "\n".join(f"{rk} = {lit(rv)}" for rk, rv in rule.items()))
-        else:
-            lines.append(f"{k} = {lit(v)}")
-    return "\n".join(lines + tables) + "\n"
 
 
 # --- builders (as ngrok's) -----------------------------------------------------------

@@ -139,8 +139,6 @@ struct TerminationArgs {
 
 #[derive(Args)]
 struct TlsArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Endpoint URL, tls://NAME.
     #[arg(long, conflicts_with = "domain")]
     url: Option<String>,
@@ -148,18 +146,23 @@ struct TlsArgs {
     #[arg(long)]
     domain: Option<String>,
     #[command(flatten)]
-    termination: TerminationArgs,
-    #[command(flatten)]
-    session: SessionArgs,
+    agent: AgentArgs,
 }
 
 #[derive(Args)]
 struct TcpArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Ask for this public address (host:port; only the port is used).
     #[arg(long)]
     remote_addr: Option<String>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// What `burrow tls` and `burrow tcp` share: the upstream, termination and session.
+#[derive(Args)]
+struct AgentArgs {
+    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
+    upstream: String,
     #[command(flatten)]
     termination: TerminationArgs,
     #[command(flatten)]
@@ -240,26 +243,12 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
             let mut options = vec![("proto", "tls".into())];
             push(&mut options, "url", args.url);
             push(&mut options, "domain", args.domain);
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                options,
-                signals,
-            )
-            .await
+            run_agent(args.agent, options, signals).await
         }
         Command::Tcp(args) => {
             let mut options = vec![("proto", "tcp".into())];
             push(&mut options, "remote_addr", args.remote_addr);
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                options,
-                signals,
-            )
-            .await
+            run_agent(args.agent, options, signals).await
         }
     }
 }
@@ -428,14 +417,9 @@ impl Drop for RunDir {
     }
 }
 
-async fn run_agent(
-    session_args: SessionArgs,
-    t: TerminationArgs,
-    upstream: &str,
-    mut options: Options,
-    signals: Signals,
-) -> Result<()> {
-    options.push(("addr", upstream.into()));
+async fn run_agent(args: AgentArgs, mut options: Options, signals: Signals) -> Result<()> {
+    let (session_args, t) = (args.session, args.termination);
+    options.push(("addr", args.upstream.into()));
     push(&mut options, "authtoken", session_args.authtoken);
     push(&mut options, "server_addr", session_args.server_addr);
     push_file(
