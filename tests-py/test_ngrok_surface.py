@@ -98,8 +98,9 @@ def test_listen_then_forward_and_the_listener_accessors(edge: burrow.Edge, pki: 
     conn = tls_client(("127.0.0.1", edge.tls_port), "later.py.test", pki.ca_pem)
     echo_exact(conn, b"forwarded after listen" * 100)
     conn.close()
-    listener.close()
+    session.close_listener(listener.id())
     assert listener not in session.get_listeners()
+    assert burrow.get_listeners() == []
     tcp = session.tcp_endpoint().listen_and_forward(f"localhost:{service.port}")
     assert tcp.forwards_to() == f"tcp://localhost:{service.port}" and tcp.proto() == "tcp"
 
@@ -112,6 +113,9 @@ async def test_close_disconnect_get_listeners_kill_are_awaitable_in_a_loop(edge:
     await listener.forward(f"localhost:{service.port}")
     await listener.close()
     assert listener not in session.get_listeners()
+    other = await session.tcp_endpoint().listen_and_forward(f"localhost:{service.port}")
+    await session.close_listener(other.id())
+    assert session.get_listeners() == []
     one = await burrow.forward(service.port, "tcp", **edge.options())
     assert one in await burrow.get_listeners()
     await burrow.disconnect(one.url())

@@ -52,6 +52,7 @@ def main(edge: burrow.Edge) -> None:
     l6.forward("localhost:80")
     l6.forward(80)
     mine: List[burrow.Listener] = hooked.get_listeners()
+    hooked.close_listener(l6.id())
     print(mine, len(burrow.get_listeners()))
     for info in edge.sessions():
         edge.send_command(info["id"], "update", version="2", permit_major_version=True)
@@ -77,6 +78,7 @@ async def amain(edge: burrow.Edge) -> None:
     l7: burrow.Listener = await s.tcp_endpoint().listen()
     await l7.forward("localhost:80")
     await l7.close()
+    await s.close_listener(l7.id())
     everything: List[burrow.Listener] = await burrow.get_listeners()
     print(everything)
     await burrow.disconnect()

@@ -453,6 +453,14 @@ class Session:
         """This session's open listeners (ngrok's ``Session.get_listeners``)."""
         return [x for x in _open_listeners() if x._session is self._native]
 
+    def close_listener(self, id: str) -> Any:
+        """Closes this session's listener with ``id`` (ngrok's ``Session.close_listener``).
+        Returns None, or inside a running loop an awaitable (closed either way)."""
+        for listener in self.get_listeners():
+            if listener.id() == id:
+                listener._close()
+        return _done(None)
+
     def close(self) -> Any:
         """Closes every endpoint of this session and the tunnel (idempotent). Returns
         None, or inside a running loop an awaitable that resolves once closed."""
