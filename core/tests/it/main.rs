@@ -12,4 +12,5 @@ mod lifecycle;
 mod load;
 mod modes;
 mod policy;
+mod readme;
 mod refusals;
