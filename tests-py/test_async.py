@@ -4,6 +4,7 @@ async context managers and builders."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -81,3 +82,23 @@ async def test_builders_inside_a_loop_are_awaitable(edge: burrow.Edge, tmp_path:
             f"127.0.0.1:{service.port}")
         assert listener.metadata() == "async" and listener.terminate_at() == "upstream"
         assert await talk(edge, "ab.py.test", b"built in a loop", ca=pki.ca_pem.decode()) == b"built in a loop"
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_forward_raises_cancelled_and_the_loop_goes_on(edge: burrow.Edge) -> None:
+    """Cancelling an awaited call (here: a timeout while the server stays silent) cancels
+    the awaitable; later calls on the same loop still complete."""
+    silent = socket.socket()  # accepts the tunnel connection, never answers the handshake
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        pending = burrow.async_forward(1, server_addr="127.0.0.1:%d" % silent.getsockname()[1],
+                                       root_cas=Pki().ca_pem, force_new_session=True)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pending, 0.2)
+    finally:
+        silent.close()
+    service = Echo()
+    async with await burrow.async_forward(service.port, domain="after.py.test", terminate_at="edge",
+                                          **edge.options()):
+        assert await talk(edge, "after.py.test", b"still working") == b"still working"

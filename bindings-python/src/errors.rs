@@ -4,6 +4,7 @@ use burrow_core::{Error as CoreError, ErrorCode};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+use pyo3::PyErrArguments;
 
 pyo3::create_exception!(
     _burrow,
@@ -74,21 +75,38 @@ fn class_for<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyType> {
     }
 }
 
-/// Builds the exception for `code`, with `.code` and `.message` set.
-fn make(code: &str, message: &str) -> PyErr {
-    Python::try_attach(|py| {
-        let built = class_for(py, code).call1((message,)).and_then(|value| {
-            value.setattr("code", code)?;
-            value.setattr("message", message)?;
-            Ok(value)
-        });
+/// An error's code and message; the exception object is made from them only when the
+/// error reaches Python (with the GIL, on a thread Python owns), never where it arose,
+/// which is often a tokio worker.
+struct Coded {
+    code: String,
+    message: String,
+}
+
+impl PyErrArguments for Coded {
+    /// The instance of the code's class (raising an instance of a subclass of `Error` as
+    /// `Error` raises it unchanged).
+    fn arguments(self, py: Python<'_>) -> Py<PyAny> {
+        let built = class_for(py, &self.code)
+            .call1((&self.message,))
+            .and_then(|value| {
+                value.setattr("code", &self.code)?;
+                value.setattr("message", &self.message)?;
+                Ok(value)
+            });
         match built {
-            Ok(value) => PyErr::from_value(value),
-            Err(e) => e,
+            Ok(value) => value.unbind(),
+            Err(e) => e.into_value(py).into_any(),
         }
+    }
+}
+
+/// Builds the exception for `code`, with `.code` and `.message` set (lazily).
+fn make(code: &str, message: &str) -> PyErr {
+    PyErr::new::<Error, _>(Coded {
+        code: code.to_owned(),
+        message: message.to_owned(),
     })
-    // The interpreter is shutting down: nobody will see the exception's attributes.
-    .unwrap_or_else(|| Error::new_err(format!("{message} [{code}]")))
 }
 
 /// Makes a `burrow.Error` (or the subclass its code maps to) with `.code` and `.message`.

@@ -5,11 +5,13 @@
 //! holds a lock therefore never waits for the GIL, so a Python thread that holds the
 //! GIL and waits for that lock cannot deadlock with it. When the channel is full
 //! (Python logging far slower than the tunnel), events are dropped, never waited on.
+//! At exit, records still queued are delivered before the interpreter gate closes.
 
 use pyo3::prelude::*;
 use std::fmt::Write as _;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
+use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -19,14 +21,25 @@ use tracing_subscriber::{reload, Layer, Registry};
 /// Events waiting for the delivery thread, at most.
 const QUEUE: usize = 10_000;
 
+/// How long the exit hook waits for queued records to be delivered, at most.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 /// The level filter of the bridge, set up by the first `set_log_level` call.
 static BRIDGE: Mutex<Option<reload::Handle<Targets, Registry>>> = Mutex::new(None);
 
-/// One formatted event: Python logging level and message.
-type Record = (u8, String);
+/// A sender to the delivery thread, for the exit hook's flush.
+static QUEUED: Mutex<Option<SyncSender<Item>>> = Mutex::new(None);
+
+/// What the delivery thread receives.
+enum Item {
+    /// A formatted event: Python logging level and message.
+    Record(u8, String),
+    /// Answer here once every earlier record is delivered.
+    Flush(SyncSender<()>),
+}
 
 /// Sends each event, formatted, to the delivery thread.
-struct ToChannel(SyncSender<Record>);
+struct ToChannel(SyncSender<Item>);
 
 /// Collects an event's message and fields as `message key=value ...`.
 #[derive(Default)]
@@ -64,14 +77,21 @@ impl<S: Subscriber> Layer<S> for ToChannel {
             Level::DEBUG => 10,
             Level::TRACE => 5,
         };
-        let _ = self.0.try_send((level, msg.text + &msg.fields));
+        let _ = self.0.try_send(Item::Record(level, msg.text + &msg.fields));
     }
 }
 
 /// Delivers records to `logging.getLogger("burrow")` until the interpreter goes away.
-fn deliver(records: Receiver<Record>) {
-    while let Ok((level, message)) = records.recv() {
-        let delivered = Python::try_attach(|py| {
+fn deliver(items: Receiver<Item>) {
+    while let Ok(item) = items.recv() {
+        let (level, message) = match item {
+            Item::Record(level, message) => (level, message),
+            Item::Flush(done) => {
+                let _ = done.try_send(());
+                continue;
+            }
+        };
+        let delivered = super::interpreter::attach(|py| {
             // A failing handler must not stop the bridge; logging reports its own errors.
             if let Ok(logger) = py
                 .import("logging")
@@ -81,8 +101,21 @@ fn deliver(records: Receiver<Record>) {
             }
         });
         if delivered.is_none() {
-            return; // interpreter finalizing
+            return; // the interpreter is exiting
         }
+    }
+}
+
+/// Delivers the records still queued (GIL released while waiting); `atexit` runs it
+/// before the interpreter gate closes.
+#[pyfunction]
+fn flush(py: Python<'_>) {
+    let queue = QUEUED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (done_tx, done_rx) = sync_channel(1);
+    if queue.is_some_and(|q| q.try_send(Item::Flush(done_tx)).is_ok()) {
+        py.detach(move || {
+            let _ = done_rx.recv_timeout(FLUSH_WAIT);
+        });
     }
 }
 
@@ -96,7 +129,7 @@ fn targets(level: LevelFilter) -> Targets {
 
 /// Sets the level of Rust events forwarded to Python logging ("ERROR" ... "TRACE", or "OFF").
 #[pyfunction]
-pub fn set_log_level(level: &str) -> PyResult<()> {
+pub fn set_log_level(py: Python<'_>, level: &str) -> PyResult<()> {
     let filter = match level.to_ascii_uppercase().as_str() {
         "OFF" | "NOTSET" => LevelFilter::OFF,
         "ERROR" | "CRITICAL" => LevelFilter::ERROR,
@@ -118,7 +151,7 @@ pub fn set_log_level(level: &str) -> PyResult<()> {
     }
     let (tx, rx) = sync_channel(QUEUE);
     let (layer, handle) = reload::Layer::new(targets(filter));
-    let subscriber = Registry::default().with(layer).with(ToChannel(tx));
+    let subscriber = Registry::default().with(layer).with(ToChannel(tx.clone()));
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         return Err(super::errors::internal(
             "another tracing subscriber is already installed in this process",
@@ -128,6 +161,10 @@ pub fn set_log_level(level: &str) -> PyResult<()> {
         .name("burrow-log".into())
         .spawn(move || deliver(rx))
         .map_err(|e| super::errors::internal(&format!("log thread: {e}")))?;
+    // Registered after the interpreter gate's hook, so it runs before it (atexit is LIFO).
+    py.import("atexit")?
+        .call_method1("register", (wrap_pyfunction!(flush, py)?,))?;
+    *QUEUED.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     *bridge = Some(handle);
     Ok(())
 }

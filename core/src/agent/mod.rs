@@ -1,14 +1,21 @@
 //! The agent: a session with an edge, its endpoints, and forwarding to upstreams.
 
+mod builder;
+pub mod config;
 mod conn;
-mod endpoint;
+mod listener;
+pub mod options;
 mod proxy_proto;
 mod runner;
+mod spec;
 mod upstream;
 
+pub use builder::{EndpointBuilder, TcpEndpointBuilder, TcpKind, TlsEndpointBuilder, TlsKind};
 pub use conn::Conn;
-pub use endpoint::{Forwarder, Listener, TcpEndpointBuilder, TerminateAt, TlsEndpointBuilder};
+pub use listener::{Forwarder, Listener};
+pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
+pub use spec::{CertPem, EndpointKind, EndpointSpec, TerminateAt, Termination, TlsMaterial};
 pub use upstream::Upstream;
 
 use crate::edge::Edge;
@@ -217,6 +224,16 @@ impl Session {
     /// A TCP endpoint on a port of its own.
     pub fn tcp_endpoint(&self) -> TcpEndpointBuilder {
         TcpEndpointBuilder::new(self.clone())
+    }
+
+    /// Binds the endpoint `spec` describes (see [`options::parse`]) and returns its connections.
+    pub async fn listen(&self, spec: EndpointSpec) -> Result<Listener> {
+        listener::listen(self.clone(), spec).await
+    }
+
+    /// Binds the endpoint `spec` describes and forwards every connection to `upstream`.
+    pub async fn forward(&self, spec: EndpointSpec, upstream: &Upstream) -> Result<Forwarder> {
+        listener::listen_and_forward(self.clone(), spec, upstream).await
     }
 
     /// True until the session is closed, by [`Session::close`] or by a refusal of the

@@ -2,6 +2,7 @@
 //! control stream, rebinds after a reconnect and dispatches proxy streams.
 
 use super::conn::{Conn, ConnIo};
+use super::spec::EndpointKind;
 use super::{Registered, SessionInner};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls;
@@ -550,10 +551,9 @@ impl Runner {
 /// The error for a bind too large for one control message, naming what made it large.
 fn too_large(spec: &BindSpec, err: &Error) -> Error {
     let policy = spec.traffic_policy.as_deref().map_or(0, str::len);
-    let pem = spec.edge_tls.as_ref().map_or(0, |t| {
-        t.cert_pem.as_deref().map_or(0, str::len)
-            + t.key_pem.as_ref().map_or(0, |k| k.0.len())
-            + t.client_ca_pem.as_deref().map_or(0, str::len)
+    let pem = spec.edge_tls().map_or(0, |t| {
+        t.cert.as_ref().map_or(0, |c| c.crt.len() + c.key.0.len())
+            + t.client_cas.as_deref().map_or(0, str::len)
     });
     Error::new(
         ErrorCode::LimitExceeded,
@@ -573,9 +573,9 @@ fn pin_to_url(spec: &mut BindSpec, url: &str) {
         Some((h, p)) => (h, p.parse::<u16>().ok()),
         None => (rest, None),
     };
-    match spec.proto {
-        crate::wire::Proto::Tls => spec.domain = Some(host.to_owned()),
-        crate::wire::Proto::Tcp => spec.remote_port = port,
+    match &mut spec.kind {
+        EndpointKind::Tls { domain, .. } => *domain = Some(host.to_owned()),
+        EndpointKind::Tcp { remote_port } => *remote_port = port,
     }
 }
 

@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use burrow_core::config::AgentConfig;
-use burrow_core::{Edge, EdgeConfig, Forwarder, ProxyProto, Session, TerminateAt, Upstream};
+use burrow_core::{
+    Edge, EdgeConfig, Forwarder, OptionValue, ProxyProto, Scope, Session, TerminateAt,
+};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -137,8 +139,6 @@ struct TerminationArgs {
 
 #[derive(Args)]
 struct TlsArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Endpoint URL, tls://NAME.
     #[arg(long, conflicts_with = "domain")]
     url: Option<String>,
@@ -146,18 +146,23 @@ struct TlsArgs {
     #[arg(long)]
     domain: Option<String>,
     #[command(flatten)]
-    termination: TerminationArgs,
-    #[command(flatten)]
-    session: SessionArgs,
+    agent: AgentArgs,
 }
 
 #[derive(Args)]
 struct TcpArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Ask for this public address (host:port; only the port is used).
     #[arg(long)]
     remote_addr: Option<String>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// What `burrow tls` and `burrow tcp` share: the upstream, termination and session.
+#[derive(Args)]
+struct AgentArgs {
+    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
+    upstream: String,
     #[command(flatten)]
     termination: TerminationArgs,
     #[command(flatten)]
@@ -235,32 +240,25 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
             Ok(())
         }
         Command::Tls(args) => {
-            let domain = match (&args.url, &args.domain) {
-                (Some(url), _) => Some(url_host(url)?),
-                (None, Some(d)) => Some(d.clone()),
-                (None, None) => None,
-            };
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                Endpoint::Tls { domain },
-                signals,
-            )
-            .await
+            let mut options = vec![("proto", "tls".into())];
+            push(&mut options, "url", args.url);
+            push(&mut options, "domain", args.domain);
+            run_agent(args.agent, options, signals).await
         }
         Command::Tcp(args) => {
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                Endpoint::Tcp {
-                    remote_addr: args.remote_addr,
-                },
-                signals,
-            )
-            .await
+            let mut options = vec![("proto", "tcp".into())];
+            push(&mut options, "remote_addr", args.remote_addr);
+            run_agent(args.agent, options, signals).await
         }
+    }
+}
+
+/// Forward options, by their ngrok names, for the core's option parser.
+type Options = Vec<(&'static str, OptionValue)>;
+
+fn push(options: &mut Options, name: &'static str, value: Option<impl Into<OptionValue>>) {
+    if let Some(v) = value {
+        options.push((name, v.into()));
     }
 }
 
@@ -355,16 +353,17 @@ async fn all_connections_ended(forwarders: &[Forwarder]) {
     }
 }
 
-fn url_host(url: &str) -> Result<String> {
-    let Some(rest) = url.strip_prefix("tls://") else {
-        bail!("--url {url:?} must start with tls://");
-    };
-    Ok(rest.split(':').next().unwrap_or_default().to_owned())
-}
-
-enum Endpoint {
-    Tls { domain: Option<String> },
-    Tcp { remote_addr: Option<String> },
+/// Reads a file named by a flag, for an option that takes its contents.
+fn push_file(
+    options: &mut Options,
+    name: &'static str,
+    flag: &str,
+    path: Option<&Path>,
+) -> Result<()> {
+    if let Some(path) = path {
+        options.push((name, read(path, flag)?.into()));
+    }
+    Ok(())
 }
 
 async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
@@ -440,93 +439,61 @@ impl Drop for RunDir {
     }
 }
 
-async fn run_agent(
-    session_args: SessionArgs,
-    t: TerminationArgs,
-    upstream: &str,
-    endpoint: Endpoint,
-    mut signals: Signals,
-) -> Result<()> {
-    let mut upstream: Upstream = upstream.parse()?;
-    if let Some(ca) = &t.upstream_ca {
-        upstream = upstream.root_cas(read(ca, "--upstream-ca")?);
-    }
+async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) -> Result<()> {
+    let (session_args, t) = (args.session, args.termination);
+    options.push(("addr", args.upstream.into()));
+    push(&mut options, "authtoken", session_args.authtoken);
+    push(&mut options, "server_addr", session_args.server_addr);
+    push_file(
+        &mut options,
+        "root_cas",
+        "--root-cas",
+        session_args.root_cas.as_deref(),
+    )?;
+    push(
+        &mut options,
+        "terminate_at",
+        t.terminate_at.map(|a| a.to_string()),
+    );
+    push(
+        &mut options,
+        "proxy_proto",
+        t.proxy_proto.map(|p| p.to_string()),
+    );
+    push_file(&mut options, "crt", "--crt", t.crt.as_deref())?;
+    push_file(&mut options, "key", "--key", t.key.as_deref())?;
+    push_file(
+        &mut options,
+        "mutual_tls_cas",
+        "--mutual-tls-cas",
+        t.mutual_tls_cas.as_deref(),
+    )?;
+    push_file(
+        &mut options,
+        "upstream_root_cas",
+        "--upstream-ca",
+        t.upstream_ca.as_deref(),
+    )?;
     if t.upstream_insecure {
-        upstream = upstream.verify_tls(false);
+        options.push(("verify_upstream_tls", false.into()));
     }
-    let mut builder = Session::builder();
-    if let Some(token) = session_args.authtoken {
-        builder = builder.authtoken(token);
+    if let Some(path) = &t.traffic_policy_file {
+        let text = String::from_utf8(read(path, "--traffic-policy-file")?)
+            .with_context(|| format!("--traffic-policy-file {}: not UTF-8 text", path.display()))?;
+        options.push(("traffic_policy", text.into()));
     }
-    if let Some(addr) = session_args.server_addr {
-        builder = builder.server_addr(addr);
-    }
-    if let Some(ca) = &session_args.root_cas {
-        builder = builder.root_cas(read(ca, "--root-cas")?);
-    }
-    // Every file is read before connecting, so a wrong path is reported first.
-    let policy = t
-        .traffic_policy_file
-        .as_deref()
-        .map(|p| read(p, "--traffic-policy-file"))
-        .transpose()?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let crt = t.crt.as_deref().map(|p| read(p, "--crt")).transpose()?;
-    let key = t.key.as_deref().map(|p| read(p, "--key")).transpose()?;
-    let cas = t
-        .mutual_tls_cas
-        .as_deref()
-        .map(|p| read(p, "--mutual-tls-cas"))
-        .transpose()?;
+    let options = options.into_iter().map(|(k, v)| (k.to_owned(), v));
+    let forward = burrow_core::agent::options::parse(options, Scope::Forward, None)?;
+    let upstream = forward.upstream;
+    let builder = forward.session.builder();
     let Some(session) = signals
         .unless_stopped(async { Ok(builder.connect().await?) })
         .await?
     else {
         return Ok(());
     };
-
-    macro_rules! configure {
-        ($b:expr) => {{
-            let mut b = $b;
-            if let Some(at) = t.terminate_at {
-                b = b.terminate_at(at);
-            }
-            if let Some(c) = crt.clone() {
-                b = b.crt(c);
-            }
-            if let Some(k) = key.clone() {
-                b = b.key(k);
-            }
-            if let Some(c) = cas.clone() {
-                b = b.mutual_tlsca(c);
-            }
-            if let Some(p) = policy.clone() {
-                b = b.traffic_policy(p);
-            }
-            if let Some(v) = t.proxy_proto {
-                b = b.proxy_proto(v);
-            }
-            b.listen_and_forward(upstream.clone()).await?
-        }};
-    }
-    let bind = async {
-        anyhow::Ok(match &endpoint {
-            Endpoint::Tls { domain } => {
-                let mut b = session.tls_endpoint();
-                if let Some(d) = domain {
-                    b = b.domain(d.clone());
-                }
-                configure!(b)
-            }
-            Endpoint::Tcp { remote_addr } => {
-                let mut b = session.tcp_endpoint();
-                if let Some(a) = remote_addr {
-                    b = b.remote_addr(a)?;
-                }
-                configure!(b)
-            }
-        })
-    };
+    let endpoint = forward.endpoint;
+    let bind = async { Ok(session.forward(endpoint, &upstream).await?) };
     let Some(forwarder) = signals.unless_stopped(bind).await? else {
         session.close().await;
         return Ok(());

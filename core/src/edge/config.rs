@@ -138,6 +138,35 @@ impl EdgeConfig {
         Ok(config)
     }
 
+    /// The config of an edge the SDKs run in-process (`burrow.Edge(...)` in Python,
+    /// `Edge.start({...})` in Node): the edge config file's keys as a JSON object, where
+    /// an edge without `authtokens` is open unless it says otherwise and TCP ports come
+    /// from the OS unless `tcp_ports` is given. An empty object is the embedded edge.
+    pub fn in_process(json: &str) -> Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
+        let Some(map) = value.as_object_mut() else {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "edge config must be an object",
+            ));
+        };
+        if map.is_empty() {
+            return Ok(Self::embedded());
+        }
+        let has_tokens = map
+            .get("authtokens")
+            .and_then(|t| t.as_array())
+            .is_some_and(|t| !t.is_empty());
+        map.entry("open")
+            .or_insert(serde_json::Value::Bool(!has_tokens));
+        map.entry("tcp_ports").or_insert(serde_json::json!([0, 0]));
+        let config: EdgeConfig = serde_json::from_value(value)
+            .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::new(ErrorCode::Config, m));

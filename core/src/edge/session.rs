@@ -243,9 +243,9 @@ impl AgentSession {
         let mut waiting = futures::stream::FuturesUnordered::<bind::PendingBind>::new();
         loop {
             tokio::select! {
-                Some((request_id, spec, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
+                Some((request_id, prepared, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
                     let result = match ready {
-                        Ok(()) => bind::bind(self, *spec).await,
+                        Ok(()) => self.bind(*prepared).await,
                         Err(e) => Err(e),
                     };
                     control.send(&bind_reply(request_id, result)).await?;
@@ -274,10 +274,17 @@ impl AgentSession {
                         None => return Ok("the agent closed it"),
                         Some(AgentMsg::Heartbeat) => {}
                         Some(AgentMsg::Bind { request_id, spec }) => {
-                            match bind::pending_cert(&self.shared, &self.grant, &spec) {
-                                Some(wait) => waiting.push(Box::pin(async move { (request_id, spec, wait.await) })),
+                            let prepared = match bind::Prepared::new(*spec) {
+                                Ok(p) => Box::new(p),
+                                Err(e) => {
+                                    control.send(&bind_reply(request_id, Err(e))).await?;
+                                    continue;
+                                }
+                            };
+                            match bind::pending_cert(&self.shared, &self.grant, &prepared) {
+                                Some(wait) => waiting.push(Box::pin(async move { (request_id, prepared, wait.await) })),
                                 None => {
-                                    let result = bind::bind(self, *spec).await;
+                                    let result = self.bind(*prepared).await;
                                     control.send(&bind_reply(request_id, result)).await?;
                                 }
                             }
@@ -290,6 +297,30 @@ impl AgentSession {
                 }
             }
         }
+    }
+
+    /// Serves a prepared bind, replacing an endpoint of the same id; returns the
+    /// endpoint id and public URL.
+    async fn bind(&mut self, prepared: bind::Prepared) -> Result<(String, String)> {
+        self.unbind(prepared.endpoint_id());
+        let limit = self.shared.config.max_endpoints_per_session;
+        if self.bound.len() >= limit {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
+            ));
+        }
+        let owner = bind::Owner {
+            shared: &self.shared,
+            session_id: &self.id,
+            grant: &self.grant,
+            tunnel: &self.tunnel,
+        };
+        let (bound, url) = bind::bind(&owner, &prepared).await?;
+        let endpoint_id = prepared.endpoint_id().to_owned();
+        tracing::info!(%endpoint_id, %url, terminate_at = %prepared.terminate_at(), "endpoint bound");
+        self.bound.insert(endpoint_id.clone(), bound);
+        Ok((endpoint_id, url))
     }
 
     pub(crate) fn unbind(&mut self, endpoint_id: &str) {

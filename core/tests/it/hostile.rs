@@ -364,8 +364,11 @@ async fn secrets_never_reach_logs() -> Result<()> {
     assert!(!format!("{rule:?}").contains(token));
     let builder = Session::builder().authtoken(token);
     assert!(!format!("{builder:?}").contains(token));
-    let spec = burrow_core::wire::EdgeTls {
-        key_pem: Some(burrow_core::wire::SecretPem(cert.key.clone())),
+    let spec = burrow_core::agent::TlsMaterial {
+        cert: Some(burrow_core::agent::CertPem {
+            crt: cert.crt.clone(),
+            key: burrow_core::wire::SecretPem(cert.key.clone()),
+        }),
         ..Default::default()
     };
     assert!(!format!("{spec:?}").contains(&key_line));

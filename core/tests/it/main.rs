@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod option_table;
 mod policy;
 mod readme;
 mod refusals;
