@@ -5,6 +5,8 @@
 //! with exit code 0 on SIGTERM), `file NAME` (saved as NAME for the commands),
 //! `edge-config` (an edge started from it), `policy` (an endpoint bound with it on the
 //! embedded edge), `agent-config` (`config check`, then `start --all` against a test edge).
+//! `python`, `pytest` and `node` blocks are run by `tests-py/test_readme.py` and
+//! `tests-js/readme.test.js`.
 
 use crate::common::*;
 use anyhow::{anyhow, bail, Context, Result};
@@ -271,7 +273,8 @@ async fn run_block(block: &Block, files: &[(String, String)]) -> Result<()> {
     let p = Placeholders::new(&format!("l{}", block.line))?;
     let kind: Vec<&str> = block.kind.split_whitespace().collect();
     match kind.as_slice() {
-        ["file", _] => Ok(()),
+        // Saved for the commands; run by the Python and Node suites.
+        ["file", _] | ["python"] | ["pytest"] | ["node"] => Ok(()),
         ["sh"] => {
             let mut saved = Vec::new();
             for (name, text) in files {
