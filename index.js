@@ -4,21 +4,6 @@
 
 const native = require('./bindings-node/native.js')
 
-const SESSION_KEYS = new Set(['authtoken', 'authtoken_from_env', 'server_addr', 'root_cas', 'session_ca_cert',
-  'session_metadata', 'force_new_session'])
-const ENDPOINT_KEYS = new Set(['addr', 'proto', 'domain', 'hostname', 'url', 'crt', 'key', 'mutual_tls_cas',
-  'terminate_at', 'traffic_policy', 'policy', 'proxy_proto', 'metadata', 'forwards_to', 'allow_cidr', 'deny_cidr',
-  'remote_addr', 'verify_upstream_tls', 'upstream_root_cas'])
-// ngrok options burrow knows but does not implement (mostly HTTP endpoint features).
-const UNSUPPORTED = new Set(['pooling_enabled', 'basic_auth', 'circuit_breaker', 'compression', 'oauth_provider',
-  'oauth_allow_domains', 'oauth_allow_emails', 'oauth_scopes', 'oidc_issuer_url', 'oidc_client_id',
-  'oidc_client_secret', 'request_header_add', 'request_header_remove', 'response_header_add',
-  'response_header_remove', 'schemes', 'websocket_tcp_converter', 'app_protocol', 'labels',
-  'verify_webhook_provider', 'verify_webhook_secret', 'ip_restriction_allow_cidrs', 'ip_restriction_deny_cidrs',
-  'onStatusChange', 'on_status_change', 'session_ca_certs', 'bindings'])
-const LIST_KEYS = new Set(['allow_cidr', 'deny_cidr'])
-const PEM_KEYS = new Set(['crt', 'key', 'mutual_tls_cas', 'root_cas', 'session_ca_cert', 'upstream_root_cas'])
-
 function burrowError (code, message) {
   const err = new Error(message)
   err.code = code
@@ -41,90 +26,35 @@ async function call (fn) {
   }
 }
 
-function pem (name, value) {
-  if (typeof value === 'string') return Buffer.from(value)
-  if (Buffer.isBuffer(value)) return value
-  if (value instanceof Uint8Array) return Buffer.from(value)
-  throw burrowError('INVALID_OPTION', `${name} must be PEM text (string) or a Buffer/Uint8Array`)
-}
-
 let defaultToken = null
 
-function normalize (input) {
+// Every option name, alias, coercion and refusal lives in the Rust core (one parser for
+// Python, Node, the CLI and config files); JavaScript values go to it as they are.
+function parse (scope, options) {
+  try {
+    return native.parseOptions(options, scope, defaultToken ?? undefined)
+  } catch (e) {
+    throw coded(e)
+  }
+}
+
+function forwardOptions (input) {
   let config = input
   if (typeof input === 'number' || typeof input === 'string') config = { addr: input }
   if (config === null || config === undefined) config = {}
   if (typeof config !== 'object') throw burrowError('INVALID_OPTION', 'forward() takes a config object, a port or an address')
-  const o = {}
-  for (const [rawKey, value] of Object.entries(config)) {
-    const key = rawKey.replace(/\./g, '_')
-    if (value === null || value === undefined) continue
-    if (UNSUPPORTED.has(key)) throw burrowError('UNSUPPORTED', `option "${rawKey}" is an ngrok option burrow does not support`)
-    if (!SESSION_KEYS.has(key) && !ENDPOINT_KEYS.has(key)) throw burrowError('INVALID_OPTION', `unknown option "${rawKey}"`)
-    o[key] = value
-  }
-  if (o.hostname !== undefined && o.domain === undefined) o.domain = o.hostname
-  if (o.policy !== undefined && o.traffic_policy === undefined) o.traffic_policy = o.policy
-  if (o.session_ca_cert !== undefined && o.root_cas === undefined) o.root_cas = o.session_ca_cert
-  if (o.url !== undefined) {
-    const m = /^(tls|tcp):\/\/(.+)$/.exec(String(o.url))
-    if (!m) throw burrowError('INVALID_URL', `url "${o.url}" must be tls://NAME or tcp://HOST:PORT`)
-    if (o.proto === undefined) o.proto = m[1]
-    if (m[1] === 'tls' && o.domain === undefined) o.domain = m[2].split(':')[0]
-    if (m[1] === 'tcp' && o.remote_addr === undefined) o.remote_addr = m[2]
-  }
-  const proto = String(o.proto ?? 'tls')
-  if (['http', 'https', 'labeled'].includes(proto)) throw burrowError('UNSUPPORTED', `proto "${proto}" is not supported yet: burrow serves tls and tcp endpoints`)
-  if (proto !== 'tls' && proto !== 'tcp') throw burrowError('INVALID_OPTION', `proto "${proto}" is not one of "tls", "tcp"`)
-  let addr = o.addr ?? 80
-  if (typeof addr === 'string' && /^\d+$/.test(addr)) addr = Number(addr)
-  if (typeof addr === 'number') addr = `localhost:${addr}`
-  if (typeof addr !== 'string') throw burrowError('INVALID_URL', 'addr must be a port number or an address string')
-  for (const k of PEM_KEYS) if (o[k] !== undefined) o[k] = pem(k, o[k])
-  for (const k of LIST_KEYS) if (o[k] !== undefined) o[k] = Array.isArray(o[k]) ? o[k].map(String) : [String(o[k])]
-  if ((o.crt === undefined) !== (o.key === undefined)) {
-    throw burrowError('INVALID_OPTION', `Missing ${o.crt === undefined ? 'crt' : 'key'} for tls termination`)
-  }
-  let authtoken = o.authtoken
-  if (authtoken === undefined && o.authtoken_from_env) authtoken = process.env.BURROW_AUTHTOKEN || process.env.NGROK_AUTHTOKEN || undefined
-  if (authtoken === undefined && defaultToken) authtoken = defaultToken
-  const serverAddr = o.server_addr ?? (process.env.BURROW_SERVER_ADDR || undefined)
-  return {
-    force: Boolean(o.force_new_session),
-    session: { authtoken, serverAddr, rootCas: o.root_cas, sessionMetadata: o.session_metadata },
-    endpoint: {
-      proto,
-      addr,
-      domain: o.domain,
-      remoteAddr: o.remote_addr,
-      crt: o.crt,
-      key: o.key,
-      mutualTlsCas: o.mutual_tls_cas,
-      terminateAt: o.terminate_at,
-      trafficPolicy: o.traffic_policy,
-      proxyProto: o.proxy_proto === undefined ? undefined : String(o.proxy_proto),
-      metadata: o.metadata,
-      forwardsTo: o.forwards_to,
-      allowCidr: o.allow_cidr,
-      denyCidr: o.deny_cidr,
-      verifyUpstreamTls: o.verify_upstream_tls,
-      upstreamRootCas: o.upstream_root_cas
-    }
-  }
+  return parse('forward', config)
 }
 
 const sessions = new Map()
 const listeners = new Map()
 
-function sessionKey (s) {
-  return JSON.stringify([s.serverAddr, s.authtoken, s.rootCas && s.rootCas.toString('base64'), s.sessionMetadata])
-}
-
-async function sessionFor (norm) {
-  const key = sessionKey(norm.session)
-  if (!norm.force && sessions.has(key)) return sessions.get(key)
-  const pending = call(() => native.NativeSession.connect(norm.session))
-  if (!norm.force) sessions.set(key, pending)
+async function sessionFor (opts) {
+  const key = opts.reuseKey()
+  const force = opts.forceNewSession()
+  if (!force && sessions.has(key)) return sessions.get(key)
+  const pending = call(() => native.NativeSession.connect(opts))
+  if (!force) sessions.set(key, pending)
   try {
     return await pending
   } catch (e) {
@@ -173,9 +103,9 @@ class Listener {
 }
 
 async function forward (config) {
-  const norm = normalize(config)
-  const session = await sessionFor(norm)
-  return new Listener(await call(() => session.forward(norm.endpoint)))
+  const opts = forwardOptions(config)
+  const session = await sessionFor(opts)
+  return new Listener(await call(() => session.forward(opts)))
 }
 
 async function disconnect (url) {
@@ -209,24 +139,10 @@ function loggingCallback (callback, level = 'INFO') {
 }
 function consoleLog (level = 'INFO') { loggingCallback((lvl, msg) => console.log(`burrow ${lvl} ${msg}`), level) }
 
-function toml (config) {
-  const c = { ...config }
-  if (c.open === undefined) c.open = !c.authtokens
-  if (c.tcp_ports === undefined) c.tcp_ports = [0, 0]
-  const lit = (v) => Array.isArray(v) ? `[${v.map(lit).join(', ')}]` : (typeof v === 'string' ? JSON.stringify(v) : String(v))
-  const lines = []
-  const tables = []
-  for (const [k, v] of Object.entries(c)) {
-    if (k === 'authtokens') for (const rule of v) tables.push('[[authtokens]]\n' + Object.entries(rule).map(([rk, rv]) => `${rk} = ${lit(rv)}`).join('\n'))
-    else lines.push(`${k} = ${lit(v)}`)
-  }
-  return lines.concat(tables).join('\n') + '\n'
-}
-
 /** An edge running in this process, for tests. */
 class Edge {
   constructor (nativeEdge) { this._native = nativeEdge }
-  static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(toml(config)))) }
+  static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(JSON.stringify(config)))) }
   get tunnelAddr () { return this._native.tunnelAddr() }
   get tlsAddr () { return this._native.tlsAddr() }
   get tlsPort () { return Number(this._native.tlsAddr().split(':').pop()) }
@@ -251,8 +167,8 @@ class SessionBuilder {
   rootCas (pem) { this._o.root_cas = pem; return this }
   metadata (m) { this._o.session_metadata = m; return this }
   async connect () {
-    const norm = normalize(this._o)
-    return new Session(await call(() => native.NativeSession.connect(norm.session)))
+    const opts = parse('session', this._o)
+    return new Session(await call(() => native.NativeSession.connect(opts)))
   }
 }
 
@@ -268,8 +184,8 @@ class EndpointBuilder {
   allowCidr (c) { (this._o.allow_cidr = this._o.allow_cidr || []).push(c); return this }
   denyCidr (c) { (this._o.deny_cidr = this._o.deny_cidr || []).push(c); return this }
   async listenAndForward (url) {
-    const norm = normalize({ ...this._o, addr: url })
-    return new Listener(await call(() => this._session._native.forward(norm.endpoint)))
+    const opts = parse('endpoint', { ...this._o, addr: url })
+    return new Listener(await call(() => this._session._native.forward(opts)))
   }
 }
 class TlsEndpointBuilder extends EndpointBuilder { domain (d) { this._o.domain = d; return this } }

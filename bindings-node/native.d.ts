@@ -11,8 +11,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** An edge running in this process. */
 export declare class NativeEdge {
-  /** Starts an edge from edge-config TOML (empty: the embedded defaults). */
-  static start(configToml: string): Promise<NativeEdge>
+  /**
+   * Starts an edge; `config_json` holds the edge config file's keys (see
+   * `EdgeConfig::in_process`).
+   */
+  static start(configJson: string): Promise<NativeEdge>
   /** Where agents connect. */
   tunnelAddr(): string
   /** The public TLS listener. */
@@ -43,12 +46,22 @@ export declare class NativeListener {
   join(): Promise<void>
 }
 
+/** Options after the core parsed them: a session and an endpoint. */
+export declare class NativeOptions {
+  /** Identifies the shared session these options may reuse. */
+  reuseKey(): string
+  /** True when the caller asked for a session of its own. */
+  forceNewSession(): boolean
+  /** The parsed options as JSON, secrets left out (for tests and debugging). */
+  describe(): string
+}
+
 /** A connection to an edge. */
 export declare class NativeSession {
   /** Connects and authenticates. */
-  static connect(opts: SessionOptions): Promise<NativeSession>
-  /** Binds an endpoint and forwards its connections to `opts.addr`. */
-  forward(opts: EndpointOptions): Promise<NativeListener>
+  static connect(opts: NativeOptions): Promise<NativeSession>
+  /** Binds the parsed endpoint and forwards its connections to its upstream. */
+  forward(opts: NativeOptions): Promise<NativeListener>
   /** The embedded edge's [tunnel, tls, ca] when this session started one. */
   embeddedEdge(): Array<string> | null
   /** Closes every endpoint and the tunnel. */
@@ -58,53 +71,11 @@ export declare class NativeSession {
 /** Parses a traffic policy; throws a coded error when it is invalid. */
 export declare function checkPolicy(policy: string): void
 
-/** Endpoint settings (already normalized by index.js). */
-export interface EndpointOptions {
-  /** "tls" or "tcp". */
-  proto: string
-  /** The upstream address. */
-  addr: string
-  /** Hostname for TLS endpoints. */
-  domain?: string
-  /** host:port for TCP endpoints. */
-  remoteAddr?: string
-  /** Certificate chain (PEM). */
-  crt?: Buffer
-  /** Private key (PEM). */
-  key?: Buffer
-  /** Client CA bundle (PEM) for mutual TLS. */
-  mutualTlsCas?: Buffer
-  /** "edge", "agent" or "upstream". */
-  terminateAt?: string
-  /** Traffic policy text. */
-  trafficPolicy?: string
-  /** "1" or "2". */
-  proxyProto?: string
-  /** Endpoint metadata. */
-  metadata?: string
-  /** Description of the upstream. */
-  forwardsTo?: string
-  /** Allowed client CIDRs. */
-  allowCidr?: Array<string>
-  /** Refused client CIDRs. */
-  denyCidr?: Array<string>
-  /** Verify a tls:// upstream (default true). */
-  verifyUpstreamTls?: boolean
-  /** CA bundle (PEM) for a tls:// upstream. */
-  upstreamRootCas?: Buffer
-}
-
-/** Session settings (already normalized by index.js). */
-export interface SessionOptions {
-  /** Authtoken presented to the edge. */
-  authtoken?: string
-  /** The edge's tunnel address; none starts an embedded edge. */
-  serverAddr?: string
-  /** CA bundle (PEM) for the edge's certificate. */
-  rootCas?: Buffer
-  /** Session metadata. */
-  sessionMetadata?: string
-}
+/**
+ * Parses ngrok-style options with the core's one parser; `scope` is "forward",
+ * "session" or "endpoint", `defaultAuthtoken` the module's `authtoken()` value.
+ */
+export declare function parseOptions(options: object, scope: string, defaultAuthtoken?: string | undefined | null): NativeOptions
 
 /** Starts queueing Rust log events at `level` ("ERROR" … "TRACE", or "OFF"). */
 export declare function setLogLevel(level: string): void

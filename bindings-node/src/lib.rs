@@ -1,12 +1,15 @@
 //! The native half of the `burrow` Node package.
 //!
-//! Thin on purpose: `index.js` checks and normalizes ngrok-style config objects; this
-//! addon turns them into core builder calls on napi's tokio runtime. Errors carry the
+//! Thin on purpose: ngrok-style config objects go to the core's one option parser as
+//! they come (only JavaScript types are converted here); core calls run on napi's
+//! tokio runtime. Errors carry the
 //! core code as a `[CODE] message` prefix, which `index.js` turns into `err.code`.
 
 #![deny(clippy::all)]
 
-use burrow_core::{Edge, EdgeConfig, Forwarder, ProxyProto, Session, TerminateAt, Upstream};
+use burrow_core::{
+    Edge, EdgeConfig, ErrorCode, ForwardOptions, Forwarder, OptionValue, Scope, Session,
+};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::sync::Mutex;
@@ -19,54 +22,98 @@ fn invalid(message: String) -> napi::Error {
     napi::Error::from_reason(format!("[INVALID_OPTION] {message}"))
 }
 
-/// Session settings (already normalized by index.js).
-#[napi(object)]
-pub struct SessionOptions {
-    /// Authtoken presented to the edge.
-    pub authtoken: Option<String>,
-    /// The edge's tunnel address; none starts an embedded edge.
-    pub server_addr: Option<String>,
-    /// CA bundle (PEM) for the edge's certificate.
-    pub root_cas: Option<Buffer>,
-    /// Session metadata.
-    pub session_metadata: Option<String>,
+/// A JavaScript value as an option value: language types only (`Buffer` and typed
+/// arrays become bytes); what the value means is the core's business.
+fn option_value(name: &str, v: Unknown<'_>) -> Result<OptionValue> {
+    Ok(match v.get_type()? {
+        ValueType::Undefined | ValueType::Null => OptionValue::Null,
+        ValueType::Boolean => OptionValue::Bool(bool::from_unknown(v)?),
+        ValueType::Number => {
+            let f = f64::from_unknown(v)?;
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                OptionValue::Int(f as i64)
+            } else {
+                OptionValue::Float(f)
+            }
+        }
+        ValueType::String => OptionValue::Str(String::from_unknown(v)?),
+        ValueType::Object if v.is_buffer()? || v.is_typedarray()? => {
+            OptionValue::Bytes(Uint8Array::from_unknown(v)?.to_vec())
+        }
+        ValueType::Object if v.is_array()? => OptionValue::List(
+            Vec::<Unknown>::from_unknown(v)?
+                .into_iter()
+                .map(|item| option_value(name, item))
+                .collect::<Result<_>>()?,
+        ),
+        ValueType::Object => {
+            let object = Object::from_unknown(v)?;
+            let mut entries = Vec::new();
+            for key in Object::keys(&object)? {
+                let value: Unknown = object.get_named_property(&key)?;
+                entries.push((key.clone(), option_value(&key, value)?));
+            }
+            OptionValue::Map(entries)
+        }
+        other => {
+            return Err(coded(burrow_core::Error::new(
+                ErrorCode::InvalidOption,
+                format!("option {name}: a {other} is not accepted (use a string, Buffer, number, boolean or array)"),
+            )))
+        }
+    })
 }
 
-/// Endpoint settings (already normalized by index.js).
-#[napi(object)]
-pub struct EndpointOptions {
-    /// "tls" or "tcp".
-    pub proto: String,
-    /// The upstream address.
-    pub addr: String,
-    /// Hostname for TLS endpoints.
-    pub domain: Option<String>,
-    /// host:port for TCP endpoints.
-    pub remote_addr: Option<String>,
-    /// Certificate chain (PEM).
-    pub crt: Option<Buffer>,
-    /// Private key (PEM).
-    pub key: Option<Buffer>,
-    /// Client CA bundle (PEM) for mutual TLS.
-    pub mutual_tls_cas: Option<Buffer>,
-    /// "edge", "agent" or "upstream".
-    pub terminate_at: Option<String>,
-    /// Traffic policy text.
-    pub traffic_policy: Option<String>,
-    /// "1" or "2".
-    pub proxy_proto: Option<String>,
-    /// Endpoint metadata.
-    pub metadata: Option<String>,
-    /// Description of the upstream.
-    pub forwards_to: Option<String>,
-    /// Allowed client CIDRs.
-    pub allow_cidr: Option<Vec<String>>,
-    /// Refused client CIDRs.
-    pub deny_cidr: Option<Vec<String>>,
-    /// Verify a tls:// upstream (default true).
-    pub verify_upstream_tls: Option<bool>,
-    /// CA bundle (PEM) for a tls:// upstream.
-    pub upstream_root_cas: Option<Buffer>,
+/// Parses ngrok-style options with the core's one parser; `scope` is "forward",
+/// "session" or "endpoint", `defaultAuthtoken` the module's `authtoken()` value.
+#[napi]
+pub fn parse_options(
+    options: Object,
+    scope: String,
+    default_authtoken: Option<String>,
+) -> Result<NativeOptions> {
+    let scope = match scope.as_str() {
+        "forward" => Scope::Forward,
+        "session" => Scope::Session,
+        "endpoint" => Scope::Endpoint,
+        other => return Err(invalid(format!("unknown option scope {other:?}"))),
+    };
+    let mut pairs = Vec::new();
+    for key in Object::keys(&options)? {
+        let value: Unknown = options.get_named_property(&key)?;
+        let value = option_value(&key, value)?;
+        pairs.push((key, value));
+    }
+    let parsed = burrow_core::agent::options::parse(pairs, scope, default_authtoken.as_deref())
+        .map_err(coded)?;
+    Ok(NativeOptions { parsed })
+}
+
+/// Options after the core parsed them: a session and an endpoint.
+#[napi]
+pub struct NativeOptions {
+    parsed: ForwardOptions,
+}
+
+#[napi]
+impl NativeOptions {
+    /// Identifies the shared session these options may reuse.
+    #[napi]
+    pub fn reuse_key(&self) -> String {
+        self.parsed.session.reuse_key()
+    }
+
+    /// True when the caller asked for a session of its own.
+    #[napi]
+    pub fn force_new_session(&self) -> bool {
+        self.parsed.session.force_new_session
+    }
+
+    /// The parsed options as JSON, secrets left out (for tests and debugging).
+    #[napi]
+    pub fn describe(&self) -> String {
+        self.parsed.describe().to_string()
+    }
 }
 
 /// A connection to an edge.
@@ -78,30 +125,31 @@ pub struct NativeSession {
 #[napi]
 impl NativeSession {
     /// Connects and authenticates.
-    #[napi(factory)]
-    pub async fn connect(opts: SessionOptions) -> Result<NativeSession> {
-        let mut b = Session::builder();
-        if let Some(t) = opts.authtoken {
-            b = b.authtoken(t);
-        }
-        if let Some(a) = opts.server_addr {
-            b = b.server_addr(a);
-        }
-        if let Some(c) = opts.root_cas {
-            b = b.root_cas(c.to_vec());
-        }
-        if let Some(m) = opts.session_metadata {
-            b = b.metadata(m);
-        }
-        let session = b.connect().await.map_err(coded)?;
-        Ok(NativeSession { session })
+    #[napi(ts_return_type = "Promise<NativeSession>")]
+    pub fn connect<'env>(
+        env: &'env Env,
+        opts: &NativeOptions,
+    ) -> Result<PromiseRaw<'env, NativeSession>> {
+        let builder = opts.parsed.session.builder();
+        env.spawn_future(async move {
+            let session = builder.connect().await.map_err(coded)?;
+            Ok(NativeSession { session })
+        })
     }
 
-    /// Binds an endpoint and forwards its connections to `opts.addr`.
-    #[napi]
-    pub async fn forward(&self, opts: EndpointOptions) -> Result<NativeListener> {
-        let fwd = forward(self.session.clone(), opts).await?;
-        Ok(NativeListener::new(fwd))
+    /// Binds the parsed endpoint and forwards its connections to its upstream.
+    #[napi(ts_return_type = "Promise<NativeListener>")]
+    pub fn forward<'env>(
+        &self,
+        env: &'env Env,
+        opts: &NativeOptions,
+    ) -> Result<PromiseRaw<'env, NativeListener>> {
+        let session = self.session.clone();
+        let (spec, upstream) = (opts.parsed.endpoint.clone(), opts.parsed.upstream.clone());
+        env.spawn_future(async move {
+            let fwd = session.forward(spec, &upstream).await.map_err(coded)?;
+            Ok(NativeListener::new(fwd))
+        })
     }
 
     /// The embedded edge's [tunnel, tls, ca] when this session started one.
@@ -121,79 +169,6 @@ impl NativeSession {
     pub async fn close(&self) -> Result<()> {
         self.session.close().await;
         Ok(())
-    }
-}
-
-async fn forward(session: Session, o: EndpointOptions) -> Result<Forwarder> {
-    let mut upstream: Upstream = o.addr.parse().map_err(coded)?;
-    upstream = upstream.verify_tls(o.verify_upstream_tls.unwrap_or(true));
-    if let Some(ca) = o.upstream_root_cas {
-        upstream = upstream.root_cas(ca.to_vec());
-    }
-    let at = o
-        .terminate_at
-        .as_deref()
-        .map(str::parse::<TerminateAt>)
-        .transpose()
-        .map_err(coded)?;
-    let pp = match o.proxy_proto.as_deref() {
-        None | Some("") => None,
-        Some(v) => Some(v.parse::<ProxyProto>().map_err(coded)?),
-    };
-    macro_rules! configure {
-        ($b:expr) => {{
-            let mut b = $b;
-            if let Some(at) = at {
-                b = b.terminate_at(at);
-            }
-            if let Some(c) = o.crt {
-                b = b.crt(c.to_vec());
-            }
-            if let Some(k) = o.key {
-                b = b.key(k.to_vec());
-            }
-            if let Some(c) = o.mutual_tls_cas {
-                b = b.mutual_tlsca(c.to_vec());
-            }
-            if let Some(p) = o.traffic_policy {
-                b = b.traffic_policy(p);
-            }
-            if let Some(v) = pp {
-                b = b.proxy_proto(v);
-            }
-            if let Some(m) = o.metadata {
-                b = b.metadata(m);
-            }
-            if let Some(f) = o.forwards_to {
-                b = b.forwards_to(f);
-            }
-            for c in o.allow_cidr.unwrap_or_default() {
-                b = b.allow_cidr(c);
-            }
-            for c in o.deny_cidr.unwrap_or_default() {
-                b = b.deny_cidr(c);
-            }
-            b.listen_and_forward(upstream).await.map_err(coded)
-        }};
-    }
-    match o.proto.as_str() {
-        "tls" => {
-            let mut b = session.tls_endpoint();
-            if let Some(d) = o.domain {
-                b = b.domain(d);
-            }
-            configure!(b)
-        }
-        "tcp" => {
-            let mut b = session.tcp_endpoint();
-            if let Some(a) = o.remote_addr {
-                b = b.remote_addr(&a).map_err(coded)?;
-            }
-            configure!(b)
-        }
-        other => Err(invalid(format!(
-            "proto {other:?} is not supported (use \"tls\" or \"tcp\")"
-        ))),
     }
 }
 
@@ -296,14 +271,11 @@ pub struct NativeEdge {
 
 #[napi]
 impl NativeEdge {
-    /// Starts an edge from edge-config TOML (empty: the embedded defaults).
+    /// Starts an edge; `config_json` holds the edge config file's keys (see
+    /// `EdgeConfig::in_process`).
     #[napi(factory)]
-    pub async fn start(config_toml: String) -> Result<NativeEdge> {
-        let config = if config_toml.trim().is_empty() {
-            EdgeConfig::embedded()
-        } else {
-            EdgeConfig::from_toml(&config_toml).map_err(coded)?
-        };
+    pub async fn start(config_json: String) -> Result<NativeEdge> {
+        let config = EdgeConfig::in_process(&config_json).map_err(coded)?;
         let edge = Edge::start(config).await.map_err(coded)?;
         Ok(NativeEdge {
             tunnel_addr: edge.tunnel_addr().to_string(),

@@ -1,19 +1,21 @@
 //! The native half of the `burrow` Python package (`burrow._burrow`).
 //!
-//! Thin on purpose: option values arrive already checked and normalized by the
-//! pure-Python layer; this module turns them into core builder calls, runs them on a
-//! tokio runtime with the GIL released, and maps core errors to Python exceptions.
+//! Thin on purpose: options go to the core's one parser as they come (only Python types
+//! are converted here); this module runs core calls on a tokio runtime with the GIL
+//! released, and maps core errors to Python exceptions.
 
 mod errors;
 mod interpreter;
 mod logging;
 
 use burrow_core::{
-    Edge, EdgeConfig, Forwarder, ProxyProto, Session, TerminateAt, TlsEndpointBuilder, Upstream,
+    Edge, EdgeConfig, Error as CoreError, ErrorCode, ForwardOptions, Forwarder, OptionValue, Scope,
+    Session,
 };
-use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,173 +47,126 @@ where
     }
 }
 
-/// `d[key]` converted to `T`; `None` when the key is absent or its value is `None`.
-fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
-    match d.get_item(key)? {
-        Some(v) if !v.is_none() => match v.extract::<T>() {
-            Ok(value) => Ok(Some(value)),
-            Err(e) => {
-                let e: PyErr = e.into();
-                Err(errors::option(&format!("option {key}: {e}")))
-            }
-        },
-        _ => Ok(None),
+/// A Python value as an option value: language types only (bytes, `bytearray` and
+/// `os.PathLike` file contents become bytes); what the value means is the core's business.
+fn option_value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<OptionValue> {
+    if v.is_none() {
+        return Ok(OptionValue::Null);
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(OptionValue::Bool(b.is_true()));
+    }
+    if let Ok(i) = v.cast::<PyInt>() {
+        return i
+            .extract::<i64>()
+            .map(OptionValue::Int)
+            .map_err(|_| errors::option(&format!("option {name}: the number is out of range")));
+    }
+    if let Ok(f) = v.cast::<PyFloat>() {
+        return Ok(OptionValue::Float(f.value()));
+    }
+    if v.cast::<PyString>().is_ok() {
+        return Ok(OptionValue::Str(v.extract::<String>()?));
+    }
+    if let Ok(b) = v.cast::<PyBytes>() {
+        return Ok(OptionValue::Bytes(b.as_bytes().to_vec()));
+    }
+    if let Ok(b) = v.cast::<PyByteArray>() {
+        return Ok(OptionValue::Bytes(b.to_vec()));
+    }
+    if v.hasattr("__fspath__")? {
+        let path: std::path::PathBuf = v.extract()?;
+        return std::fs::read(&path).map(OptionValue::Bytes).map_err(|e| {
+            errors::to_py(CoreError::new(
+                ErrorCode::Io,
+                format!("{name}: cannot read {}: {e}", path.display()),
+            ))
+        });
+    }
+    if let Ok(d) = v.cast::<PyDict>() {
+        let mut entries = Vec::new();
+        for (k, v) in d.iter() {
+            let key: String = k.extract()?;
+            entries.push((key.clone(), option_value(&key, &v)?));
+        }
+        return Ok(OptionValue::Map(entries));
+    }
+    if v.cast::<PyList>().is_ok() || v.cast::<PyTuple>().is_ok() {
+        let items = v
+            .try_iter()?
+            .map(|item| option_value(name, &item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(OptionValue::List(items));
+    }
+    let type_name = v.get_type().name()?.to_string();
+    Err(errors::option(&format!(
+        "option {name}: a {type_name} is not accepted (use str, bytes, bytearray, pathlib.Path, int, bool or a list)"
+    )))
+}
+
+/// Parses ngrok-style options with the core's one parser.
+///
+/// `scope` is `"forward"`, `"session"` or `"endpoint"`; `default_authtoken` is the
+/// module's `set_auth_token` value.
+#[pyfunction]
+#[pyo3(signature = (options, scope, default_authtoken=None))]
+fn parse_options(
+    options: &Bound<'_, PyDict>,
+    scope: &str,
+    default_authtoken: Option<&str>,
+) -> PyResult<NativeOptions> {
+    let scope = match scope {
+        "forward" => Scope::Forward,
+        "session" => Scope::Session,
+        "endpoint" => Scope::Endpoint,
+        other => return Err(errors::internal(&format!("unknown option scope {other:?}"))),
+    };
+    let mut pairs = Vec::new();
+    for (k, v) in options.iter() {
+        let key: String = k.extract()?;
+        let value = option_value(&key, &v)?;
+        pairs.push((key, value));
+    }
+    let parsed = burrow_core::agent::options::parse(pairs, scope, default_authtoken)
+        .map_err(errors::to_py)?;
+    Ok(NativeOptions { parsed })
+}
+
+/// Options after the core parsed them: a session and an endpoint.
+#[pyclass(module = "burrow._burrow", frozen)]
+struct NativeOptions {
+    parsed: ForwardOptions,
+}
+
+#[pymethods]
+impl NativeOptions {
+    /// Identifies the shared session these options may reuse.
+    fn reuse_key(&self) -> String {
+        self.parsed.session.reuse_key()
+    }
+
+    /// True when the caller asked for a session of its own.
+    fn force_new_session(&self) -> bool {
+        self.parsed.session.force_new_session
+    }
+
+    /// The parsed options as JSON, secrets left out (for tests and debugging).
+    fn describe(&self) -> String {
+        self.parsed.describe().to_string()
     }
 }
 
-/// Session settings, taken from the options dict.
-struct SessionOptions {
-    authtoken: Option<String>,
-    server_addr: Option<String>,
-    root_cas: Option<Vec<u8>>,
-    metadata: Option<String>,
-}
-
-impl SessionOptions {
-    /// Reads the session keys of a normalized options dict.
-    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
-        Ok(SessionOptions {
-            authtoken: get(d, "authtoken")?,
-            server_addr: get(d, "server_addr")?,
-            root_cas: get(d, "root_cas")?,
-            metadata: get(d, "session_metadata")?,
-        })
-    }
-
-    /// Connects and authenticates.
-    async fn connect(self) -> PyResult<Session> {
-        let mut b = Session::builder();
-        if let Some(t) = self.authtoken {
-            b = b.authtoken(t);
-        }
-        if let Some(a) = self.server_addr {
-            b = b.server_addr(a);
-        }
-        if let Some(c) = self.root_cas {
-            b = b.root_cas(c);
-        }
-        if let Some(m) = self.metadata {
-            b = b.metadata(m);
-        }
-        b.connect().await.map_err(errors::to_py)
-    }
-}
-
-/// Endpoint settings, taken from the options dict.
-struct EndpointOptions {
-    proto: String,
-    upstream: String,
-    domain: Option<String>,
-    remote_addr: Option<String>,
-    crt: Option<Vec<u8>>,
-    key: Option<Vec<u8>>,
-    mutual_tls_cas: Option<Vec<u8>>,
-    terminate_at: Option<String>,
-    traffic_policy: Option<String>,
-    proxy_proto: Option<String>,
-    metadata: Option<String>,
-    forwards_to: Option<String>,
-    allow_cidr: Vec<String>,
-    deny_cidr: Vec<String>,
-    verify_upstream_tls: bool,
-    upstream_root_cas: Option<Vec<u8>>,
-}
-
-impl EndpointOptions {
-    /// Reads the endpoint keys of a normalized options dict.
-    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Self> {
-        Ok(EndpointOptions {
-            proto: get(d, "proto")?.unwrap_or_else(|| "tls".to_owned()),
-            upstream: get(d, "addr")?.unwrap_or_else(|| "localhost:80".to_owned()),
-            domain: get(d, "domain")?,
-            remote_addr: get(d, "remote_addr")?,
-            crt: get(d, "crt")?,
-            key: get(d, "key")?,
-            mutual_tls_cas: get(d, "mutual_tls_cas")?,
-            terminate_at: get(d, "terminate_at")?,
-            traffic_policy: get(d, "traffic_policy")?,
-            proxy_proto: get(d, "proxy_proto")?,
-            metadata: get(d, "metadata")?,
-            forwards_to: get(d, "forwards_to")?,
-            allow_cidr: get(d, "allow_cidr")?.unwrap_or_default(),
-            deny_cidr: get(d, "deny_cidr")?.unwrap_or_default(),
-            verify_upstream_tls: get(d, "verify_upstream_tls")?.unwrap_or(true),
-            upstream_root_cas: get(d, "upstream_root_cas")?,
-        })
-    }
-
-    /// Binds the endpoint on `session` and starts forwarding to the upstream.
-    async fn forward(self, session: Session) -> PyResult<Forwarder> {
-        let mut upstream: Upstream = self.upstream.parse().map_err(errors::to_py)?;
-        upstream = upstream.verify_tls(self.verify_upstream_tls);
-        if let Some(ca) = self.upstream_root_cas.clone() {
-            upstream = upstream.root_cas(ca);
-        }
-        let terminate_at = self
-            .terminate_at
-            .as_deref()
-            .map(str::parse::<TerminateAt>)
-            .transpose()
-            .map_err(errors::to_py)?;
-        let proxy_proto = match self.proxy_proto.as_deref() {
-            None | Some("") => None,
-            Some(v) => Some(v.parse::<ProxyProto>().map_err(errors::to_py)?),
-        };
-        macro_rules! configure {
-            ($b:expr) => {{
-                let mut b = $b;
-                if let Some(at) = terminate_at {
-                    b = b.terminate_at(at);
-                }
-                if let Some(c) = self.crt {
-                    b = b.crt(c);
-                }
-                if let Some(k) = self.key {
-                    b = b.key(k);
-                }
-                if let Some(c) = self.mutual_tls_cas {
-                    b = b.mutual_tlsca(c);
-                }
-                if let Some(p) = self.traffic_policy {
-                    b = b.traffic_policy(p);
-                }
-                if let Some(v) = proxy_proto {
-                    b = b.proxy_proto(v);
-                }
-                if let Some(m) = self.metadata {
-                    b = b.metadata(m);
-                }
-                if let Some(f) = self.forwards_to {
-                    b = b.forwards_to(f);
-                }
-                for c in self.allow_cidr {
-                    b = b.allow_cidr(c);
-                }
-                for c in self.deny_cidr {
-                    b = b.deny_cidr(c);
-                }
-                b.listen_and_forward(upstream).await.map_err(errors::to_py)
-            }};
-        }
-        match self.proto.as_str() {
-            "tls" => {
-                let mut b: TlsEndpointBuilder = session.tls_endpoint();
-                if let Some(d) = self.domain {
-                    b = b.domain(d);
-                }
-                configure!(b)
-            }
-            "tcp" => {
-                let mut b = session.tcp_endpoint();
-                if let Some(a) = self.remote_addr {
-                    b = b.remote_addr(&a).map_err(errors::to_py)?;
-                }
-                configure!(b)
-            }
-            other => Err(errors::option(&format!(
-                "proto {other:?} is not supported (use \"tls\" or \"tcp\")"
-            ))),
-        }
+/// Binds the parsed endpoint on `session` and forwards it to its upstream.
+fn forward(
+    session: Session,
+    parsed: &ForwardOptions,
+) -> impl Future<Output = PyResult<Forwarder>> + Send + 'static {
+    let (spec, upstream) = (parsed.endpoint.clone(), parsed.upstream.clone());
+    async move {
+        session
+            .forward(spec, &upstream)
+            .await
+            .map_err(errors::to_py)
     }
 }
 
@@ -225,30 +180,29 @@ struct NativeSession {
 impl NativeSession {
     /// Connects with the session options in `opts`, blocking (GIL released).
     #[staticmethod]
-    fn connect(py: Python<'_>, opts: &Bound<'_, PyDict>) -> PyResult<Self> {
-        let options = SessionOptions::from_dict(opts)?;
-        let session = block_on(py, options.connect())?;
+    fn connect(py: Python<'_>, opts: &NativeOptions) -> PyResult<Self> {
+        let builder = opts.parsed.session.builder();
+        let session = block_on(
+            py,
+            async move { builder.connect().await.map_err(errors::to_py) },
+        )?;
         Ok(NativeSession { session })
     }
 
     /// Like `connect`, as an awaitable.
     #[staticmethod]
-    fn connect_async<'py>(
-        py: Python<'py>,
-        opts: &Bound<'py, PyDict>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let options = SessionOptions::from_dict(opts)?;
+    fn connect_async<'py>(py: Python<'py>, opts: &NativeOptions) -> PyResult<Bound<'py, PyAny>> {
+        let builder = opts.parsed.session.builder();
         interpreter::future_into_py(py, async move {
-            let session = options.connect().await?;
+            let session = builder.connect().await.map_err(errors::to_py)?;
             Ok(NativeSession { session })
         })
     }
 
     /// Binds an endpoint and forwards it to `opts["addr"]`, blocking.
-    fn forward(&self, py: Python<'_>, opts: &Bound<'_, PyDict>) -> PyResult<NativeListener> {
-        let options = EndpointOptions::from_dict(opts)?;
-        let session = self.session.clone();
-        let fwd = block_on(py, async move { options.forward(session).await })?;
+    fn forward(&self, py: Python<'_>, opts: &NativeOptions) -> PyResult<NativeListener> {
+        let fut = forward(self.session.clone(), &opts.parsed);
+        let fwd = block_on(py, fut)?;
         Ok(NativeListener::new(fwd))
     }
 
@@ -256,14 +210,10 @@ impl NativeSession {
     fn forward_async<'py>(
         &self,
         py: Python<'py>,
-        opts: &Bound<'py, PyDict>,
+        opts: &NativeOptions,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let options = EndpointOptions::from_dict(opts)?;
-        let session = self.session.clone();
-        interpreter::future_into_py(py, async move {
-            let fwd = options.forward(session).await?;
-            Ok(NativeListener::new(fwd))
-        })
+        let fut = forward(self.session.clone(), &opts.parsed);
+        interpreter::future_into_py(py, async move { Ok(NativeListener::new(fut.await?)) })
     }
 
     /// The embedded edge's addresses and CA, when this session started one.
@@ -402,14 +352,11 @@ struct NativeEdge {
 
 #[pymethods]
 impl NativeEdge {
-    /// Starts an edge; `config_toml` uses the edge config file's keys.
+    /// Starts an edge; `config_json` holds the edge config file's keys (see
+    /// `EdgeConfig::in_process`).
     #[staticmethod]
-    fn start(py: Python<'_>, config_toml: &str) -> PyResult<Self> {
-        let config = if config_toml.trim().is_empty() {
-            EdgeConfig::embedded()
-        } else {
-            EdgeConfig::from_toml(config_toml).map_err(errors::to_py)?
-        };
+    fn start(py: Python<'_>, config_json: &str) -> PyResult<Self> {
+        let config = EdgeConfig::in_process(config_json).map_err(errors::to_py)?;
         let edge = block_on(py, async move {
             Edge::start(config).await.map_err(errors::to_py)
         })?;
@@ -455,6 +402,8 @@ fn _burrow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeSession>()?;
     m.add_class::<NativeListener>()?;
     m.add_class::<NativeEdge>()?;
+    m.add_class::<NativeOptions>()?;
+    m.add_function(wrap_pyfunction!(parse_options, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     Ok(())
 }

@@ -15,7 +15,6 @@
 //! ```
 
 pub mod agent;
-pub mod config;
 pub mod edge;
 mod error;
 pub mod policy;
@@ -23,9 +22,11 @@ mod splice;
 pub mod tls;
 pub mod wire;
 
+pub use agent::config;
 pub use agent::{
-    Conn, Forwarder, Listener, ProxyProto, Session, SessionBuilder, TcpEndpointBuilder,
-    TerminateAt, TlsEndpointBuilder, Upstream,
+    Conn, EndpointSpec, ForwardOptions, Forwarder, Listener, OptionValue, ProxyProto, Scope,
+    Session, SessionBuilder, SessionOptions, TcpEndpointBuilder, TerminateAt, Termination,
+    TlsEndpointBuilder, Upstream,
 };
 pub use edge::{Edge, EdgeConfig};
 pub use error::{Error, ErrorCode, Result};

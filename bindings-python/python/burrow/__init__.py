@@ -16,9 +16,9 @@ listener (see :func:`get_listeners`), so dropping yours never stops a forward.
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -45,33 +45,8 @@ Pem = Union[bytes, bytearray, str, Path]
 _log = logging.getLogger("burrow")
 
 # --- options -----------------------------------------------------------------------
-
-_SESSION_OPTIONS = {"authtoken", "authtoken_from_env", "server_addr", "root_cas", "session_ca_cert",
-                    "session_metadata", "force_new_session"}
-_ENDPOINT_OPTIONS = {"addr", "proto", "domain", "hostname", "url", "crt", "key", "mutual_tls_cas",
-                     "terminate_at", "traffic_policy", "policy", "proxy_proto", "metadata", "forwards_to",
-                     "allow_cidr", "deny_cidr", "remote_addr", "verify_upstream_tls", "upstream_root_cas"}
-
-# Known option names burrow does not implement, each with the reason given to the user.
-# The one place to switch an option off (add it here) or on (remove it and pass it to
-# the native layer in lib.rs).
-_UNSUPPORTED: Dict[str, str] = {
-    **{name: "an ngrok HTTP endpoint option; burrow serves tls and tcp endpoints"
-       for name in ("basic_auth", "circuit_breaker", "compression", "oauth_provider",
-                    "oauth_allow_domains", "oauth_allow_emails", "oauth_scopes",
-                    "oauth_client_id", "oauth_client_secret", "oidc_issuer_url",
-                    "oidc_client_id", "oidc_client_secret", "oidc_allow_domains",
-                    "oidc_allow_emails", "oidc_scopes", "request_header_add",
-                    "request_header_remove", "response_header_add", "response_header_remove",
-                    "schemes", "websocket_tcp_converter", "app_protocol", "allow_user_agent",
-                    "deny_user_agent", "verify_webhook_provider", "verify_webhook_secret")},
-    **{name: "an ngrok option burrow does not implement"
-       for name in ("pooling_enabled", "label", "labels", "binding", "bindings",
-                    "ip_restriction_allow_cidrs", "ip_restriction_deny_cidrs", "policy_file",
-                    "session_ca_certs", "description")},
-}
-_LIST_OPTIONS = {"allow_cidr", "deny_cidr"}
-_PEM_OPTIONS = {"crt", "key", "mutual_tls_cas", "root_cas", "session_ca_cert", "upstream_root_cas"}
+# Every option name, alias, coercion and refusal lives in the Rust core (one parser for
+# Python, Node, the CLI and config files); Python values go to it as they are.
 
 
 def _error(code: str, message: str) -> Error:
@@ -80,90 +55,16 @@ def _error(code: str, message: str) -> Error:
     return err
 
 
-def _pem(name: str, value: Any) -> bytes:
-    if isinstance(value, Path):
-        try:
-            return value.read_bytes()
-        except OSError as e:
-            raise _error("IO", f"{name}: cannot read {value}: {e.strerror}") from None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, (list, tuple)):
-        return b"\n".join(_pem(name, v) for v in value)
-    raise _error("INVALID_OPTION", f"{name} must be bytes, bytearray, str PEM text or a pathlib.Path, "
-                                   f"not {type(value).__name__}")
+def _parse(scope: str, options: Dict[str, Any]) -> "_burrow.NativeOptions":
+    return _burrow.parse_options(options, scope, _auth_token)
 
 
-def _normalize(addr: Any, options: Dict[str, Any]) -> Dict[str, Any]:
-    """Applies ngrok's coercions and refuses what burrow does not understand."""
-    opts: Dict[str, Any] = {}
-    for raw_key, value in options.items():
-        key = raw_key.replace(".", "_")
-        if value is None:
-            continue
-        if key in _UNSUPPORTED:
-            raise _error("UNSUPPORTED", f"option {raw_key!r} is not supported yet: {_UNSUPPORTED[key]}")
-        if key not in _SESSION_OPTIONS and key not in _ENDPOINT_OPTIONS:
-            raise _error("INVALID_OPTION", f"unknown option {raw_key!r}")
-        opts[key] = value
+def _forward_options(addr: Any, proto: Optional[str], options: Dict[str, Any]) -> "_burrow.NativeOptions":
     if addr is not None:
-        opts["addr"] = addr
-    if "hostname" in opts:
-        opts.setdefault("domain", opts.pop("hostname"))
-    if "policy" in opts:
-        opts.setdefault("traffic_policy", opts.pop("policy"))
-    if "session_ca_cert" in opts:
-        opts.setdefault("root_cas", opts.pop("session_ca_cert"))
-    if "url" in opts:
-        url = str(opts.pop("url"))
-        scheme, _, rest = url.partition("://")
-        if not rest or scheme not in ("tls", "tcp"):
-            raise _error("INVALID_URL", f"url {url!r} must be tls://NAME or tcp://HOST:PORT")
-        opts.setdefault("proto", scheme)
-        if scheme == "tls":
-            opts.setdefault("domain", rest.split(":")[0])
-        else:
-            opts.setdefault("remote_addr", rest)
-    proto = str(opts.get("proto", "tls"))
-    if proto in ("http", "https", "labeled"):
-        raise _error("UNSUPPORTED", f"proto {proto!r} is not supported yet: burrow serves tls and tcp endpoints")
-    if proto not in ("tls", "tcp"):
-        raise _error("INVALID_OPTION", f"proto {proto!r} is not one of 'tls', 'tcp'")
-    opts["proto"] = proto
-    a = opts.get("addr")
-    if a is None:
-        opts["addr"] = "localhost:80"
-    elif isinstance(a, bool) or not isinstance(a, (int, str)):
-        raise _error("INVALID_URL", f"addr must be a port number or an address string, not {type(a).__name__}")
-    else:
-        opts["addr"] = f"localhost:{a}" if isinstance(a, int) else a
-    for key in _PEM_OPTIONS & opts.keys():
-        opts[key] = _pem(key, opts[key])
-    for key in _LIST_OPTIONS & opts.keys():
-        v = opts[key]
-        opts[key] = [v] if isinstance(v, str) else [str(x) for x in v]
-    if ("crt" in opts) != ("key" in opts):
-        missing = "key" if "crt" in opts else "crt"
-        raise _error("INVALID_OPTION", f"Missing {missing} for tls termination")
-    if "traffic_policy" in opts and not isinstance(opts["traffic_policy"], str):
-        raise _error("INVALID_OPTION", "traffic_policy must be a YAML or JSON string")
-    for key in ("proxy_proto", "domain", "remote_addr", "metadata", "forwards_to", "session_metadata",
-                "terminate_at", "server_addr", "authtoken"):
-        if key in opts:
-            opts[key] = str(opts[key])
-    if opts.get("proxy_proto") == "":
-        del opts["proxy_proto"]
-    if opts.pop("authtoken_from_env", False) and "authtoken" not in opts:
-        token = os.environ.get("BURROW_AUTHTOKEN") or os.environ.get("NGROK_AUTHTOKEN")
-        if token:
-            opts["authtoken"] = token
-    if "authtoken" not in opts and _auth_token:
-        opts["authtoken"] = _auth_token
-    if "server_addr" not in opts and os.environ.get("BURROW_SERVER_ADDR"):
-        opts["server_addr"] = os.environ["BURROW_SERVER_ADDR"]
-    return opts
+        options["addr"] = addr
+    if proto is not None:
+        options["proto"] = proto
+    return _parse("forward", options)
 
 
 # --- sessions ------------------------------------------------------------------------
@@ -182,8 +83,8 @@ class _Abandoned(Exception):
     """The caller connecting a shared session was cancelled; waiters try again."""
 
 
-def _session_key(opts: Dict[str, Any]) -> _SessionKey:
-    return (opts.get("server_addr"), opts.get("authtoken"), opts.get("root_cas"), opts.get("session_metadata"))
+def _session_key(opts: "_burrow.NativeOptions") -> _SessionKey:
+    return (opts.reuse_key(),)
 
 
 def _claim(key: _SessionKey) -> Tuple[Optional["_burrow.NativeSession"],
@@ -224,9 +125,9 @@ def _settle(key: _SessionKey, fut: "concurrent.futures.Future[_burrow.NativeSess
         fut.set_exception(error if isinstance(error, Exception) else _Abandoned())
 
 
-def _session_for(opts: Dict[str, Any]) -> "_burrow.NativeSession":
+def _session_for(opts: "_burrow.NativeOptions") -> "_burrow.NativeSession":
     """One session per (server, token, CA, metadata), connected once even under races."""
-    if opts.get("force_new_session"):
+    if opts.force_new_session():
         return _adopt(_burrow.NativeSession.connect(opts), None)
     key = _session_key(opts)
     while True:
@@ -247,9 +148,9 @@ def _session_for(opts: Dict[str, Any]) -> "_burrow.NativeSession":
         return native
 
 
-async def _session_for_async(opts: Dict[str, Any]) -> "_burrow.NativeSession":
+async def _session_for_async(opts: "_burrow.NativeOptions") -> "_burrow.NativeSession":
     """Like :func:`_session_for`, without blocking the event loop."""
-    if opts.get("force_new_session"):
+    if opts.force_new_session():
         return _adopt(await _burrow.NativeSession.connect_async(opts), None)
     key = _session_key(opts)
     while True:
@@ -346,16 +247,9 @@ class Listener:
         return f"<burrow.Listener {self.url()} terminate_at={self.terminate_at()}>"
 
 
-def _forward_blocking(addr: Any, options: Dict[str, Any]) -> Listener:
-    opts = _normalize(addr, options)
-    return Listener(_session_for(opts).forward(opts))
-
-
 async def async_forward(addr: Any = None, proto: Optional[str] = None, **options: Any) -> Listener:
     """Like :func:`forward`, always awaitable."""
-    if proto is not None:
-        options["proto"] = proto
-    opts = _normalize(addr, options)
+    opts = _forward_options(addr, proto, options)
     session = await _session_for_async(opts)
     return Listener(await session.forward_async(opts))
 
@@ -368,9 +262,8 @@ def forward(addr: Any = None, proto: Optional[str] = None, **options: Any) -> An
     """
     if _in_running_loop():
         return async_forward(addr, proto, **options)
-    if proto is not None:
-        options["proto"] = proto
-    return _forward_blocking(addr, options)
+    opts = _forward_options(addr, proto, options)
+    return Listener(_session_for(opts).forward(opts))
 
 
 connect = forward
@@ -443,7 +336,7 @@ class Edge:
     """
 
     def __init__(self, **config: Any) -> None:
-        self._native = _burrow.NativeEdge.start(_toml(config))
+        self._native = _burrow.NativeEdge.start(json.dumps(config))
 
     @property
     def tunnel_addr(self) -> str:
@@ -481,33 +374,6 @@ class Edge:
 
     def __repr__(self) -> str:
         return f"<burrow.Edge tunnel={self.tunnel_addr} tls={self.tls_addr}>"
-
-
-def _toml(config: Dict[str, Any]) -> str:
-    if not config:
-        return ""
-    config = dict(config)
-    config.setdefault("open", not config.get("authtokens"))
-    config.setdefault("tcp_ports", [0, 0])
-    lines: List[str] = []
-    tables: List[str] = []
-
-    def lit(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return str(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    for k, v in config.items():
-        if k == "authtokens":
-            for rule in v:
-                tables.append("[[authtokens]]\n" + "\n".join(f"{rk} = {lit(rv)}" for rk, rv in rule.items()))
-        else:
-            lines.append(f"{k} = {lit(v)}")
-    return "\n".join(lines + tables) + "\n"
 
 
 # --- builders (as ngrok's) -----------------------------------------------------------
@@ -583,7 +449,7 @@ class SessionBuilder:
 
     def connect(self) -> Any:
         """Connects: returns the :class:`Session`, or an awaitable of it inside a running loop."""
-        opts = _normalize(None, dict(self._opts))
+        opts = _parse("session", dict(self._opts))
 
         async def connect_async() -> Session:
             return Session(await _burrow.NativeSession.connect_async(opts))
@@ -646,7 +512,7 @@ class _EndpointBuilder:
 
     def listen_and_forward(self, url: Union[str, int]) -> Any:
         """Binds and forwards to ``url``: the :class:`Listener`, or an awaitable of it inside a loop."""
-        opts = _normalize(url, dict(self._opts))
+        opts = _parse("endpoint", {**self._opts, "addr": url})
         native = self._session._native
 
         async def forward_async() -> Listener:

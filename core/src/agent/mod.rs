@@ -1,14 +1,21 @@
 //! The agent: a session with an edge, its endpoints, and forwarding to upstreams.
 
+mod builder;
+pub mod config;
 mod conn;
-mod endpoint;
+mod listener;
+pub mod options;
 mod proxy_proto;
 mod runner;
+mod spec;
 mod upstream;
 
+pub use builder::{EndpointBuilder, TcpEndpointBuilder, TcpKind, TlsEndpointBuilder, TlsKind};
 pub use conn::Conn;
-pub use endpoint::{Forwarder, Listener, TcpEndpointBuilder, TerminateAt, TlsEndpointBuilder};
+pub use listener::{Forwarder, Listener};
+pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
+pub use spec::{CertPem, EndpointKind, EndpointSpec, TerminateAt, Termination, TlsMaterial};
 pub use upstream::Upstream;
 
 use crate::edge::Edge;
@@ -125,7 +132,7 @@ impl SessionBuilder {
         )?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let first = runner::establish(&settings, None, stop.child_token()).await?;
+        let first = runner::establish(&settings, None, CancellationToken::new()).await?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(SessionInner {
             id: Mutex::new(first.session_id.clone()),
@@ -134,6 +141,7 @@ impl SessionBuilder {
             max_pending: self.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
             stop: stop.clone(),
             tasks: tasks.clone(),
+            failure: Mutex::new(None),
             edge,
         });
         let runner = Runner::new(inner.clone(), settings, request_rx);
@@ -160,6 +168,8 @@ pub(crate) struct SessionInner {
     pub(crate) max_pending: usize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Why the session ended by itself (the edge refused it for good), if it did.
+    pub(crate) failure: Mutex<Option<Error>>,
     edge: Option<Edge>,
 }
 
@@ -216,9 +226,30 @@ impl Session {
         TcpEndpointBuilder::new(self.clone())
     }
 
-    /// True until the session is closed.
+    /// Binds the endpoint `spec` describes (see [`options::parse`]) and returns its connections.
+    pub async fn listen(&self, spec: EndpointSpec) -> Result<Listener> {
+        listener::listen(self.clone(), spec).await
+    }
+
+    /// Binds the endpoint `spec` describes and forwards every connection to `upstream`.
+    pub async fn forward(&self, spec: EndpointSpec, upstream: &Upstream) -> Result<Forwarder> {
+        listener::listen_and_forward(self.clone(), spec, upstream).await
+    }
+
+    /// True until the session is closed, by [`Session::close`] or by a refusal of the
+    /// edge that reconnecting would only repeat (see [`Session::failure`]).
     pub fn is_open(&self) -> bool {
         !self.inner.stop.is_cancelled()
+    }
+
+    /// The edge's refusal that ended this session by itself (e.g. `AUTH_FAILED` after
+    /// a reconnect), if that is how it ended.
+    pub fn failure(&self) -> Option<Error> {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Closes every endpoint and the tunnel, and waits until all of the session's tasks ended.

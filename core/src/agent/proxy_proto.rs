@@ -6,11 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 /// Which PROXY protocol version the agent writes to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProxyProto {
     /// `PROXY TCP4 ...\r\n`
+    #[serde(rename = "1")]
     V1,
     /// The binary v2 header.
+    #[serde(rename = "2")]
     V2,
 }
 

@@ -2,6 +2,7 @@
 //! control stream, rebinds after a reconnect and dispatches proxy streams.
 
 use super::conn::{Conn, ConnIo};
+use super::spec::EndpointKind;
 use super::{Registered, SessionInner};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls;
@@ -25,6 +26,8 @@ const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a closing session waits for the edge to end it before dropping the tunnel.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// A user's bind: what to serve and where to deliver the answer and the connections.
 pub(crate) struct BindRequest {
@@ -95,6 +98,14 @@ pub(crate) struct Connected {
     stop: CancellationToken,
 }
 
+impl Drop for Connected {
+    fn drop(&mut self) {
+        // The tunnel lives exactly as long as this value: not a child of the session's
+        // stop token, so a closing session can end its control stream first.
+        self.stop.cancel();
+    }
+}
+
 /// Dials the edge, starts the multiplexer and authenticates.
 pub(crate) async fn establish(
     settings: &Settings,
@@ -122,7 +133,7 @@ pub(crate) async fn establish(
     )
     .await
     .map_err(|_| unreachable("TLS handshake timed out".into()))?
-    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+    .map_err(|e| unreachable(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
     // The agent opens only the control stream; the edge opens the rest.
     let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
     let fail = |e: Error| {
@@ -167,6 +178,20 @@ pub(crate) async fn establish(
     }
 }
 
+/// What to do about a tunnel certificate the agent does not trust.
+fn trust_hint(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
+    match tls {
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => " (the edge's certificate is not signed by a CA this agent trusts: pass the edge's CA with --root-cas, or root_cas in the SDKs)",
+        _ => "",
+    }
+}
+
 enum Pending {
     /// A user's bind, waiting for the edge's answer.
     New(Box<BindRequest>),
@@ -183,8 +208,23 @@ pub(crate) struct Runner {
 }
 
 enum Ended {
+    /// The user closed the session.
     Stopped,
+    /// The tunnel broke; reconnecting may help.
     Lost(String),
+    /// The edge refused in a way that every reconnect would meet again.
+    Fatal(Error),
+}
+
+/// Errors that a reconnect would only repeat: the session ends with them instead.
+fn repeats(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::AuthFailed
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Protocol
+            | ErrorCode::LimitExceeded
+    )
 }
 
 impl Runner {
@@ -204,49 +244,62 @@ impl Runner {
 
     pub(crate) async fn run(mut self, first: Connected) {
         let mut conn = first;
-        loop {
+        let failure = loop {
             let session_id = conn.session_id.clone();
             match self.serve(conn).await {
-                Ended::Stopped => break,
+                Ended::Stopped => break None,
+                Ended::Fatal(e) => break Some(e),
+                // A lost tunnel seen while the user closes the session is that close.
+                Ended::Lost(_) if self.inner.stop.is_cancelled() => break None,
                 Ended::Lost(why) => tracing::warn!(reason = %why, "tunnel lost; reconnecting"),
             }
             conn = match self.reconnect(session_id).await {
-                Some(c) => c,
-                None => break,
+                Ok(c) => c,
+                Err(failure) => break failure,
             };
-        }
+        };
+        let reason = match &failure {
+            Some(e) => {
+                tracing::error!(error = %e, "the session ended: the edge refuses it, and reconnecting would not change that");
+                e.clone()
+            }
+            None => Error::new(ErrorCode::Closed, "the session is closed"),
+        };
+        *self.inner.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
         for (_, pending) in self.pending.drain() {
             if let Pending::New(req) = pending {
-                let _ = req
-                    .reply
-                    .send(Err(Error::new(ErrorCode::Closed, "the session is closed")));
+                let _ = req.reply.send(Err(reason.clone()));
             }
         }
         self.inner.endpoints().clear();
+        self.inner.stop.cancel();
     }
 
-    async fn reconnect(&mut self, resume: String) -> Option<Connected> {
+    /// Reconnects with capped, jittered backoff; `Err(None)` when the session was
+    /// closed meanwhile, `Err(Some(e))` when the edge refused in a way that repeats.
+    async fn reconnect(&mut self, resume: String) -> Result<Connected, Option<Error>> {
         let mut delay = BACKOFF_MIN;
         let mut attempt = 0u32;
         loop {
             // Jitter: wait between half and all of the current delay.
             let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             tokio::select! {
-                _ = self.inner.stop.cancelled() => return None,
+                _ = self.inner.stop.cancelled() => return Err(None),
                 _ = sleep(jittered) => {}
             }
             attempt += 1;
             match establish(
                 &self.settings,
                 Some(resume.clone()),
-                self.inner.stop.child_token(),
+                CancellationToken::new(),
             )
             .await
             {
                 Ok(conn) => {
                     tracing::info!(attempt, "tunnel re-established");
-                    return Some(conn);
+                    return Ok(conn);
                 }
+                Err(e) if repeats(e.code()) => return Err(Some(e)),
                 Err(e) => tracing::warn!(attempt, error = %e, "reconnect failed"),
             }
             delay = (delay * 2).min(BACKOFF_MAX);
@@ -271,7 +324,14 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = self.inner.stop.cancelled() => {
+                    // An intended close: end the control stream and give the edge a moment
+                    // to see that (it ends the session and frees its routes) before the
+                    // tunnel goes, so it is not taken for a lost tunnel.
                     conn.control.close().await;
+                    let _ = timeout(CLOSE_GRACE, async {
+                        while let Ok(Some(_)) = conn.control.recv::<EdgeMsg>().await {}
+                    })
+                    .await;
                     return Ended::Stopped;
                 }
                 _ = ticker.tick() => {
@@ -375,8 +435,18 @@ impl Runner {
                     request_id,
                     spec: Box::new(req.spec.clone()),
                 };
-                self.pending.insert(request_id, Pending::New(req));
-                control.send(&msg).await
+                match control.send(&msg).await {
+                    // Too large to send: nothing was written, only this bind fails.
+                    Err(e) if e.code() == ErrorCode::LimitExceeded => {
+                        let _ = req.reply.send(Err(too_large(&req.spec, &e)));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        self.pending.insert(request_id, Pending::New(req));
+                        Ok(())
+                    }
+                }
             }
             Request::Unbind { endpoint_id } => {
                 control.send(&AgentMsg::Unbind { endpoint_id }).await
@@ -394,6 +464,11 @@ impl Runner {
             EdgeMsg::Stop { reason } => Some(Ended::Lost(format!(
                 "the edge stopped the session: {reason}"
             ))),
+            EdgeMsg::Error {
+                request_id: None,
+                code,
+                message,
+            } if repeats(code) => Some(Ended::Fatal(Error::new(code, message))),
             EdgeMsg::Error {
                 request_id: None,
                 code,
@@ -473,6 +548,22 @@ impl Runner {
     }
 }
 
+/// The error for a bind too large for one control message, naming what made it large.
+fn too_large(spec: &BindSpec, err: &Error) -> Error {
+    let policy = spec.traffic_policy.as_deref().map_or(0, str::len);
+    let pem = spec.edge_tls().map_or(0, |t| {
+        t.cert.as_ref().map_or(0, |c| c.crt.len() + c.key.0.len())
+            + t.client_cas.as_deref().map_or(0, str::len)
+    });
+    Error::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the bind is too large to send ({}; its traffic policy is {policy} bytes, its certificates {pem} bytes): shorten the traffic policy or the certificate bundles",
+            err.message()
+        ),
+    )
+}
+
 /// Makes a rebind ask for exactly what the first bind got.
 fn pin_to_url(spec: &mut BindSpec, url: &str) {
     let Some((_, rest)) = url.split_once("://") else {
@@ -482,9 +573,9 @@ fn pin_to_url(spec: &mut BindSpec, url: &str) {
         Some((h, p)) => (h, p.parse::<u16>().ok()),
         None => (rest, None),
     };
-    match spec.proto {
-        crate::wire::Proto::Tls => spec.domain = Some(host.to_owned()),
-        crate::wire::Proto::Tcp => spec.remote_port = port,
+    match &mut spec.kind {
+        EndpointKind::Tls { domain, .. } => *domain = Some(host.to_owned()),
+        EndpointKind::Tcp { remote_port } => *remote_port = port,
     }
 }
 

@@ -305,6 +305,18 @@ pub(crate) use delegate_io;
 
 delegate_io!(UpstreamStream { Plain, Tls });
 
+impl UpstreamStream {
+    /// Makes closing this connection send a TCP reset: the proxied client's end was
+    /// abnormal, and the upstream must not take it for a clean one.
+    pub(crate) fn reset_on_close(&self) {
+        let tcp = match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        };
+        let _ = tcp.set_zero_linger();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

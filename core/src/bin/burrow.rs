@@ -2,9 +2,15 @@
 
 use anyhow::{bail, Context, Result};
 use burrow_core::config::AgentConfig;
-use burrow_core::{Edge, EdgeConfig, ProxyProto, Session, TerminateAt, Upstream};
+use burrow_core::{
+    Edge, EdgeConfig, Forwarder, OptionValue, ProxyProto, Scope, Session, TerminateAt,
+};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -40,10 +46,17 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a config file and explain what is wrong, with line numbers.
-    Check {
-        /// The file.
-        file: PathBuf,
-    },
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The agent config file (as `burrow start --config FILE` takes it).
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "file")]
+    config: Option<PathBuf>,
+    /// The agent config file (the same, without --config).
+    #[arg(value_name = "FILE", required_unless_present = "config")]
+    file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -71,12 +84,35 @@ struct SessionArgs {
     /// CA bundle (PEM file) that the edge's tunnel certificate chains to.
     #[arg(long)]
     root_cas: Option<PathBuf>,
+    /// On SIGINT or SIGTERM: endpoints are unbound at once, and open connections get this
+    /// long to finish (e.g. 30s, 500ms; a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+/// `30s`, `500ms`, `2m` or a bare number of seconds.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Args)]
 struct TerminationArgs {
-    /// Where TLS is terminated: edge, agent or upstream (default upstream, or edge when --crt/--key are given).
-    #[arg(long)]
+    /// Where TLS is terminated (default upstream, or edge when --crt/--key are given).
+    #[arg(long, value_parser = PossibleValuesParser::new(["edge", "agent", "upstream"]).try_map(|s| s.parse::<TerminateAt>()))]
     terminate_at: Option<TerminateAt>,
     /// Certificate chain (PEM file) for edge or agent termination.
     #[arg(long)]
@@ -96,15 +132,13 @@ struct TerminationArgs {
     /// Traffic policy file (YAML or JSON) the edge runs on every connection.
     #[arg(long)]
     traffic_policy_file: Option<PathBuf>,
-    /// Send a PROXY protocol header (1 or 2) to the upstream.
-    #[arg(long)]
+    /// Send a PROXY protocol header of this version to the upstream.
+    #[arg(long, value_parser = PossibleValuesParser::new(["1", "2"]).try_map(|s| s.parse::<ProxyProto>()))]
     proxy_proto: Option<ProxyProto>,
 }
 
 #[derive(Args)]
 struct TlsArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Endpoint URL, tls://NAME.
     #[arg(long, conflicts_with = "domain")]
     url: Option<String>,
@@ -112,18 +146,23 @@ struct TlsArgs {
     #[arg(long)]
     domain: Option<String>,
     #[command(flatten)]
-    termination: TerminationArgs,
-    #[command(flatten)]
-    session: SessionArgs,
+    agent: AgentArgs,
 }
 
 #[derive(Args)]
 struct TcpArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
-    upstream: String,
     /// Ask for this public address (host:port; only the port is used).
     #[arg(long)]
     remote_addr: Option<String>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// What `burrow tls` and `burrow tcp` share: the upstream, termination and session.
+#[derive(Args)]
+struct AgentArgs {
+    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
+    upstream: String,
     #[command(flatten)]
     termination: TerminationArgs,
     #[command(flatten)]
@@ -142,19 +181,54 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
+    let mut filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
+    // yamux warns about every tunnel whose peer closed first (`Broken pipe`): noise
+    // at a normal shutdown. Its errors still show, and a filter naming yamux wins.
+    if !filter.contains("yamux") {
+        filter.push_str(",yamux=error");
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => return fail(anyhow::anyhow!("--log {filter:?}: {e}")),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log")?)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted())
         .init();
-    match cli.command {
-        Command::Edge(args) => run_edge(args).await,
-        Command::Start(args) => run_start(args).await,
+    let signals = match Signals::listen() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match run(cli.command, signals).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// A user error is one line (its causes joined), never a backtrace: those are for panics.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// Colour only for a terminal, and never when `NO_COLOR` is set (no-color.org).
+fn colour_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty())
+}
+
+async fn run(command: Command, signals: Signals) -> Result<()> {
+    match command {
+        Command::Edge(args) => run_edge(args, signals).await,
+        Command::Start(args) => run_start(args, signals).await,
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command: ConfigCommand::Check(args),
         } => {
+            let Some(file) = args.config.or(args.file) else {
+                bail!("name the config file: burrow config check --config FILE");
+            };
             let config = AgentConfig::from_file(&file)?;
             let names: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
             println!(
@@ -166,46 +240,112 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Tls(args) => {
-            let domain = match (&args.url, &args.domain) {
-                (Some(url), _) => Some(url_host(url)?),
-                (None, Some(d)) => Some(d.clone()),
-                (None, None) => None,
-            };
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                Endpoint::Tls { domain },
-            )
-            .await
+            let mut options = vec![("proto", "tls".into())];
+            push(&mut options, "url", args.url);
+            push(&mut options, "domain", args.domain);
+            run_agent(args.agent, options, signals).await
         }
         Command::Tcp(args) => {
-            run_agent(
-                args.session,
-                args.termination,
-                &args.upstream,
-                Endpoint::Tcp {
-                    remote_addr: args.remote_addr,
-                },
-            )
-            .await
+            let mut options = vec![("proto", "tcp".into())];
+            push(&mut options, "remote_addr", args.remote_addr);
+            run_agent(args.agent, options, signals).await
         }
     }
 }
 
-fn url_host(url: &str) -> Result<String> {
-    let Some(rest) = url.strip_prefix("tls://") else {
-        bail!("--url {url:?} must start with tls://");
-    };
-    Ok(rest.split(':').next().unwrap_or_default().to_owned())
+/// Forward options, by their ngrok names, for the core's option parser.
+type Options = Vec<(&'static str, OptionValue)>;
+
+fn push(options: &mut Options, name: &'static str, value: Option<impl Into<OptionValue>>) {
+    if let Some(v) = value {
+        options.push((name, v.into()));
+    }
 }
 
-enum Endpoint {
-    Tls { domain: Option<String> },
-    Tcp { remote_addr: Option<String> },
+/// SIGINT (Ctrl-C) and SIGTERM (what systemd, Docker and Kubernetes send), listened to
+/// from the start, so that a signal arriving while the command starts up is not lost
+/// (nor kills the process without its clean-up).
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
 }
 
-async fn run_edge(args: EdgeArgs) -> Result<()> {
+impl Signals {
+    fn listen() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM and names it.
+    async fn next(&mut self) -> Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => Ok("SIGINT"),
+                _ = self.term.recv() => Ok("SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c()
+                .await
+                .context("listening for Ctrl-C")
+                .map(|()| "Ctrl-C")
+        }
+    }
+}
+
+/// Stops forwarders gracefully: endpoints unbound at once, open connections given
+/// `grace` to finish, then the session closed.
+async fn shut_down(signal: &str, forwarders: &[Forwarder], session: &Session, grace: Duration) {
+    let open: usize = forwarders.iter().map(Forwarder::open_connections).sum();
+    tracing::info!(%signal, open_connections = open, grace = ?grace, "shutting down: endpoints unbound, open connections may finish");
+    for fwd in forwarders {
+        fwd.close();
+    }
+    let drain = futures_join_all(forwarders);
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        let left: usize = forwarders.iter().map(Forwarder::open_connections).sum();
+        tracing::info!(
+            open_connections = left,
+            "grace period over: closing the connections still open"
+        );
+    }
+    session.close().await;
+}
+
+/// Waits for every forwarder's connections to end.
+async fn futures_join_all(forwarders: &[Forwarder]) {
+    for fwd in forwarders {
+        fwd.wait_connections().await;
+    }
+}
+
+/// Reads a file named by a flag, for an option that takes its contents.
+fn push_file(
+    options: &mut Options,
+    name: &'static str,
+    flag: &str,
+    path: Option<&Path>,
+) -> Result<()> {
+    if let Some(path) = path {
+        options.push((name, read(path, flag)?.into()));
+    }
+    Ok(())
+}
+
+async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
+    let open_edge = args.config.is_none();
     let config = match &args.config {
         Some(path) => EdgeConfig::from_file(path)?,
         None => {
@@ -221,110 +361,160 @@ async fn run_edge(args: EdgeArgs) -> Result<()> {
     let edge = Edge::start(config).await?;
     println!("tunnel: {}", edge.tunnel_addr());
     println!("tls:    {}", edge.tls_addr());
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    // Without a state_dir the CA lives in memory: agents need it in a file.
+    let mut run_dir = None;
+    if open_edge {
+        let ca = RunDir::file(&mut run_dir, "edge-ca.pem", edge.ca_pem())?;
+        println!("root-cas: {}", ca.display());
+        println!(
+            "Agents connect with:\n  burrow tls 8080 --server-addr {} --root-cas {}",
+            edge.tunnel_addr(),
+            ca.display()
+        );
+    }
+    let signal = signals.next().await?;
+    tracing::info!(%signal, "edge shutting down");
     edge.shutdown().await;
     Ok(())
 }
 
-async fn run_agent(
-    session_args: SessionArgs,
-    t: TerminationArgs,
-    upstream: &str,
-    endpoint: Endpoint,
-) -> Result<()> {
-    let mut upstream: Upstream = upstream.parse()?;
-    if let Some(ca) = &t.upstream_ca {
-        upstream = upstream.root_cas(read(ca, "--upstream-ca")?);
-    }
-    if t.upstream_insecure {
-        upstream = upstream.verify_tls(false);
-    }
-    let mut builder = Session::builder();
-    if let Some(token) = session_args.authtoken {
-        builder = builder.authtoken(token);
-    }
-    if let Some(addr) = session_args.server_addr {
-        builder = builder.server_addr(addr);
-    }
-    if let Some(ca) = &session_args.root_cas {
-        builder = builder.root_cas(read(ca, "--root-cas")?);
-    }
-    let session = builder.connect().await?;
-    let policy = t
-        .traffic_policy_file
-        .as_deref()
-        .map(|p| read(p, "--traffic-policy-file"))
-        .transpose()?
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let crt = t.crt.as_deref().map(|p| read(p, "--crt")).transpose()?;
-    let key = t.key.as_deref().map(|p| read(p, "--key")).transpose()?;
-    let cas = t
-        .mutual_tls_cas
-        .as_deref()
-        .map(|p| read(p, "--mutual-tls-cas"))
-        .transpose()?;
+/// A directory of this run's files (e.g. the embedded edge's CA), made when the first
+/// file is needed and removed when the command ends.
+struct RunDir(PathBuf);
 
-    macro_rules! configure {
-        ($b:expr) => {{
-            let mut b = $b;
-            if let Some(at) = t.terminate_at {
-                b = b.terminate_at(at);
-            }
-            if let Some(c) = crt.clone() {
-                b = b.crt(c);
-            }
-            if let Some(k) = key.clone() {
-                b = b.key(k);
-            }
-            if let Some(c) = cas.clone() {
-                b = b.mutual_tlsca(c);
-            }
-            if let Some(p) = policy.clone() {
-                b = b.traffic_policy(p);
-            }
-            if let Some(v) = t.proxy_proto {
-                b = b.proxy_proto(v);
-            }
-            b.listen_and_forward(upstream.clone()).await?
-        }};
+impl RunDir {
+    /// Writes `name` into the run's directory (creating it) and returns its path.
+    fn file(dir: &mut Option<RunDir>, name: &str, contents: &str) -> Result<PathBuf> {
+        let dir = match dir {
+            Some(d) => d,
+            None => dir.insert(RunDir::create()?),
+        };
+        let path = dir.0.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
-    let mut forwarder = match &endpoint {
-        Endpoint::Tls { domain } => {
-            let mut b = session.tls_endpoint();
-            if let Some(d) = domain {
-                b = b.domain(d.clone());
-            }
-            configure!(b)
-        }
-        Endpoint::Tcp { remote_addr } => {
-            let mut b = session.tcp_endpoint();
-            if let Some(a) = remote_addr {
-                b = b.remote_addr(a)?;
-            }
-            configure!(b)
-        }
-    };
-    println!(
-        "Forwarding {} -> {} (TLS terminated at {})",
-        forwarder.url(),
-        upstream,
-        forwarder.terminate_at()
-    );
-    if let Some(edge) = session.embedded_edge() {
-        print_openssl_hint(edge, forwarder.url(), forwarder.terminate_at())?;
+
+    fn create() -> Result<RunDir> {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("burrow-run-{}-{nonce:08x}", std::process::id()));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(RunDir(path))
     }
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = forwarder.join() => {}
-    }
-    forwarder.close();
-    session.close().await;
-    Ok(())
 }
 
-async fn run_start(args: StartArgs) -> Result<()> {
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run_agent(args: AgentArgs, mut options: Options, signals: Signals) -> Result<()> {
+    let (session_args, t) = (args.session, args.termination);
+    options.push(("addr", args.upstream.into()));
+    push(&mut options, "authtoken", session_args.authtoken);
+    push(&mut options, "server_addr", session_args.server_addr);
+    push_file(
+        &mut options,
+        "root_cas",
+        "--root-cas",
+        session_args.root_cas.as_deref(),
+    )?;
+    push(
+        &mut options,
+        "terminate_at",
+        t.terminate_at.map(|a| a.to_string()),
+    );
+    push(
+        &mut options,
+        "proxy_proto",
+        t.proxy_proto.map(|p| p.to_string()),
+    );
+    push_file(&mut options, "crt", "--crt", t.crt.as_deref())?;
+    push_file(&mut options, "key", "--key", t.key.as_deref())?;
+    push_file(
+        &mut options,
+        "mutual_tls_cas",
+        "--mutual-tls-cas",
+        t.mutual_tls_cas.as_deref(),
+    )?;
+    push_file(
+        &mut options,
+        "upstream_root_cas",
+        "--upstream-ca",
+        t.upstream_ca.as_deref(),
+    )?;
+    if t.upstream_insecure {
+        options.push(("verify_upstream_tls", false.into()));
+    }
+    if let Some(path) = &t.traffic_policy_file {
+        let text = String::from_utf8(read(path, "--traffic-policy-file")?)
+            .with_context(|| format!("--traffic-policy-file {}: not UTF-8 text", path.display()))?;
+        options.push(("traffic_policy", text.into()));
+    }
+    let options = options.into_iter().map(|(k, v)| (k.to_owned(), v));
+    let forward = burrow_core::agent::options::parse(options, Scope::Forward, None)?;
+    let upstream = forward.upstream;
+    let session = forward.session.builder().connect().await?;
+    let forwarder = session.forward(forward.endpoint, &upstream).await?;
+    println!(
+        "Forwarding {} -> {} ({})",
+        forwarder.url(),
+        upstream,
+        mode_words(&forwarder)
+    );
+    let mut run_dir = None;
+    if let Some(edge) = session.embedded_edge() {
+        print_hint(edge, &forwarder, &mut run_dir)?;
+    }
+    let grace = session_args.shutdown_timeout;
+    serve_until_signal(vec![forwarder], &session, grace, signals).await
+}
+
+/// Serves until SIGINT/SIGTERM (then shuts down gracefully) or until the session ends
+/// by itself (then fails with the edge's reason, if it gave one).
+async fn serve_until_signal(
+    mut forwarders: Vec<Forwarder>,
+    session: &Session,
+    grace: Duration,
+    mut signals: Signals,
+) -> Result<()> {
+    let all_stopped = async {
+        for fwd in forwarders.iter_mut() {
+            fwd.join().await;
+        }
+    };
+    let signal = tokio::select! {
+        s = signals.next() => Some(s?),
+        _ = all_stopped => None,
+    };
+    match signal {
+        Some(signal) => shut_down(signal, &forwarders, session, grace).await,
+        None => session.close().await,
+    }
+    match session.failure() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// How the endpoint carries bytes, in words for the `Forwarding` line.
+fn mode_words(fwd: &Forwarder) -> String {
+    match (fwd.proto(), fwd.terminate_at()) {
+        ("tcp", TerminateAt::Upstream) => "TCP: bytes are forwarded as they are".to_owned(),
+        (_, at) => format!("TLS terminated at {at}"),
+    }
+}
+
+async fn run_start(args: StartArgs, signals: Signals) -> Result<()> {
     if !args.all && args.names.is_empty() {
         bail!("name the endpoints to start, or pass --all");
     }
@@ -342,50 +532,55 @@ async fn run_start(args: StartArgs) -> Result<()> {
     }
     let session = builder.connect().await?;
     let mut forwarders = Vec::new();
+    let mut run_dir = None;
     for endpoint in selected {
         let fwd = endpoint.start(&session).await?;
         println!(
-            "{}: forwarding {} -> {} (TLS terminated at {})",
+            "{}: forwarding {} -> {} ({})",
             endpoint.name,
             fwd.url(),
             fwd.forwards_to(),
-            fwd.terminate_at()
+            mode_words(&fwd)
         );
         if let Some(edge) = session.embedded_edge() {
-            print_openssl_hint(edge, fwd.url(), fwd.terminate_at())?;
+            print_hint(edge, &fwd, &mut run_dir)?;
         }
         forwarders.push(fwd);
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    for fwd in &forwarders {
-        fwd.close();
-    }
-    session.close().await;
-    Ok(())
+    serve_until_signal(forwarders, &session, args.session.shutdown_timeout, signals).await
 }
 
-/// Prints a command that reaches the endpoint through the embedded edge.
-fn print_openssl_hint(edge: &Edge, url: &str, at: TerminateAt) -> Result<()> {
-    let ca_path =
-        std::env::temp_dir().join(format!("burrow-embedded-ca-{}.pem", std::process::id()));
-    std::fs::write(&ca_path, edge.ca_pem())
-        .with_context(|| format!("writing {}", ca_path.display()))?;
+/// Prints a command that reaches the endpoint through the embedded edge. The edge's CA
+/// is written to a file (removed at exit) only when the client needs it.
+fn print_hint(edge: &Edge, fwd: &Forwarder, run_dir: &mut Option<RunDir>) -> Result<()> {
+    let url = fwd.url();
     let (scheme, rest) = url.split_once("://").unwrap_or(("tls", url));
     let host = rest.split(':').next().unwrap_or(rest);
-    let line = if scheme == "tcp" {
-        format!("openssl s_client -connect {rest}")
-    } else {
-        let ca = if at == TerminateAt::Edge {
-            format!(" -CAfile {}", ca_path.display())
-        } else {
-            String::new()
-        };
-        format!(
-            "openssl s_client -connect {} -servername {host}{ca}",
-            edge.tls_addr()
-        )
+    let edge_ca = |dir: &mut Option<RunDir>| -> Result<String> {
+        let path = RunDir::file(dir, "embedded-edge-ca.pem", edge.ca_pem())?;
+        Ok(format!(" -CAfile {}", path.display()))
+    };
+    let line = match (scheme, fwd.terminate_at()) {
+        ("tcp", TerminateAt::Upstream) => format!(
+            "nc {} {}   (plain TCP; or curl, psql, ... at {rest})",
+            host,
+            rest.rsplit(':').next().unwrap_or_default()
+        ),
+        ("tcp", TerminateAt::Edge) => {
+            format!("openssl s_client -connect {rest}{}", edge_ca(run_dir)?)
+        }
+        ("tcp", _) => format!("openssl s_client -connect {rest}"),
+        (_, at) => {
+            let ca = if at == TerminateAt::Edge {
+                edge_ca(run_dir)?
+            } else {
+                String::new()
+            };
+            format!(
+                "openssl s_client -connect {} -servername {host}{ca}",
+                edge.tls_addr()
+            )
+        }
     };
     println!("Embedded edge (this process only). Try:\n  {line}");
     Ok(())

@@ -67,7 +67,7 @@ pub fn authorize(rules: &[TokenRule], token: Option<&str>, open: bool) -> Result
         Some(rule) => Ok(Grant::Globs(rule.domains.clone())),
         None if token.is_empty() => Err(Error::new(
             ErrorCode::AuthFailed,
-            "an authtoken is required by this edge (set BURROW_AUTHTOKEN or pass authtoken)",
+            "an authtoken is required by this edge (CLI: --authtoken or BURROW_AUTHTOKEN; SDKs: authtoken, or authtoken_from_env with BURROW_AUTHTOKEN)",
         )),
         None => Err(Error::new(
             ErrorCode::AuthFailed,
@@ -139,43 +139,70 @@ mod tests {
     }
 }
 
-/// Counts failed authentications per client IP to slow down token guessing.
+/// Counts failed authentications to slow down token guessing.
+///
+/// Failures count per client IP and token prefix, and per client IP in all with a ten
+/// times higher ceiling: someone guessing from a shared address (NAT, a CI runner) does
+/// not lock out a correct token there, whose prefix differs from the guesses, while
+/// guesses that vary their prefix still meet the per-address ceiling.
 #[derive(Default)]
 pub(crate) struct AuthLimiter {
-    failures:
-        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    failures: std::sync::Mutex<std::collections::HashMap<FailureKey, (u32, std::time::Instant)>>,
 }
+
+/// A client IP, with the first characters of the token it presented (`None`: all of them).
+type FailureKey = (std::net::IpAddr, Option<String>);
 
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// Entries kept before expired ones are swept, so the map stays bounded.
 const SWEEP_AT: usize = 4096;
+/// Characters of a presented token that key its failures.
+const PREFIX_CHARS: usize = 4;
+/// The per-IP ceiling is this many times the per-prefix limit.
+const IP_CEILING_FACTOR: u32 = 10;
+
+fn prefix(token: &str) -> Option<String> {
+    Some(token.chars().take(PREFIX_CHARS).collect())
+}
 
 impl AuthLimiter {
-    /// Fails with `RATE_LIMITED` when `ip` failed `limit` times within the last minute.
-    pub(crate) fn check(&self, ip: std::net::IpAddr, limit: u32) -> Result<()> {
+    /// Fails with `RATE_LIMITED` when `ip` failed `limit` times within the last minute
+    /// with tokens starting like `token`, or ten times `limit` times with any.
+    pub(crate) fn check(&self, ip: std::net::IpAddr, token: &str, limit: u32) -> Result<()> {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some((count, since)) if *count >= limit && since.elapsed() < WINDOW => Err(Error::new(
+        let over = |key: &FailureKey, limit: u32| match map.get(key) {
+            Some((count, since)) if *count >= limit && since.elapsed() < WINDOW => {
+                Some(WINDOW.saturating_sub(since.elapsed()).as_secs() + 1)
+            }
+            _ => None,
+        };
+        let wait = over(&(ip, prefix(token)), limit)
+            .or_else(|| over(&(ip, None), limit.saturating_mul(IP_CEILING_FACTOR)));
+        match wait {
+            Some(secs) => Err(Error::new(
                 ErrorCode::RateLimited,
-                format!(
-                    "too many failed authentications from {ip}; retry in {}s",
-                    (WINDOW - since.elapsed()).as_secs() + 1
-                ),
+                format!("too many failed authentications from {ip}; retry in {secs}s"),
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
-    /// Records one failed authentication from `ip`.
-    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
+    /// Records one failed authentication from `ip` with `token`.
+    pub(crate) fn failed(&self, ip: std::net::IpAddr, token: &str) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SWEEP_AT {
             map.retain(|_, (_, since)| since.elapsed() < WINDOW);
         }
-        let entry = map.entry(ip).or_insert((0, std::time::Instant::now()));
-        if entry.1.elapsed() >= WINDOW {
-            *entry = (0, std::time::Instant::now());
+        for key in [(ip, None), (ip, prefix(token))] {
+            // Still full of live entries: only the per-IP totals keep counting.
+            if map.len() >= SWEEP_AT && key.1.is_some() && !map.contains_key(&key) {
+                continue;
+            }
+            let entry = map.entry(key).or_insert((0, std::time::Instant::now()));
+            if entry.1.elapsed() >= WINDOW {
+                *entry = (0, std::time::Instant::now());
+            }
+            entry.0 += 1;
         }
-        entry.0 += 1;
     }
 }

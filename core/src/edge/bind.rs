@@ -1,13 +1,15 @@
 //! Turning a `Bind` request into a served endpoint.
 
+use super::auth::Grant;
 use super::public;
 use super::routes::{EdgePolicy, Route};
-use super::session::AgentSession;
 use super::Shared;
+use crate::agent::{EndpointKind, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
-use crate::tls::{self, CertKey, ServerTlsSettings};
-use crate::wire::{BindSpec, EdgeTls, Proto};
+use crate::tls;
+use crate::wire::mux::MuxHandle;
+use crate::wire::BindSpec;
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 use std::net::SocketAddr;
@@ -33,46 +35,90 @@ impl Bound {
     }
 }
 
-/// Serves `spec` for `session`; returns the endpoint id and public URL.
-pub(crate) async fn bind(session: &mut AgentSession, spec: BindSpec) -> Result<(String, String)> {
-    if spec.endpoint_id.is_empty() || spec.endpoint_id.len() > 128 {
-        return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
-    }
-    session.unbind(&spec.endpoint_id);
-    let limit = session.shared.config.max_endpoints_per_session;
-    if session.bound.len() >= limit {
-        return Err(Error::new(
-            ErrorCode::LimitExceeded,
-            format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
-        ));
-    }
-    let (bound, url) = match spec.proto {
-        Proto::Tls => bind_name(session, &spec)?,
-        Proto::Tcp => bind_port(session, &spec).await?,
-    };
-    tracing::info!(endpoint_id = %spec.endpoint_id, %url, edge_tls = spec.edge_tls.is_some(), "endpoint bound");
-    session.bound.insert(spec.endpoint_id.clone(), bound);
-    Ok((spec.endpoint_id, url))
+/// A `Bind` request with its traffic policy parsed (once, for the whole bind).
+pub(crate) struct Prepared {
+    spec: BindSpec,
+    policy: TrafficPolicy,
 }
 
-fn bind_name(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {
-    let shared = &session.shared;
+impl Prepared {
+    /// Parses the spec's policy and IP restrictions; fails with `INVALID_POLICY` or
+    /// `INVALID_OPTION` naming what is wrong.
+    pub(crate) fn new(spec: BindSpec) -> Result<Self> {
+        let mut policy = match &spec.traffic_policy {
+            Some(text) if !text.trim().is_empty() => TrafficPolicy::parse(text)?,
+            _ => TrafficPolicy::default(),
+        };
+        policy.restrict_ips(&spec.allow_cidrs, &spec.deny_cidrs)?;
+        Ok(Prepared { spec, policy })
+    }
+}
+
+/// Who a bind is for: the session's identity, grant and tunnel (not the session itself,
+/// which owns what a bind returns).
+pub(crate) struct Owner<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) session_id: &'a str,
+    pub(crate) grant: &'a Grant,
+    pub(crate) tunnel: &'a MuxHandle,
+}
+
+/// Serves a prepared bind for `owner`; returns what the session must hold until the
+/// endpoint closes, and the public URL.
+pub(crate) async fn bind(owner: &Owner<'_>, prepared: &Prepared) -> Result<(Bound, String)> {
+    if prepared.spec.endpoint_id.is_empty() || prepared.spec.endpoint_id.len() > 128 {
+        return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
+    }
+    match &prepared.spec.kind {
+        EndpointKind::Tls { domain, port } => bind_name(owner, prepared, domain.as_deref(), *port),
+        EndpointKind::Tcp { remote_port } => bind_port(owner, prepared, *remote_port).await,
+    }
+}
+
+impl Prepared {
+    /// The endpoint id the agent chose.
+    pub(crate) fn endpoint_id(&self) -> &str {
+        &self.spec.endpoint_id
+    }
+
+    /// Where TLS is terminated, for logs.
+    pub(crate) fn terminate_at(&self) -> crate::agent::TerminateAt {
+        self.spec.termination.terminate_at()
+    }
+}
+
+fn bind_name(
+    owner: &Owner<'_>,
+    prepared: &Prepared,
+    domain: Option<&str>,
+    port: Option<u16>,
+) -> Result<(Bound, String)> {
+    let shared = owner.shared;
+    if let Some(port) = port.filter(|p| *p != shared.tls_port) {
+        return Err(Error::new(
+            ErrorCode::InvalidUrl,
+            format!(
+                "port {port} in the url: this edge serves tls:// endpoints on port {} only (leave the port out)",
+                shared.tls_port
+            ),
+        ));
+    }
     let suffix = shared
         .config
         .domain_suffix
         .trim_matches('.')
         .to_ascii_lowercase();
-    let name = match &spec.domain {
+    let name = match domain {
         Some(domain) => {
             let name = normalize_domain(domain)?;
             if !is_random_name(&name, &suffix) {
-                session.grant.check(&name)?;
+                owner.grant.check(&name)?;
             }
             name
         }
         None => format!("{:016x}.{suffix}", rand::random::<u64>()),
     };
-    shared.routes.claim(&name, route(session, spec, &name)?)?;
+    shared.routes.claim(&name, route(owner, prepared, &name)?)?;
     let url = match shared.tls_port {
         443 => format!("tls://{name}"),
         port => format!("tls://{name}:{port}"),
@@ -80,36 +126,32 @@ fn bind_name(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)>
     Ok((Bound::Name(name), url))
 }
 
-/// The route for `spec`, served under `name`: edge TLS and policy built and checked.
-fn route(session: &AgentSession, spec: &BindSpec, name: &str) -> Result<Route> {
-    let shared = &session.shared;
-    let edge_tls = spec
-        .edge_tls
-        .as_ref()
+/// The route for a prepared bind, served under `name`: edge TLS and policy built and checked.
+fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
+    let shared = owner.shared;
+    let edge_tls = prepared
+        .spec
+        .edge_tls()
         .map(|t| edge_server_config(shared, name, t))
         .transpose()?;
-    let mut policy = match &spec.traffic_policy {
-        Some(text) if !text.trim().is_empty() => TrafficPolicy::parse(text)?,
-        _ => TrafficPolicy::default(),
-    };
-    policy.restrict_ips(&spec.allow_cidrs, &spec.deny_cidrs)?;
-    let policy = if policy.is_empty() {
+    let policy = if prepared.policy.is_empty() {
         None
     } else {
-        let terminations = policy
+        let terminations = prepared
+            .policy
             .terminations()
             .iter()
-            .map(|t| edge_server_config(shared, name, &t.to_edge_tls()).map(Arc::new))
+            .map(|t| edge_server_config(shared, name, &t.to_material()).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         Some(Arc::new(EdgePolicy {
-            policy,
+            policy: prepared.policy.clone(),
             terminations,
         }))
     };
     Ok(Route {
-        session_id: session.id.clone(),
-        endpoint_id: spec.endpoint_id.clone(),
-        tunnel: session.tunnel.clone(),
+        session_id: owner.session_id.to_owned(),
+        endpoint_id: prepared.spec.endpoint_id.clone(),
+        tunnel: owner.tunnel.clone(),
         edge_tls: edge_tls.map(Arc::new),
         policy,
     })
@@ -138,8 +180,8 @@ pub(crate) fn normalize_domain(domain: &str) -> Result<String> {
     Ok(name)
 }
 
-/// A `Bind` request waiting for its certificate: request id, spec, outcome of the wait.
-pub(crate) type PendingBind = futures::future::BoxFuture<'static, (u64, Box<BindSpec>, Result<()>)>;
+/// A `Bind` request waiting for its certificate: request id, the bind, outcome of the wait.
+pub(crate) type PendingBind = futures::future::BoxFuture<'static, (u64, Box<Prepared>, Result<()>)>;
 
 /// What a bind must wait for before it can be served, if anything: an ACME certificate
 /// for an edge-terminated name that has no valid one yet. The session runs the returned
@@ -147,23 +189,24 @@ pub(crate) type PendingBind = futures::future::BoxFuture<'static, (u64, Box<Bind
 pub(crate) fn pending_cert(
     shared: &Arc<Shared>,
     grant: &super::auth::Grant,
-    spec: &BindSpec,
+    prepared: &Prepared,
 ) -> Option<futures::future::BoxFuture<'static, Result<()>>> {
-    let automatic = |t: &EdgeTls| t.cert_pem.is_none() && t.key_pem.is_none();
+    let spec = &prepared.spec;
+    let automatic = |t: &TlsMaterial| t.cert.is_none();
     let by_policy = || {
-        spec.traffic_policy
-            .as_deref()
-            .filter(|t| !t.trim().is_empty())
-            .and_then(|t| TrafficPolicy::parse(t).ok())
-            .is_some_and(|p| p.terminations().iter().any(|t| automatic(&t.to_edge_tls())))
+        prepared
+            .policy
+            .terminations()
+            .iter()
+            .any(|t| automatic(&t.to_material()))
     };
-    if !(spec.edge_tls.as_ref().is_some_and(automatic) || by_policy()) {
+    if !(spec.edge_tls().is_some_and(automatic) || by_policy()) {
         return None;
     }
-    let name = match spec.proto {
-        Proto::Tcp => shared.config.public_host.to_ascii_lowercase(),
+    let name = match &spec.kind {
+        EndpointKind::Tcp { .. } => shared.config.public_host.to_ascii_lowercase(),
         // Random names are under the suffix: the own CA serves them.
-        Proto::Tls => normalize_domain(spec.domain.as_deref()?).ok()?,
+        EndpointKind::Tls { domain, .. } => normalize_domain(domain.as_deref()?).ok()?,
     };
     if name.starts_with("*.") || !super::certs::needs_acme_order(shared, &name) {
         return None;
@@ -176,37 +219,14 @@ pub(crate) fn pending_cert(
 }
 
 /// The rustls config for an edge-terminated endpoint named `name`.
-fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<ServerConfig> {
-    let cert = match (&spec.cert_pem, &spec.key_pem) {
-        (Some(crt), Some(key)) => {
-            let cert = CertKey::from_pem(crt.as_bytes(), key.0.as_bytes())?;
-            // A wildcard endpoint needs a wildcard certificate: probe with a random label.
-            let probe = match name.strip_prefix("*.") {
-                Some(parent) => format!("w{:08x}.{parent}", rand::random::<u32>()),
-                None => name.to_owned(),
-            };
-            cert.check_covers(&probe)?;
-            Some(cert)
-        }
-        (None, None) => None,
-        (Some(_), None) => return Err(Error::option("Missing key for tls termination")),
-        (None, Some(_)) => return Err(Error::option("Missing crt for tls termination")),
+fn edge_server_config(shared: &Shared, name: &str, material: &TlsMaterial) -> Result<ServerConfig> {
+    // A wildcard endpoint needs a wildcard certificate: probe with a random label.
+    let probe = match name.strip_prefix("*.") {
+        Some(parent) => format!("w{:08x}.{parent}", rand::random::<u32>()),
+        None => name.to_owned(),
     };
-    let settings = ServerTlsSettings {
-        min_version: spec
-            .min_version
-            .as_deref()
-            .map(|v| tls::parse_version(v, "min_version"))
-            .transpose()?,
-        max_version: spec
-            .max_version
-            .as_deref()
-            .map(|v| tls::parse_version(v, "max_version"))
-            .transpose()?,
-        alpn: spec.alpn.clone(),
-        client_ca_pem: spec.client_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
-    };
-    match cert {
+    let settings = material.settings();
+    match material.check(Some(&probe))? {
         Some(cert) => tls::server_config(&cert, &settings),
         None => {
             let resolver = super::certs::endpoint_resolver(shared, name)?;
@@ -215,20 +235,24 @@ fn edge_server_config(shared: &Shared, name: &str, spec: &EdgeTls) -> Result<Ser
     }
 }
 
-async fn bind_port(session: &AgentSession, spec: &BindSpec) -> Result<(Bound, String)> {
-    let shared = &session.shared;
+async fn bind_port(
+    owner: &Owner<'_>,
+    prepared: &Prepared,
+    remote_port: Option<u16>,
+) -> Result<(Bound, String)> {
+    let shared = owner.shared;
     let Some([lo, hi]) = shared.config.tcp_ports else {
         return Err(Error::new(
             ErrorCode::Unsupported,
             "this edge serves no tcp:// endpoints (tcp_ports is not configured)",
         ));
     };
-    let listener = listen_in_range(shared, lo, hi, spec.remote_port).await?;
+    let listener = listen_in_range(shared, lo, hi, remote_port).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("tcp endpoint address", e))?;
     let host = &shared.config.public_host;
-    let route = route(session, spec, host)?;
+    let route = route(owner, prepared, host)?;
     let stop = shared.stop.child_token();
     shared.tasks.spawn(
         public::accept_tcp(shared.clone(), listener, route, stop.clone())

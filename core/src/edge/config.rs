@@ -45,8 +45,13 @@ pub struct EdgeConfig {
     pub idle_timeout_ms: u64,
     /// Most bytes read from a public client while waiting for a complete ClientHello.
     pub max_client_hello_bytes: usize,
-    /// Failed authentications allowed per client IP per minute before refusing outright.
+    /// Failed authentications allowed per client IP and token prefix per minute (ten
+    /// times as many per client IP in all) before refusing outright.
     pub auth_failures_per_minute: u32,
+    /// Most tunnel connections one client IP may hold before they authenticate.
+    pub max_unauthenticated_per_ip: usize,
+    /// Most tunnel connections held before they authenticate, from all clients.
+    pub max_unauthenticated: usize,
     /// Automatic certificates from an ACME directory; `None`: from the edge's own CA.
     pub acme: Option<super::acme::AcmeConfig>,
     /// Operator certificates for edge-terminated names (see `edge::certs` for the order).
@@ -75,6 +80,8 @@ impl Default for EdgeConfig {
             idle_timeout_ms: 15 * 60 * 1000,
             max_client_hello_bytes: crate::tls::MAX_HELLO_BYTES,
             auth_failures_per_minute: 10,
+            max_unauthenticated_per_ip: 64,
+            max_unauthenticated: 1024,
             acme: None,
             certs: Vec::new(),
         }
@@ -91,22 +98,71 @@ impl EdgeConfig {
         }
     }
 
-    /// Reads a TOML file; errors name the file and the offending key.
+    /// Reads a TOML file; errors name the file, the offending key and its line, and
+    /// files named by `[[certs]]` that cannot be read.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        Self::from_toml(&text).map_err(|e| {
+        let in_file = |e: Error| {
             Error::new(
                 ErrorCode::Config,
                 format!("{}: {}", path.display(), e.message()),
             )
-        })
+        };
+        let config = Self::from_toml(&text).map_err(in_file)?;
+        for (i, files) in config.certs.iter().enumerate() {
+            for (key, file) in [("crt", &files.crt), ("key", &files.key)] {
+                if let Err(e) = std::fs::File::open(file) {
+                    let at = value_line(&text, &file.display().to_string())
+                        .map_or(String::new(), |n| format!("line {n}: "));
+                    return Err(in_file(Error::new(
+                        ErrorCode::Config,
+                        format!("{at}certs[{i}].{key}: cannot read {}: {e}", file.display()),
+                    )));
+                }
+            }
+        }
+        Ok(config)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text; a value that parses but cannot work is refused with its line.
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: EdgeConfig =
             toml::from_str(text).map_err(|e| Error::new(ErrorCode::Config, e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| match key_line(text, e.message()) {
+                Some(n) => Error::new(e.code(), format!("line {n}: {}", e.message())),
+                None => e,
+            })?;
+        Ok(config)
+    }
+
+    /// The config of an edge the SDKs run in-process (`burrow.Edge(...)` in Python,
+    /// `Edge.start({...})` in Node): the edge config file's keys as a JSON object, where
+    /// an edge without `authtokens` is open unless it says otherwise and TCP ports come
+    /// from the OS unless `tcp_ports` is given. An empty object is the embedded edge.
+    pub fn in_process(json: &str) -> Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
+        let Some(map) = value.as_object_mut() else {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "edge config must be an object",
+            ));
+        };
+        if map.is_empty() {
+            return Ok(Self::embedded());
+        }
+        let has_tokens = map
+            .get("authtokens")
+            .and_then(|t| t.as_array())
+            .is_some_and(|t| !t.is_empty());
+        map.entry("open")
+            .or_insert(serde_json::Value::Bool(!has_tokens));
+        map.entry("tcp_ports").or_insert(serde_json::json!([0, 0]));
+        let config: EdgeConfig = serde_json::from_value(value)
+            .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -120,6 +176,12 @@ impl EdgeConfig {
                     "tcp_ports: first port {lo} is above last port {hi}"
                 ));
             }
+        }
+        if self.handshake_timeout_ms < 100 {
+            return bad(format!(
+                "handshake_timeout_ms = {} is too short: every public connection and agent would be cut before its handshake (use at least 100; the default is 10000)",
+                self.handshake_timeout_ms
+            ));
         }
         if self.heartbeat_ms < 50 {
             return bad("heartbeat_ms must be at least 50".into());
@@ -137,6 +199,11 @@ impl EdgeConfig {
         }
         if self.max_client_hello_bytes < 512 {
             return bad("max_client_hello_bytes must be at least 512".into());
+        }
+        if self.max_unauthenticated == 0 || self.max_unauthenticated_per_ip == 0 {
+            return bad(
+                "max_unauthenticated and max_unauthenticated_per_ip must be at least 1".into(),
+            );
         }
         if self.max_connections == 0 || self.max_endpoints_per_session == 0 {
             return bad("max_connections and max_endpoints_per_session must be at least 1".into());
@@ -163,6 +230,29 @@ impl EdgeConfig {
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
+}
+
+/// The 1-based line that sets the key an error message starts with (`key must ...`).
+fn key_line(text: &str, message: &str) -> Option<usize> {
+    let key: String = message
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if key.is_empty() {
+        return None;
+    }
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// The 1-based line where the string value `value` is written.
+fn value_line(text: &str, value: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(value)).map(|i| i + 1)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod auth;
 mod bind;
 pub(crate) mod certs;
 mod config;
+mod gate;
 mod public;
 mod routes;
 mod session;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) tls_port: u16,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) auth_limiter: auth::AuthLimiter,
+    /// Tunnel connections that have not authenticated yet.
+    pub(crate) unauthenticated: Arc<gate::Gate>,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
 }
@@ -72,6 +75,9 @@ impl Edge {
     /// Like [`Edge::start`], with a routing table of the caller's.
     pub async fn start_with_routes(config: EdgeConfig, routes: Arc<dyn Routes>) -> Result<Edge> {
         config.validate()?;
+        if config.authtokens.is_empty() && !config.open {
+            tracing::warn!("this edge has no authtokens and open is not set: it will refuse every agent (add [[authtokens]], or open = true for a test edge)");
+        }
         let ca = match &config.state_dir {
             Some(dir) => CertAuthority::load_or_create(dir)?,
             None => CertAuthority::generate()?,
@@ -105,6 +111,10 @@ impl Edge {
         let shared = Arc::new(Shared {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             auth_limiter: auth::AuthLimiter::default(),
+            unauthenticated: gate::Gate::new(
+                config.max_unauthenticated_per_ip,
+                config.max_unauthenticated,
+            ),
             config,
             routes,
             ca,

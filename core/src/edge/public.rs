@@ -10,7 +10,6 @@ use crate::wire::{write_header, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
@@ -268,23 +267,17 @@ async fn terminate(
 }
 
 /// Passthrough: replay what was read, then splice raw bytes.
-async fn proxy_raw<C>(target: Target<'_>, mut client: C, already_read: Vec<u8>) -> Result<()>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+async fn proxy_raw(target: Target<'_>, mut client: TcpStream, already_read: Vec<u8>) -> Result<()> {
     let idle = target.idle;
     let mut stream = target.open(false, None, None, &already_read).await?;
     drop(already_read);
-    splice_idle(&mut client, &mut stream, idle)
-        .await
-        .map(|_| ())
+    let result = splice_idle(&mut client, &mut stream, idle).await;
+    end_abnormally_on_error(&result, &client);
+    result.map(|_| ())
 }
 
 /// Edge termination: splice the decrypted bytes.
-async fn proxy_terminated<IO>(target: Target<'_>, mut tls: TlsStream<IO>) -> Result<()>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
+async fn proxy_terminated(target: Target<'_>, mut tls: TlsStream<TcpStream>) -> Result<()> {
     let session = tls.get_ref().1;
     let alpn = session
         .alpn_protocol()
@@ -295,5 +288,20 @@ where
         .and_then(|c| cert_subject(c));
     let idle = target.idle;
     let mut stream = target.open(true, alpn, subject, &[]).await?;
-    splice_idle(&mut tls, &mut stream, idle).await.map(|_| ())
+    let result = splice_idle(&mut tls, &mut stream, idle).await;
+    // Dropping the TLS stream sends no close_notify: with the reset, the client sees
+    // a truncated response as truncated.
+    end_abnormally_on_error(&result, tls.get_ref().0);
+    result.map(|_| ())
+}
+
+/// When a relay failed (the agent or the upstream ended abnormally, or the client
+/// did), the client's socket is closed with a TCP reset instead of a FIN, so the client
+/// cannot take a cut-off response for a complete one. An idle cut stays a plain close.
+fn end_abnormally_on_error<T>(result: &Result<T>, client: &TcpStream) {
+    if let Err(e) = result {
+        if e.code() != ErrorCode::Timeout {
+            let _ = client.set_zero_linger();
+        }
+    }
 }

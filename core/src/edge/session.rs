@@ -36,11 +36,16 @@ pub(crate) async fn accept_agents(
                 }
             },
         };
+        let Some(pass) = shared.unauthenticated.enter(peer.ip()) else {
+            // Closed at once: a client holding its share cannot hold more sockets.
+            tracing::debug!(%peer, "tunnel connection refused: too many unauthenticated connections (max_unauthenticated_per_ip, max_unauthenticated)");
+            continue;
+        };
         let shared2 = shared.clone();
         let acceptor = acceptor.clone();
         shared.tasks.spawn(
             async move {
-                if let Err(e) = serve_agent(shared2, acceptor, tcp, peer).await {
+                if let Err(e) = serve_agent(shared2, acceptor, tcp, peer, pass).await {
                     tracing::info!(error = %e, "agent session ended");
                 }
             }
@@ -54,6 +59,7 @@ async fn serve_agent(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    pass: super::gate::Pass,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let deadline = shared.config.handshake_timeout();
@@ -63,6 +69,8 @@ async fn serve_agent(
         .map_err(|_| Error::new(ErrorCode::Timeout, "tunnel TLS handshake timed out"))?
         .map_err(|e| Error::io("tunnel TLS handshake", e))?;
     let kill = shared.stop.child_token();
+    // However this function ends, the tunnel connection (its driver and socket) ends too.
+    let _end_tunnel = kill.clone().drop_guard();
     let mut mux = mux::start(
         tls,
         Side::Edge,
@@ -103,14 +111,18 @@ async fn serve_agent(
         }
     };
     let limit = shared.config.auth_failures_per_minute;
-    let authorized = shared.auth_limiter.check(peer.ip(), limit).and_then(|()| {
-        authorize(
-            &shared.config.authtokens,
-            authtoken.as_deref(),
-            shared.config.open,
-        )
-        .inspect_err(|_| shared.auth_limiter.failed(peer.ip()))
-    });
+    let presented = authtoken.as_deref().unwrap_or("");
+    let authorized = shared
+        .auth_limiter
+        .check(peer.ip(), presented, limit)
+        .and_then(|()| {
+            authorize(
+                &shared.config.authtokens,
+                authtoken.as_deref(),
+                shared.config.open,
+            )
+            .inspect_err(|_| shared.auth_limiter.failed(peer.ip(), presented))
+        });
     let grant = match authorized {
         Ok(g) => g,
         Err(err) => {
@@ -119,6 +131,7 @@ async fn serve_agent(
             return Err(err);
         }
     };
+    drop(pass);
     if let Some(old) = resume {
         replace_session(&shared, &old, authtoken.as_deref());
     }
@@ -139,10 +152,19 @@ async fn serve_agent(
         bound: HashMap::new(),
     };
     let result = session.run(&mut control, kill.clone()).await;
+    let freed = session.bound.len();
     session.release_all();
     shared.sessions().remove(&session_id);
     kill.cancel();
-    result
+    match result {
+        Ok(reason) => {
+            tracing::info!(%session_id, endpoints_freed = freed, %reason, "agent session ended; its routes are freed")
+        }
+        Err(e) => {
+            tracing::info!(%session_id, endpoints_freed = freed, reason = %e, "agent session ended; its routes are freed")
+        }
+    }
+    Ok(())
 }
 
 /// Ends an older session the reconnecting agent replaces (same token required).
@@ -203,7 +225,7 @@ impl AgentSession {
         &mut self,
         control: &mut ControlChannel<MuxStream>,
         kill: CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<&'static str> {
         let heartbeat = self.shared.config.heartbeat();
         let silence_limit = heartbeat * 3;
         control
@@ -220,16 +242,16 @@ impl AgentSession {
         let mut waiting = futures::stream::FuturesUnordered::<bind::PendingBind>::new();
         loop {
             tokio::select! {
-                Some((request_id, spec, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
+                Some((request_id, prepared, ready)) = futures::StreamExt::next(&mut waiting), if !waiting.is_empty() => {
                     let result = match ready {
-                        Ok(()) => bind::bind(self, *spec).await,
+                        Ok(()) => self.bind(*prepared).await,
                         Err(e) => Err(e),
                     };
                     control.send(&bind_reply(request_id, result)).await?;
                 }
                 _ = kill.cancelled() => {
                     let _ = control.send(&EdgeMsg::Stop { reason: "edge is closing the session".into() }).await;
-                    return Ok(());
+                    return Ok("the edge closed it (shutdown or a reconnecting agent replaced it)");
                 }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
@@ -248,13 +270,20 @@ impl AgentSession {
                         }
                     };
                     match msg {
-                        None => return Ok(()),
+                        None => return Ok("the agent closed it"),
                         Some(AgentMsg::Heartbeat) => {}
                         Some(AgentMsg::Bind { request_id, spec }) => {
-                            match bind::pending_cert(&self.shared, &self.grant, &spec) {
-                                Some(wait) => waiting.push(Box::pin(async move { (request_id, spec, wait.await) })),
+                            let prepared = match bind::Prepared::new(*spec) {
+                                Ok(p) => Box::new(p),
+                                Err(e) => {
+                                    control.send(&bind_reply(request_id, Err(e))).await?;
+                                    continue;
+                                }
+                            };
+                            match bind::pending_cert(&self.shared, &self.grant, &prepared) {
+                                Some(wait) => waiting.push(Box::pin(async move { (request_id, prepared, wait.await) })),
                                 None => {
-                                    let result = bind::bind(self, *spec).await;
+                                    let result = self.bind(*prepared).await;
                                     control.send(&bind_reply(request_id, result)).await?;
                                 }
                             }
@@ -267,6 +296,30 @@ impl AgentSession {
                 }
             }
         }
+    }
+
+    /// Serves a prepared bind, replacing an endpoint of the same id; returns the
+    /// endpoint id and public URL.
+    async fn bind(&mut self, prepared: bind::Prepared) -> Result<(String, String)> {
+        self.unbind(prepared.endpoint_id());
+        let limit = self.shared.config.max_endpoints_per_session;
+        if self.bound.len() >= limit {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
+            ));
+        }
+        let owner = bind::Owner {
+            shared: &self.shared,
+            session_id: &self.id,
+            grant: &self.grant,
+            tunnel: &self.tunnel,
+        };
+        let (bound, url) = bind::bind(&owner, &prepared).await?;
+        let endpoint_id = prepared.endpoint_id().to_owned();
+        tracing::info!(%endpoint_id, %url, terminate_at = %prepared.terminate_at(), "endpoint bound");
+        self.bound.insert(endpoint_id.clone(), bound);
+        Ok((endpoint_id, url))
     }
 
     pub(crate) fn unbind(&mut self, endpoint_id: &str) {

@@ -15,9 +15,10 @@ mod expr;
 
 pub use expr::{ConnInfo, Expr};
 
+use crate::agent::{CertPem, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls::{parse_version, TlsVersion};
-use crate::wire::{EdgeTls, SecretPem};
+use crate::wire::SecretPem;
 use ipnet::IpNet;
 use serde_norway::{Mapping, Value};
 
@@ -65,21 +66,21 @@ pub struct TerminateTls {
 
 impl TerminateTls {
     /// The same settings in the form edge termination uses.
-    pub fn to_edge_tls(&self) -> EdgeTls {
-        let version = |v: Option<TlsVersion>| {
-            v.map(|v| match v {
-                TlsVersion::Tls12 => "1.2".to_owned(),
-                TlsVersion::Tls13 => "1.3".to_owned(),
-            })
-        };
+    pub fn to_material(&self) -> TlsMaterial {
         let cas = &self.mutual_tls_certificate_authorities;
-        EdgeTls {
-            cert_pem: self.server_certificate.clone(),
-            key_pem: self.server_private_key.clone(),
-            min_version: version(self.min_version),
-            max_version: version(self.max_version),
+        let cert = match (&self.server_certificate, &self.server_private_key) {
+            (Some(crt), Some(key)) => Some(CertPem {
+                crt: crt.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        TlsMaterial {
+            cert,
+            min_version: self.min_version,
+            max_version: self.max_version,
             alpn: self.alpn.clone(),
-            client_ca_pem: (!cas.is_empty()).then(|| cas.join("\n")),
+            client_cas: (!cas.is_empty()).then(|| cas.join("\n")),
         }
     }
 }
@@ -307,7 +308,13 @@ impl TrafficPolicy {
                             t.server_private_key = Some(SecretPem(string(v, &p)?))
                         }
                         "mutual_tls_certificate_authorities" => {
-                            t.mutual_tls_certificate_authorities = strings(v, &p)?
+                            let cas = strings(v, &p)?;
+                            for (i, ca) in cas.iter().enumerate() {
+                                let at = format!("{p}[{i}]");
+                                crate::tls::parse_certs(ca.as_bytes(), "CA bundle")
+                                    .map_err(|e| err(&at, format!("{} (a PEM certificate, \"-----BEGIN CERTIFICATE-----\" to \"-----END CERTIFICATE-----\")", e.message())))?;
+                            }
+                            t.mutual_tls_certificate_authorities = cas
                         }
                         _ => t.alpn = strings(v, &p)?,
                     }

@@ -14,11 +14,15 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A TLS protocol version that termination can be limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum TlsVersion {
     /// TLS 1.2
+    #[serde(rename = "1.2")]
     Tls12,
     /// TLS 1.3
+    #[serde(rename = "1.3")]
     Tls13,
 }
 

@@ -11,11 +11,27 @@ fn invalid_pem(what: &str, detail: impl fmt::Display) -> Error {
     Error::new(ErrorCode::InvalidPem, format!("{what}: {detail}"))
 }
 
+/// A PEM parse error in words: markers and lines as text, not as byte lists.
+fn describe(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "missing section end marker \"-----END {}-----\"",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "illegal section start \"{}\"",
+            String::from_utf8_lossy(line).trim()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Parses every certificate in `pem`; `what` names the input in errors.
 pub fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| invalid_pem(what, format!("not valid PEM ({e})")))?;
+        .map_err(|e| invalid_pem(what, format!("not valid PEM ({})", describe(&e))))?;
     if certs.is_empty() {
         return Err(invalid_pem(
             what,

@@ -1,6 +1,6 @@
 //! Length-prefixed JSON frames with a size cap.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,9 +37,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ControlChannel<S> {
         }
     }
 
-    /// Sends one message.
+    /// Sends one message; one larger than [`MAX_CONTROL_FRAME`] fails with
+    /// `LIMIT_EXCEEDED` before anything is written, so the channel stays usable.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
         let bytes = encode(msg)?;
+        if bytes.len() > MAX_CONTROL_FRAME {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "control message of {} bytes exceeds the limit of {MAX_CONTROL_FRAME} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
         self.framed
             .send(bytes::Bytes::from(bytes))
             .await

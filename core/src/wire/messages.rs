@@ -1,12 +1,13 @@
 //! The control messages and the proxy stream header (see docs/protocol.md).
 
+use crate::agent::{EndpointKind, Termination, TlsMaterial};
 use crate::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 
 /// The protocol version carried in `Auth` and `AuthOk`; a mismatch is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// PEM text that must never be printed: private keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,19 +101,16 @@ pub enum Proto {
     Tcp,
 }
 
-/// What an agent asks the edge to serve.
+/// What an agent asks the edge to serve: the endpoint's spec less what stays with the
+/// agent (upstream, PROXY protocol, the agent's own TLS material).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindSpec {
     /// Chosen by the agent, unique within its session; names the endpoint in stream headers.
     pub endpoint_id: String,
-    /// TLS (SNI-routed) or TCP (own port).
-    pub proto: Proto,
-    /// The hostname (TLS endpoints); `None` asks for a random name.
-    pub domain: Option<String>,
-    /// The port (TCP endpoints); `None` asks for any port of the range.
-    pub remote_port: Option<u16>,
-    /// Present when the edge terminates TLS.
-    pub edge_tls: Option<EdgeTls>,
+    /// The public address asked for (a name on the TLS listener, or a TCP port).
+    pub kind: EndpointKind,
+    /// Where TLS is terminated; the edge matches on it.
+    pub termination: Termination,
     /// Traffic policy text (YAML or JSON), evaluated by the edge on every connection.
     #[serde(default)]
     pub traffic_policy: Option<String>,
@@ -126,21 +124,19 @@ pub struct BindSpec {
     pub metadata: String,
 }
 
-/// Edge termination settings of an endpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EdgeTls {
-    /// Certificate chain; `None` means an automatic certificate.
-    pub cert_pem: Option<String>,
-    /// Private key of `cert_pem`.
-    pub key_pem: Option<SecretPem>,
-    /// Minimum TLS version ("1.2" or "1.3").
-    pub min_version: Option<String>,
-    /// Maximum TLS version ("1.2" or "1.3").
-    pub max_version: Option<String>,
-    /// ALPN protocols to offer.
-    pub alpn: Vec<String>,
-    /// CA bundle for client certificates (mutual TLS).
-    pub client_ca_pem: Option<String>,
+impl BindSpec {
+    /// TLS (SNI-routed) or TCP (own port).
+    pub fn proto(&self) -> Proto {
+        self.kind.proto()
+    }
+
+    /// The edge's TLS settings, when the edge terminates.
+    pub fn edge_tls(&self) -> Option<&TlsMaterial> {
+        match &self.termination {
+            Termination::Edge(material) => Some(material),
+            Termination::Upstream | Termination::Agent(_) => None,
+        }
+    }
 }
 
 /// Written by the edge at the start of every proxy stream.

@@ -6,6 +6,4 @@ mod messages;
 pub mod mux;
 
 pub use frame::{read_header, write_header, ControlChannel, MAX_CONTROL_FRAME};
-pub use messages::{
-    AgentMsg, BindSpec, EdgeMsg, EdgeTls, Proto, SecretPem, StreamHeader, PROTOCOL_VERSION,
-};
+pub use messages::{AgentMsg, BindSpec, EdgeMsg, Proto, SecretPem, StreamHeader, PROTOCOL_VERSION};

@@ -42,9 +42,36 @@ pub enum Side {
 }
 
 /// One multiplexed stream, readable and writable with tokio's traits.
+///
+/// yamux reports a stream the peer reset, or one whose tunnel connection died, as a
+/// plain end of file. Here that end is an error (`ConnectionReset`), so that a relay
+/// can pass an abnormal end on as abnormal instead of as a clean close.
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
+    /// This side shut down its writing half (sent FIN).
+    shut_down: bool,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl MuxStream {
+    fn new(stream: yamux::Stream, permit: Option<OwnedSemaphorePermit>) -> Self {
+        MuxStream {
+            inner: stream.compat(),
+            shut_down: false,
+            _permit: permit,
+        }
+    }
+
+    /// True when the end of file just read was not the peer's clean half-close.
+    ///
+    /// A FIN from the peer leaves the stream half-open (`RecvClosed`) while this side has
+    /// not shut down; a reset or a dead connection closes it entirely. Once this side has
+    /// shut down, yamux shows a FIN and a reset alike (both close the stream), so the end
+    /// counts as clean: a client that half-closed and then lost the agent is the one case
+    /// where truncation stays hidden.
+    fn ended_abnormally(&self) -> bool {
+        self.inner.get_ref().is_closed() && !self.shut_down
+    }
 }
 
 impl AsyncRead for MuxStream {
@@ -53,7 +80,15 @@ impl AsyncRead for MuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 && self.ended_abnormally() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the tunnel stream was reset or its tunnel connection ended",
+            )));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -71,6 +106,7 @@ impl AsyncWrite for MuxStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.shut_down = true;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -101,10 +137,7 @@ impl MuxHandle {
             .await
             .map_err(|_| closed())?
             .map_err(|e| Error::new(ErrorCode::Closed, format!("cannot open stream: {e}")))?;
-        Ok(MuxStream {
-            inner: stream.compat(),
-            _permit: Some(permit),
-        })
+        Ok(MuxStream::new(stream, Some(permit)))
     }
 
     /// True once the connection has ended.
@@ -253,10 +286,7 @@ async fn drive<T, IO>(
         match conn.poll_next_inbound(cx) {
             Poll::Ready(Some(Ok(stream))) => {
                 // A dropped receiver simply drops (resets) unwanted streams.
-                let _ = in_tx.send(MuxStream {
-                    inner: stream.compat(),
-                    _permit: None,
-                });
+                let _ = in_tx.send(MuxStream::new(stream, None));
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
             Poll::Ready(None) => return Poll::Ready(Ok(())),

@@ -288,7 +288,11 @@ async fn bad_cli_input_fails_with_a_clear_message() -> Result<()> {
         "--url and --domain together are refused"
     );
     let out = run(&["tls", "8080", "--terminate-at", "nowhere"])?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("terminate_at"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("nowhere") && err.contains("possible values: edge, agent, upstream"),
+        "{err}"
+    );
     let out = run(&[
         "tls",
         "8080",

@@ -164,7 +164,7 @@ async fn wildcards_cannot_shadow_or_be_shadowed_by_another_session() -> Result<(
         .await
         .expect_err("wildcard over a held name");
     assert_eq!(err.code(), ErrorCode::DomainTaken);
-    assert!(err.message().contains("app.shadow.test"), "{err}");
+    assert!(!err.message().contains("app.shadow.test"), "{err}");
     let _w = alice.tls_endpoint().domain("*.wild.test").listen().await?;
     let err = mallory
         .tls_endpoint()
@@ -205,10 +205,8 @@ async fn guessing_tokens_is_rate_limited() -> Result<()> {
     let err = attempt("guess").await.expect_err("limited");
     assert_eq!(err.code(), ErrorCode::RateLimited);
     assert!(err.message().contains("retry in"), "{err}");
-    let err = attempt("the-real-token")
-        .await
-        .expect_err("locked out for now");
-    assert_eq!(err.code(), ErrorCode::RateLimited);
+    // The right token is not locked out by guesses (hardening.rs tests the rule).
+    attempt("the-real-token").await?;
     Ok(())
 }
 
@@ -366,8 +364,11 @@ async fn secrets_never_reach_logs() -> Result<()> {
     assert!(!format!("{rule:?}").contains(token));
     let builder = Session::builder().authtoken(token);
     assert!(!format!("{builder:?}").contains(token));
-    let spec = burrow_core::wire::EdgeTls {
-        key_pem: Some(burrow_core::wire::SecretPem(cert.key.clone())),
+    let spec = burrow_core::agent::TlsMaterial {
+        cert: Some(burrow_core::agent::CertPem {
+            crt: cert.crt.clone(),
+            key: burrow_core::wire::SecretPem(cert.key.clone()),
+        }),
         ..Default::default()
     };
     assert!(!format!("{spec:?}").contains(&key_line));

@@ -2,12 +2,12 @@
 
 use crate::common::*;
 use anyhow::{anyhow, Result};
+use burrow_core::agent::{CertPem, EndpointKind, TlsMaterial};
 use burrow_core::tls::tunnel_client_config;
+use burrow_core::tls::TlsVersion;
 use burrow_core::wire::mux::{self, Side};
-use burrow_core::wire::{
-    AgentMsg, BindSpec, ControlChannel, EdgeMsg, EdgeTls, Proto, SecretPem, PROTOCOL_VERSION,
-};
-use burrow_core::{Edge, EdgeConfig, ErrorCode, TerminateAt};
+use burrow_core::wire::{AgentMsg, BindSpec, ControlChannel, EdgeMsg, SecretPem, PROTOCOL_VERSION};
+use burrow_core::{Edge, EdgeConfig, ErrorCode, TerminateAt, Termination};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -66,10 +66,11 @@ impl RawAgent {
 fn tls_spec(domain: &str) -> BindSpec {
     BindSpec {
         endpoint_id: "e1".into(),
-        proto: Proto::Tls,
-        domain: Some(domain.into()),
-        remote_port: None,
-        edge_tls: None,
+        kind: EndpointKind::Tls {
+            domain: Some(domain.into()),
+            port: None,
+        },
+        termination: Termination::Upstream,
         traffic_policy: None,
         allow_cidrs: Vec::new(),
         deny_cidrs: Vec::new(),
@@ -105,9 +106,11 @@ async fn the_edge_checks_certificates_itself() -> Result<()> {
     let mut agent = RawAgent::connect(&edge).await?;
     let cert = Pki::new("ca").leaf(&["other.test"]);
     let mut spec = tls_spec("app.test");
-    spec.edge_tls = Some(EdgeTls {
-        cert_pem: Some(cert.crt.clone()),
-        key_pem: Some(SecretPem(cert.key.clone())),
+    spec.termination = Termination::Edge(TlsMaterial {
+        cert: Some(CertPem {
+            crt: cert.crt.clone(),
+            key: SecretPem(cert.key.clone()),
+        }),
         ..Default::default()
     });
     match agent.bind(spec).await? {
@@ -118,8 +121,9 @@ async fn the_edge_checks_certificates_itself() -> Result<()> {
         other => return Err(anyhow!("expected a refusal, got {other:?}")),
     }
     let mut spec = tls_spec("app.test");
-    spec.edge_tls = Some(EdgeTls {
-        min_version: Some("1.1".into()),
+    spec.termination = Termination::Edge(TlsMaterial {
+        min_version: Some(TlsVersion::Tls13),
+        max_version: Some(TlsVersion::Tls12),
         ..Default::default()
     });
     match agent.bind(spec).await? {

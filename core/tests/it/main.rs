@@ -2,12 +2,15 @@
 
 mod acme;
 mod cli;
+mod cli_hardening;
 mod common;
 mod config;
 mod faults;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod option_table;
 mod policy;
 mod refusals;

@@ -1,4 +1,5 @@
-//! The agent config file, in ngrok's v3 format.
+//! The agent config file, in ngrok's v3 format: its endpoints become forward
+//! options for the one option parser ([`super::options`]).
 //!
 //! ```yaml
 //! version: 3
@@ -12,7 +13,8 @@
 //!       url: localhost:443
 //! ```
 
-use crate::agent::{Forwarder, ProxyProto, Session, SessionBuilder, TerminateAt, Upstream};
+use crate::agent::options::{self, OptionValue, Scope};
+use crate::agent::{EndpointSpec, Forwarder, Session, SessionBuilder, Upstream};
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
 use serde::Deserialize;
@@ -93,42 +95,22 @@ impl fmt::Debug for AgentSection {
     }
 }
 
-/// Agent-side TLS termination of an endpoint, with files already read.
-#[derive(Clone)]
-struct AgentTls {
-    crt: Vec<u8>,
-    key: Vec<u8>,
-    client_cas: Option<Vec<u8>>,
-    min_version: Option<String>,
-    max_version: Option<String>,
-}
-
-#[derive(Clone, Debug)]
-enum Address {
-    Tls { domain: Option<String> },
-    Tcp { remote_addr: Option<String> },
-}
-
 /// One endpoint of the file, validated.
 #[derive(Clone)]
 pub struct EndpointConfig {
     /// The endpoint's name (what `burrow start NAME` selects).
     pub name: String,
-    /// Free-form description.
-    pub description: Option<String>,
-    address: Address,
-    upstream: Upstream,
-    proxy_proto: Option<ProxyProto>,
-    policy: Option<String>,
-    agent_tls: Option<AgentTls>,
-    metadata: String,
+    /// The endpoint, as every front door describes it.
+    pub spec: EndpointSpec,
+    /// Where its connections go.
+    pub upstream: Upstream,
 }
 
 impl fmt::Debug for EndpointConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointConfig")
             .field("name", &self.name)
-            .field("address", &self.address)
+            .field("kind", &self.spec.kind)
             .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
@@ -186,8 +168,14 @@ impl AgentConfig {
         }
         let read = |p: &str, what: &str| -> Result<Vec<u8>> {
             let path = resolve(base_dir, p);
-            std::fs::read(&path)
-                .map_err(|e| config_err(format!("{what}: cannot read {}: {e}", path.display())))
+            std::fs::read(&path).map_err(|e| {
+                // The line of the key that names the file.
+                let line = text
+                    .lines()
+                    .position(|l| l.contains(p))
+                    .map_or(String::new(), |i| format!(" (line {})", i + 1));
+                config_err(format!("{what}{line}: cannot read {}: {e}", path.display()))
+            })
         };
         let root_cas = match raw
             .agent
@@ -222,90 +210,87 @@ impl AgentConfig {
         Ok(AgentConfig { agent, endpoints })
     }
 
+    /// Turns one `endpoints:` entry into forward options (ngrok's names) for the core's
+    /// option parser: the file's spelling is the only thing this knows.
     fn endpoint(
         ep: RawEndpoint,
         index: usize,
         read: &dyn Fn(&str, &str) -> Result<Vec<u8>>,
     ) -> Result<EndpointConfig> {
-        let address = match ep.url.as_deref() {
-            None => Address::Tls { domain: None },
-            Some(url) => match url.split_once("://") {
-                Some(("tls", rest)) => {
-                    let host = rest.split(':').next().unwrap_or_default().trim_end_matches('/');
-                    Address::Tls { domain: (!host.is_empty()).then(|| host.to_owned()) }
-                }
-                Some(("tcp", rest)) => Address::Tcp { remote_addr: (!rest.is_empty()).then(|| rest.to_owned()) },
-                Some(("http" | "https", _)) => {
-                    return Err(Error::new(ErrorCode::Unsupported, format!("url: {url:?}: http(s) endpoints are not supported yet; use tls:// or tcp://")))
-                }
-                _ => return Err(Error::new(ErrorCode::InvalidUrl, format!("url: {url:?} must start with tls:// or tcp://"))),
-            },
-        };
-        let upstream_text = match &ep.upstream.url {
+        let mut options: Vec<(String, OptionValue)> = Vec::new();
+        let mut push = |name: &str, value: OptionValue| options.push((name.to_owned(), value));
+        if let Some(url) = ep.url {
+            push("url", url.into());
+        }
+        if let Some(d) = ep.description {
+            push("description", d.into());
+        }
+        if let Some(m) = ep.metadata {
+            push("metadata", m.into());
+        }
+        let addr = match &ep.upstream.url {
             Value::Number(n) => n.to_string(),
             Value::String(s) => s.clone(),
             _ => return Err(config_err("upstream.url: must be a port or an address")),
         };
+        // Checked here too, so that the error names the file's key.
+        addr.parse::<Upstream>()
+            .map_err(|e| Error::new(e.code(), format!("upstream.url: {}", e.message())))?;
+        push("addr", addr.into());
         if let Some(p) = &ep.upstream.protocol {
             return Err(Error::new(ErrorCode::Unsupported, format!("upstream.protocol: {p:?} applies to http endpoints, which burrow does not support yet")));
         }
-        let upstream: Upstream = upstream_text
-            .parse()
-            .map_err(|e: Error| Error::new(e.code(), format!("upstream.url: {}", e.message())))?;
-        let proxy_proto = match &ep.upstream.proxy_protocol {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.to_string().parse::<ProxyProto>()?),
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(s.parse::<ProxyProto>()?),
+        match &ep.upstream.proxy_protocol {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => push("proxy_proto", n.to_string().into()),
+            Some(Value::String(s)) => push("proxy_proto", s.as_str().into()),
             Some(_) => return Err(config_err("upstream.proxy_protocol: must be 1 or 2")),
-        };
-        let policy = match &ep.traffic_policy {
-            None | Some(Value::Null) => None,
+        }
+        match &ep.traffic_policy {
+            None | Some(Value::Null) => {}
             Some(value) => {
+                // Checked here for the error's path into the file; the parser checks it again
+                // as the text every front door sends.
                 TrafficPolicy::from_value(value, &format!("endpoints[{index}].traffic_policy"))?;
-                Some(
-                    serde_norway::to_string(value)
-                        .map_err(|e| config_err(format!("traffic_policy: {e}")))?,
-                )
+                let text = serde_norway::to_string(value)
+                    .map_err(|e| config_err(format!("traffic_policy: {e}")))?;
+                push("traffic_policy", text.into());
             }
-        };
-        let agent_tls = match ep.agent_tls_termination {
-            None => None,
-            Some(t) => {
-                let cas = t
-                    .mutual_tls_certificate_authorities
-                    .iter()
-                    .map(|p| {
-                        read(
-                            p,
-                            "agent_tls_termination.mutual_tls_certificate_authorities",
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Some(AgentTls {
-                    crt: read(
-                        &t.server_certificate,
-                        "agent_tls_termination.server_certificate",
-                    )?,
-                    key: read(
-                        &t.server_private_key,
-                        "agent_tls_termination.server_private_key",
-                    )?,
-                    client_cas: (!cas.is_empty()).then(|| cas.join(&b'\n')),
-                    min_version: t.min_version,
-                    max_version: t.max_version,
+        }
+        if let Some(t) = ep.agent_tls_termination {
+            let at = "agent_tls_termination";
+            push("terminate_at", "agent".into());
+            push(
+                "crt",
+                read(&t.server_certificate, &format!("{at}.server_certificate"))?.into(),
+            );
+            push(
+                "key",
+                read(&t.server_private_key, &format!("{at}.server_private_key"))?.into(),
+            );
+            let cas = t
+                .mutual_tls_certificate_authorities
+                .iter()
+                .map(|p| {
+                    read(p, &format!("{at}.mutual_tls_certificate_authorities"))
+                        .map(OptionValue::Bytes)
                 })
+                .collect::<Result<Vec<_>>>()?;
+            if !cas.is_empty() {
+                push("mutual_tls_cas", OptionValue::List(cas));
             }
-        };
+            if let Some(v) = t.min_version {
+                push("min_version", v.into());
+            }
+            if let Some(v) = t.max_version {
+                push("max_version", v.into());
+            }
+        }
+        let parsed = options::parse(options, Scope::Endpoint, None)?;
         Ok(EndpointConfig {
             name: ep.name,
-            description: ep.description,
-            address,
-            upstream,
-            proxy_proto,
-            policy,
-            agent_tls,
-            metadata: ep.metadata.unwrap_or_default(),
+            spec: parsed.endpoint,
+            upstream: parsed.upstream,
         })
     }
 
@@ -359,54 +344,15 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 impl EndpointConfig {
     /// Binds this endpoint on `session` and forwards it to its upstream.
     pub async fn start(&self, session: &Session) -> Result<Forwarder> {
-        macro_rules! configure {
-            ($b:expr) => {{
-                let mut b = $b.metadata(self.metadata.clone());
-                if let Some(p) = &self.policy {
-                    b = b.traffic_policy(p.clone());
-                }
-                if let Some(v) = self.proxy_proto {
-                    b = b.proxy_proto(v);
-                }
-                if let Some(t) = &self.agent_tls {
-                    b = b
-                        .agent_termination(t.crt.clone(), t.key.clone())
-                        .terminate_at(TerminateAt::Agent);
-                    if let Some(c) = &t.client_cas {
-                        b = b.mutual_tlsca(c.clone());
-                    }
-                    if let Some(v) = &t.min_version {
-                        b = b.min_version(v.clone());
-                    }
-                    if let Some(v) = &t.max_version {
-                        b = b.max_version(v.clone());
-                    }
-                }
-                b.listen_and_forward(self.upstream.clone()).await
-            }};
-        }
-        let result = match &self.address {
-            Address::Tls { domain } => {
-                let mut b = session.tls_endpoint();
-                if let Some(d) = domain {
-                    b = b.domain(d.clone());
-                }
-                configure!(b)
-            }
-            Address::Tcp { remote_addr } => {
-                let mut b = session.tcp_endpoint();
-                if let Some(a) = remote_addr {
-                    b = b.remote_addr(a)?;
-                }
-                configure!(b)
-            }
-        };
-        result.map_err(|e| {
-            Error::new(
-                e.code(),
-                format!("endpoint {:?}: {}", self.name, e.message()),
-            )
-        })
+        session
+            .forward(self.spec.clone(), &self.upstream)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    e.code(),
+                    format!("endpoint {:?}: {}", self.name, e.message()),
+                )
+            })
     }
 }
 
@@ -422,9 +368,9 @@ mod tests {
     fn seed_examples_parse() {
         let a = parse("version: 3\nendpoints:\n  - name: example\n    url: tls://your-name.ngrok.app\n    upstream:\n      url: 80\n    traffic_policy:\n      on_tcp_connect:\n        - actions:\n            - type: terminate-tls\n").unwrap();
         assert_eq!(a.endpoints[0].upstream.to_string(), "tcp://localhost:80");
-        assert!(a.endpoints[0].policy.is_some());
+        assert!(a.endpoints[0].spec.traffic_policy.is_some());
         let b = parse("version: 3\nendpoints:\n  - name: example\n    url: tls://app.example.com\n    upstream:\n      url: localhost:443\n").unwrap();
-        assert!(b.endpoints[0].policy.is_none());
+        assert!(b.endpoints[0].spec.traffic_policy.is_none());
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! Endpoint builders, as ngrok's Rust SDK spells them: `session.tls_endpoint()
+//! .domain(d).termination(crt, key).listen_and_forward(upstream)`.
+
+use super::listener::{self, Forwarder, Listener};
+use super::options;
+use super::proxy_proto::ProxyProto;
+use super::spec::{EndpointDraft, TerminateAt};
+use super::upstream::Upstream;
+use super::Session;
+use crate::error::Result;
+use crate::wire::Proto;
+use std::marker::PhantomData;
+
+/// Marks a builder of TLS (SNI-routed) endpoints.
+#[derive(Debug)]
+pub struct TlsKind;
+
+/// Marks a builder of TCP endpoints.
+#[derive(Debug)]
+pub struct TcpKind;
+
+/// Builds a TLS endpoint, routed by SNI on the edge's TLS port.
+pub type TlsEndpointBuilder = EndpointBuilder<TlsKind>;
+
+/// Builds a TCP endpoint on a port of its own.
+pub type TcpEndpointBuilder = EndpointBuilder<TcpKind>;
+
+/// Builds an endpoint of kind `K`; see [`TlsEndpointBuilder`] and [`TcpEndpointBuilder`].
+pub struct EndpointBuilder<K> {
+    session: Session,
+    draft: EndpointDraft,
+    kind: PhantomData<K>,
+}
+
+impl<K> EndpointBuilder<K> {
+    fn with_proto(session: Session, proto: Proto) -> Self {
+        EndpointBuilder {
+            session,
+            draft: EndpointDraft {
+                proto: Some(proto),
+                ..EndpointDraft::default()
+            },
+            kind: PhantomData,
+        }
+    }
+
+    /// Free-form metadata for this endpoint.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.draft.metadata = metadata.into();
+        self
+    }
+
+    /// A description of the upstream, reported by `forwards_to()`.
+    pub fn forwards_to(mut self, to: impl Into<String>) -> Self {
+        self.draft.forwards_to = Some(to.into());
+        self
+    }
+
+    /// A free-form description of the endpoint.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.draft.description = Some(description.into());
+        self
+    }
+
+    /// Edge termination with this certificate chain and key (PEM).
+    pub fn termination(self, crt: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.crt_key(crt, key).terminate_at(TerminateAt::Edge)
+    }
+
+    /// Agent termination with this certificate chain and key (PEM).
+    pub fn agent_termination(self, crt: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.crt_key(crt, key).terminate_at(TerminateAt::Agent)
+    }
+
+    /// Sets the certificate and key without choosing where they are used
+    /// (alone, they mean edge termination).
+    pub fn crt_key(self, crt: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.crt(crt).key(key)
+    }
+
+    /// The certificate alone (PEM); pair it with [`Self::key`].
+    pub fn crt(mut self, crt: impl Into<Vec<u8>>) -> Self {
+        self.draft.crt = Some(crt.into());
+        self
+    }
+
+    /// The private key alone (PEM); pair it with [`Self::crt`].
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.draft.key = Some(key.into());
+        self
+    }
+
+    /// Where TLS is terminated; see [`TerminateAt`].
+    pub fn terminate_at(mut self, at: TerminateAt) -> Self {
+        self.draft.terminate_at = Some(at);
+        self
+    }
+
+    /// Require client certificates issued by this CA bundle (PEM).
+    pub fn mutual_tlsca(mut self, ca: impl Into<Vec<u8>>) -> Self {
+        self.draft.mutual_tls_cas = Some(ca.into());
+        self
+    }
+
+    /// Lowest TLS version accepted where burrow terminates ("1.2" or "1.3").
+    pub fn min_version(mut self, v: impl Into<String>) -> Self {
+        self.draft.min_version = Some(v.into());
+        self
+    }
+
+    /// Highest TLS version accepted where burrow terminates ("1.2" or "1.3").
+    pub fn max_version(mut self, v: impl Into<String>) -> Self {
+        self.draft.max_version = Some(v.into());
+        self
+    }
+
+    /// ALPN protocols offered where burrow terminates.
+    pub fn alpn(mut self, protocols: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.draft.alpn = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A traffic policy (YAML or JSON) the edge runs on every connection.
+    pub fn traffic_policy(mut self, policy: impl Into<String>) -> Self {
+        self.draft.traffic_policy = Some(policy.into());
+        self
+    }
+
+    /// Only clients in this CIDR range (may be given several times).
+    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.draft.allow_cidrs.push(cidr.into());
+        self
+    }
+
+    /// Refuse clients in this CIDR range (may be given several times).
+    pub fn deny_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.draft.deny_cidrs.push(cidr.into());
+        self
+    }
+
+    /// Send a PROXY protocol header to the upstream (forwarding only).
+    pub fn proxy_proto(mut self, version: ProxyProto) -> Self {
+        self.draft.proxy_proto = Some(version);
+        self
+    }
+
+    /// Binds the endpoint and returns its connections.
+    pub async fn listen(self) -> Result<Listener> {
+        listener::listen(self.session, self.draft.resolve()?).await
+    }
+
+    /// Binds the endpoint and forwards every connection to `upstream`.
+    pub async fn listen_and_forward(self, upstream: Upstream) -> Result<Forwarder> {
+        listener::listen_and_forward(self.session, self.draft.resolve()?, &upstream).await
+    }
+}
+
+impl TlsEndpointBuilder {
+    pub(crate) fn new(session: Session) -> Self {
+        Self::with_proto(session, Proto::Tls)
+    }
+
+    /// The hostname to serve; without one the edge picks a random name.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.draft.domain = Some(domain.into());
+        self
+    }
+
+    /// The endpoint URL, `tls://NAME` (a port, if given, must be the edge's TLS port).
+    pub fn url(mut self, url: &str) -> Result<Self> {
+        let (host, port) = options::tls_url(url)?;
+        self.draft.domain = Some(host);
+        self.draft.tls_port = port;
+        Ok(self)
+    }
+}
+
+impl TcpEndpointBuilder {
+    pub(crate) fn new(session: Session) -> Self {
+        Self::with_proto(session, Proto::Tcp)
+    }
+
+    /// Ask for this public port (it must be in the edge's range and free).
+    pub fn remote_port(mut self, port: u16) -> Self {
+        self.draft.remote_port = Some(port);
+        self
+    }
+
+    /// `host:port` or `tcp://host:port` as ngrok spells `remote_addr`; only the port is used.
+    pub fn remote_addr(self, addr: &str) -> Result<Self> {
+        Ok(self.remote_port(options::remote_port(addr)?))
+    }
+}

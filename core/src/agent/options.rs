@@ -1,0 +1,720 @@
+//! ngrok's `forward()` options → a session and an [`EndpointSpec`]: the one parser
+//! behind Python's and Node's `forward()`, their builders, the CLI and the config file.
+//!
+//! It owns every option name and alias, every coercion ngrok applies (`"2"` → PROXY v2,
+//! a port number → `localhost:N`, a scalar where a list is expected, dotted keys) and
+//! every refusal message. Bindings only turn their language's values into
+//! [`OptionValue`]s (bytes, `Path` and `Buffer` become [`OptionValue::Bytes`]).
+
+use super::proxy_proto::ProxyProto;
+use super::spec::{EndpointDraft, EndpointSpec, Termination};
+use super::upstream::Upstream;
+use super::{SessionBuilder, AUTHTOKEN_ENV, NGROK_AUTHTOKEN_ENV};
+use crate::error::{Error, ErrorCode, Result};
+use crate::wire::{Proto, SecretPem};
+use std::fmt;
+
+/// One option value, in the few shapes every language has.
+#[derive(Clone, PartialEq)]
+pub enum OptionValue {
+    /// `None` / `null` / `undefined`: the option is dropped, as ngrok does.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number (accepted where an integer is, when it is whole).
+    Float(f64),
+    /// Text.
+    Str(String),
+    /// Raw bytes (Python `bytes`/`bytearray`/file contents, Node `Buffer`).
+    Bytes(Vec<u8>),
+    /// A list.
+    List(Vec<OptionValue>),
+    /// A mapping (refused where a scalar is expected).
+    Map(Vec<(String, OptionValue)>),
+}
+
+impl fmt::Debug for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be keys or tokens: show only their shape.
+        f.write_str(self.type_name())
+    }
+}
+
+impl OptionValue {
+    fn type_name(&self) -> &'static str {
+        match self {
+            OptionValue::Null => "null",
+            OptionValue::Bool(_) => "a boolean",
+            OptionValue::Int(_) | OptionValue::Float(_) => "a number",
+            OptionValue::Str(_) => "a string",
+            OptionValue::Bytes(_) => "bytes",
+            OptionValue::List(_) => "a list",
+            OptionValue::Map(_) => "a mapping",
+        }
+    }
+}
+
+impl From<serde_json::Value> for OptionValue {
+    fn from(v: serde_json::Value) -> Self {
+        use serde_json::Value;
+        match v {
+            Value::Null => OptionValue::Null,
+            Value::Bool(b) => OptionValue::Bool(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => OptionValue::Int(i),
+                None => OptionValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => OptionValue::Str(s),
+            Value::Array(a) => OptionValue::List(a.into_iter().map(Into::into).collect()),
+            Value::Object(o) => {
+                OptionValue::Map(o.into_iter().map(|(k, v)| (k, v.into())).collect())
+            }
+        }
+    }
+}
+
+impl From<&str> for OptionValue {
+    fn from(s: &str) -> Self {
+        OptionValue::Str(s.to_owned())
+    }
+}
+
+impl From<String> for OptionValue {
+    fn from(s: String) -> Self {
+        OptionValue::Str(s)
+    }
+}
+
+impl From<Vec<u8>> for OptionValue {
+    fn from(b: Vec<u8>) -> Self {
+        OptionValue::Bytes(b)
+    }
+}
+
+impl From<bool> for OptionValue {
+    fn from(b: bool) -> Self {
+        OptionValue::Bool(b)
+    }
+}
+
+/// Which options a call takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `forward()`: session and endpoint options together.
+    Forward,
+    /// A session builder's `connect()`: session options only.
+    Session,
+    /// An endpoint builder on an existing session: endpoint options only.
+    Endpoint,
+}
+
+/// Every option burrow reads, under its canonical (ngrok) name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opt {
+    Authtoken,
+    AuthtokenFromEnv,
+    ServerAddr,
+    RootCas,
+    SessionMetadata,
+    ForceNewSession,
+    Addr,
+    Proto,
+    Domain,
+    Url,
+    Crt,
+    Key,
+    MutualTlsCas,
+    TerminateAt,
+    TrafficPolicy,
+    ProxyProto,
+    Metadata,
+    ForwardsTo,
+    Description,
+    AllowCidr,
+    DenyCidr,
+    RemoteAddr,
+    VerifyUpstreamTls,
+    UpstreamRootCas,
+    MinVersion,
+    MaxVersion,
+    Alpn,
+}
+
+impl Opt {
+    fn is_session(self) -> bool {
+        matches!(
+            self,
+            Opt::Authtoken
+                | Opt::AuthtokenFromEnv
+                | Opt::ServerAddr
+                | Opt::RootCas
+                | Opt::SessionMetadata
+                | Opt::ForceNewSession
+        )
+    }
+}
+
+/// Option names (ngrok's, then aliases) and what they set.
+const NAMES: &[(&str, Opt)] = &[
+    ("authtoken", Opt::Authtoken),
+    ("authtoken_from_env", Opt::AuthtokenFromEnv),
+    ("server_addr", Opt::ServerAddr),
+    ("root_cas", Opt::RootCas),
+    ("session_ca_cert", Opt::RootCas),
+    ("session_metadata", Opt::SessionMetadata),
+    ("force_new_session", Opt::ForceNewSession),
+    ("addr", Opt::Addr),
+    ("proto", Opt::Proto),
+    ("domain", Opt::Domain),
+    ("hostname", Opt::Domain),
+    ("url", Opt::Url),
+    ("crt", Opt::Crt),
+    ("key", Opt::Key),
+    ("mutual_tls_cas", Opt::MutualTlsCas),
+    ("terminate_at", Opt::TerminateAt),
+    ("traffic_policy", Opt::TrafficPolicy),
+    ("policy", Opt::TrafficPolicy),
+    ("proxy_proto", Opt::ProxyProto),
+    ("metadata", Opt::Metadata),
+    ("forwards_to", Opt::ForwardsTo),
+    ("description", Opt::Description),
+    ("allow_cidr", Opt::AllowCidr),
+    ("deny_cidr", Opt::DenyCidr),
+    ("remote_addr", Opt::RemoteAddr),
+    ("verify_upstream_tls", Opt::VerifyUpstreamTls),
+    ("upstream_root_cas", Opt::UpstreamRootCas),
+    ("min_version", Opt::MinVersion),
+    ("max_version", Opt::MaxVersion),
+    ("alpn", Opt::Alpn),
+];
+
+const HTTP_OPTION: &str = "an ngrok HTTP endpoint option; burrow serves tls and tcp endpoints";
+const NOT_IMPLEMENTED: &str = "an ngrok option burrow does not implement";
+
+/// ngrok options burrow knows and refuses, each with the reason given to the user.
+/// The one place to switch an option off (add it here) or on (move it to [`NAMES`]).
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("basic_auth", HTTP_OPTION),
+    ("circuit_breaker", HTTP_OPTION),
+    ("compression", HTTP_OPTION),
+    ("oauth_provider", HTTP_OPTION),
+    ("oauth_allow_domains", HTTP_OPTION),
+    ("oauth_allow_emails", HTTP_OPTION),
+    ("oauth_scopes", HTTP_OPTION),
+    ("oauth_client_id", HTTP_OPTION),
+    ("oauth_client_secret", HTTP_OPTION),
+    ("oidc_issuer_url", HTTP_OPTION),
+    ("oidc_client_id", HTTP_OPTION),
+    ("oidc_client_secret", HTTP_OPTION),
+    ("oidc_allow_domains", HTTP_OPTION),
+    ("oidc_allow_emails", HTTP_OPTION),
+    ("oidc_scopes", HTTP_OPTION),
+    ("request_header_add", HTTP_OPTION),
+    ("request_header_remove", HTTP_OPTION),
+    ("response_header_add", HTTP_OPTION),
+    ("response_header_remove", HTTP_OPTION),
+    ("schemes", HTTP_OPTION),
+    ("websocket_tcp_converter", HTTP_OPTION),
+    ("app_protocol", HTTP_OPTION),
+    ("allow_user_agent", HTTP_OPTION),
+    ("deny_user_agent", HTTP_OPTION),
+    ("verify_webhook_provider", HTTP_OPTION),
+    ("verify_webhook_secret", HTTP_OPTION),
+    ("pooling_enabled", NOT_IMPLEMENTED),
+    ("label", NOT_IMPLEMENTED),
+    ("labels", NOT_IMPLEMENTED),
+    ("binding", NOT_IMPLEMENTED),
+    ("bindings", NOT_IMPLEMENTED),
+    ("ip_restriction_allow_cidrs", NOT_IMPLEMENTED),
+    ("ip_restriction_deny_cidrs", NOT_IMPLEMENTED),
+    ("policy_file", NOT_IMPLEMENTED),
+    ("session_ca_certs", NOT_IMPLEMENTED),
+    ("on_status_change", NOT_IMPLEMENTED),
+    ("onStatusChange", NOT_IMPLEMENTED),
+];
+
+/// How to reach the edge, as the options describe it.
+#[derive(Clone, Default, PartialEq)]
+pub struct SessionOptions {
+    /// The authtoken (from `authtoken`, `authtoken_from_env` or the caller's default).
+    pub authtoken: Option<SecretPem>,
+    /// The edge's tunnel address; `None` uses `BURROW_SERVER_ADDR` or an embedded edge.
+    pub server_addr: Option<String>,
+    /// CA bundle (PEM) the edge's tunnel certificate must chain to.
+    pub root_cas: Option<Vec<u8>>,
+    /// Session metadata.
+    pub metadata: Option<String>,
+    /// Connect a session of its own instead of reusing a shared one.
+    pub force_new_session: bool,
+}
+
+impl fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("authtoken", &self.authtoken.as_ref().map(|_| "<redacted>"))
+            .field("server_addr", &self.server_addr)
+            .field("metadata", &self.metadata)
+            .field("force_new_session", &self.force_new_session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionOptions {
+    /// A session builder with these settings.
+    pub fn builder(&self) -> SessionBuilder {
+        let mut b = SessionBuilder::default();
+        if let Some(t) = &self.authtoken {
+            b = b.authtoken(t.0.clone());
+        }
+        if let Some(a) = &self.server_addr {
+            b = b.server_addr(a.clone());
+        }
+        if let Some(c) = &self.root_cas {
+            b = b.root_cas(c.clone());
+        }
+        if let Some(m) = &self.metadata {
+            b = b.metadata(m.clone());
+        }
+        b
+    }
+
+    /// Identifies the settings a shared session is reused for (a digest: it includes
+    /// the authtoken, which must not be kept around as text).
+    pub fn reuse_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.authtoken.as_ref().map(|t| &t.0).hash(&mut h);
+        self.server_addr.hash(&mut h);
+        self.root_cas.hash(&mut h);
+        self.metadata.hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+/// What a `forward()` call asks for: the session, the endpoint and where it forwards.
+#[derive(Debug, Clone)]
+pub struct ForwardOptions {
+    /// How to reach the edge.
+    pub session: SessionOptions,
+    /// The endpoint.
+    pub endpoint: EndpointSpec,
+    /// Where connections go (`addr`, default `localhost:80`).
+    pub upstream: Upstream,
+}
+
+impl ForwardOptions {
+    /// A JSON description with secrets left out: what the shared option table compares.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut endpoint = serde_json::to_value(&self.endpoint).unwrap_or_default();
+        let material = match &self.endpoint.termination {
+            Termination::Upstream => None,
+            Termination::Agent(m) | Termination::Edge(m) => Some(m),
+        };
+        if let (Some(m), Some(t)) = (material, endpoint.get_mut("termination")) {
+            let mut tls = serde_json::to_value(m).unwrap_or_default();
+            if m.cert.is_some() {
+                tls["cert"] = "present".into();
+            }
+            t["tls"] = tls;
+        }
+        serde_json::json!({
+            "session": {
+                "authtoken": self.session.authtoken.is_some(),
+                "server_addr": self.session.server_addr,
+                "root_cas": self.session.root_cas.is_some(),
+                "metadata": self.session.metadata,
+                "force_new_session": self.session.force_new_session,
+            },
+            "endpoint": endpoint,
+            "upstream": self.upstream.to_string(),
+            "terminate_at": self.endpoint.terminate_at().to_string(),
+        })
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::InvalidOption, message)
+}
+
+/// Parses `options` for `scope`. `default_authtoken` is used when no option gives one
+/// (the bindings' `set_auth_token`); `authtoken_from_env` reads `BURROW_AUTHTOKEN`,
+/// then `NGROK_AUTHTOKEN`.
+pub fn parse(
+    options: impl IntoIterator<Item = (String, OptionValue)>,
+    scope: Scope,
+    default_authtoken: Option<&str>,
+) -> Result<ForwardOptions> {
+    let mut given: Vec<(Opt, String, OptionValue)> = Vec::new();
+    for (raw_name, value) in options {
+        if value == OptionValue::Null {
+            continue;
+        }
+        let name = raw_name.replace('.', "_");
+        if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == name) {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("option {raw_name:?} is not supported yet: {why}"),
+            ));
+        }
+        let Some(&(_, key)) = NAMES.iter().find(|(n, _)| *n == name) else {
+            return Err(invalid(format!("unknown option {raw_name:?}")));
+        };
+        match scope {
+            Scope::Session if !key.is_session() => {
+                return Err(invalid(format!(
+                    "option {raw_name:?} belongs to an endpoint, not to a session"
+                )))
+            }
+            Scope::Endpoint if key.is_session() => {
+                return Err(invalid(format!(
+                    "option {raw_name:?} belongs to the session, not to an endpoint"
+                )))
+            }
+            _ => {}
+        }
+        if let Some((_, other, _)) = given.iter().find(|(k, _, _)| *k == key) {
+            return Err(invalid(format!(
+                "options {other:?} and {raw_name:?} are the same setting; give one"
+            )));
+        }
+        given.push((key, raw_name, value));
+    }
+    let mut p = Parsed::default();
+    for (key, name, value) in given {
+        p.apply(key, &name, value)?;
+    }
+    p.finish(default_authtoken)
+}
+
+#[derive(Default)]
+struct Parsed {
+    session: SessionOptions,
+    from_env: bool,
+    draft: EndpointDraft,
+    addr: Option<String>,
+    url: Option<(String, String)>,
+    verify_upstream_tls: Option<bool>,
+    upstream_root_cas: Option<Vec<u8>>,
+}
+
+impl Parsed {
+    fn apply(&mut self, key: Opt, name: &str, v: OptionValue) -> Result<()> {
+        let d = &mut self.draft;
+        match key {
+            Opt::Authtoken => self.session.authtoken = Some(SecretPem(text(name, v)?)),
+            Opt::AuthtokenFromEnv => self.from_env = boolean(name, v)?,
+            Opt::ServerAddr => self.session.server_addr = Some(text(name, v)?),
+            Opt::RootCas => self.session.root_cas = Some(pem(name, v)?),
+            Opt::SessionMetadata => self.session.metadata = Some(text(name, v)?),
+            Opt::ForceNewSession => self.session.force_new_session = boolean(name, v)?,
+            Opt::Addr => self.addr = Some(addr(v)?),
+            Opt::Proto => d.proto = Some(proto(&text(name, v)?)?),
+            Opt::Domain => d.domain = Some(text(name, v)?),
+            Opt::Url => {
+                let url = text(name, v)?;
+                let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+                self.url = Some((scheme.to_ascii_lowercase(), rest.to_owned()));
+                if !matches!(scheme, "tls" | "tcp") || rest.is_empty() {
+                    return Err(url_error(&url));
+                }
+            }
+            Opt::Crt => d.crt = Some(pem(name, v)?),
+            Opt::Key => d.key = Some(pem(name, v)?),
+            Opt::MutualTlsCas => d.mutual_tls_cas = Some(pem(name, v)?),
+            Opt::TerminateAt => d.terminate_at = Some(text(name, v)?.parse()?),
+            Opt::TrafficPolicy => match v {
+                OptionValue::Str(s) => d.traffic_policy = Some(s),
+                _ => return Err(invalid(format!("{name} must be a YAML or JSON string"))),
+            },
+            Opt::ProxyProto => {
+                let version = text(name, v)?;
+                d.proxy_proto = match version.trim() {
+                    "" | "0" => None,
+                    v => Some(v.parse::<ProxyProto>()?),
+                };
+            }
+            Opt::Metadata => d.metadata = text(name, v)?,
+            Opt::ForwardsTo => d.forwards_to = Some(text(name, v)?),
+            Opt::Description => d.description = Some(text(name, v)?),
+            Opt::AllowCidr => d.allow_cidrs = list(name, v)?,
+            Opt::DenyCidr => d.deny_cidrs = list(name, v)?,
+            Opt::RemoteAddr => d.remote_port = Some(remote_port(&text(name, v)?)?),
+            Opt::VerifyUpstreamTls => self.verify_upstream_tls = Some(boolean(name, v)?),
+            Opt::UpstreamRootCas => self.upstream_root_cas = Some(pem(name, v)?),
+            Opt::MinVersion => d.min_version = Some(text(name, v)?),
+            Opt::MaxVersion => d.max_version = Some(text(name, v)?),
+            Opt::Alpn => d.alpn = list(name, v)?,
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, default_authtoken: Option<&str>) -> Result<ForwardOptions> {
+        if let Some((scheme, rest)) = self.url.take() {
+            let scheme_proto = proto(&scheme)?;
+            match self.draft.proto {
+                Some(p) if p != scheme_proto => {
+                    return Err(invalid(format!(
+                        "url {scheme}://{rest} contradicts proto {:?}",
+                        proto_name(p)
+                    )))
+                }
+                _ => self.draft.proto = Some(scheme_proto),
+            }
+            match scheme_proto {
+                Proto::Tls => {
+                    let (host, port) = tls_url(&format!("tls://{rest}"))?;
+                    if self.draft.domain.as_deref().is_some_and(|d| d != host) {
+                        return Err(invalid(
+                            "domain and url name different hosts; give one of them",
+                        ));
+                    }
+                    self.draft.domain = Some(host);
+                    self.draft.tls_port = port;
+                }
+                Proto::Tcp => {
+                    if self.draft.remote_port.is_some() {
+                        return Err(invalid("give url or remote_addr, not both"));
+                    }
+                    self.draft.remote_port = Some(remote_port(&rest)?);
+                }
+            }
+        }
+        if self.from_env && self.session.authtoken.is_none() {
+            self.session.authtoken = std::env::var(AUTHTOKEN_ENV)
+                .or_else(|_| std::env::var(NGROK_AUTHTOKEN_ENV))
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(SecretPem);
+        }
+        if self.session.authtoken.is_none() {
+            self.session.authtoken = default_authtoken.map(|t| SecretPem(t.to_owned()));
+        }
+        let mut upstream: Upstream = self.addr.as_deref().unwrap_or("localhost:80").parse()?;
+        if let Some(verify) = self.verify_upstream_tls {
+            upstream = upstream.verify_tls(verify);
+        }
+        if let Some(ca) = self.upstream_root_cas {
+            upstream = upstream.root_cas(ca);
+        }
+        Ok(ForwardOptions {
+            session: self.session,
+            endpoint: self.draft.resolve()?,
+            upstream,
+        })
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tls => "tls",
+        Proto::Tcp => "tcp",
+    }
+}
+
+/// Parses a `proto` value.
+pub(crate) fn proto(s: &str) -> Result<Proto> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "tls" => Ok(Proto::Tls),
+        "tcp" => Ok(Proto::Tcp),
+        p @ ("http" | "https" | "labeled") => Err(Error::new(
+            ErrorCode::Unsupported,
+            format!("proto {p:?} is not supported yet: burrow serves tls and tcp endpoints"),
+        )),
+        p => Err(invalid(format!(
+            "proto {p:?} is not one of \"tls\", \"tcp\""
+        ))),
+    }
+}
+
+fn url_error(url: &str) -> Error {
+    Error::new(
+        ErrorCode::InvalidUrl,
+        format!("url {url:?} must be tls://NAME or tcp://HOST:PORT"),
+    )
+}
+
+/// The host (and port, if one is given) of a `tls://NAME[:PORT]` URL.
+pub(crate) fn tls_url(url: &str) -> Result<(String, Option<u16>)> {
+    let rest = url
+        .strip_prefix("tls://")
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidUrl,
+                format!("url {url:?} must start with tls:// for a TLS endpoint"),
+            )
+        })?
+        .trim_end_matches('/');
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(Error::new(
+            ErrorCode::InvalidUrl,
+            format!("url {url:?}: a tls:// url is a hostname, with no path, query or user"),
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().map_err(|_| {
+                Error::new(
+                    ErrorCode::InvalidUrl,
+                    format!("url {url:?}: {port:?} is not a port number"),
+                )
+            })?;
+            (host, Some(port))
+        }
+        None => (rest, None),
+    };
+    if host.is_empty() {
+        return Err(Error::new(
+            ErrorCode::InvalidUrl,
+            format!("url {url:?} has no hostname"),
+        ));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// The port of ngrok's `remote_addr` (`host:port` or `tcp://host:port`; only the port is used).
+pub(crate) fn remote_port(addr: &str) -> Result<u16> {
+    let rest = addr.strip_prefix("tcp://").unwrap_or(addr);
+    rest.rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse::<u16>().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidUrl,
+                format!("remote_addr {addr:?} is not host:port"),
+            )
+        })
+}
+
+fn text(name: &str, v: OptionValue) -> Result<String> {
+    match v {
+        OptionValue::Str(s) => Ok(s),
+        OptionValue::Int(i) => Ok(i.to_string()),
+        OptionValue::Float(f) if f.fract() == 0.0 && f.is_finite() => Ok((f as i64).to_string()),
+        other => Err(invalid(format!(
+            "{name} must be a string, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn boolean(name: &str, v: OptionValue) -> Result<bool> {
+    match v {
+        OptionValue::Bool(b) => Ok(b),
+        other => Err(invalid(format!(
+            "{name} must be true or false, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// A string or a list of strings (a scalar becomes a one-item list, as ngrok does).
+fn list(name: &str, v: OptionValue) -> Result<Vec<String>> {
+    match v {
+        OptionValue::List(items) => items.into_iter().map(|i| text(name, i)).collect(),
+        other => Ok(vec![text(name, other)?]),
+    }
+}
+
+/// PEM input: text, bytes, or a list of them (joined, as bundles are).
+fn pem(name: &str, v: OptionValue) -> Result<Vec<u8>> {
+    match v {
+        OptionValue::Str(s) => Ok(s.into_bytes()),
+        OptionValue::Bytes(b) => Ok(b),
+        OptionValue::List(items) => {
+            let parts = items
+                .into_iter()
+                .map(|i| pem(name, i))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(parts.join(&b'\n'))
+        }
+        other => Err(invalid(format!(
+            "{name} must be PEM (text or bytes), not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// `addr`: a port number means `localhost:N`; otherwise an address string.
+fn addr(v: OptionValue) -> Result<String> {
+    let bad = |what: &str| {
+        Error::new(
+            ErrorCode::InvalidUrl,
+            format!("addr must be a port number or an address string, not {what}"),
+        )
+    };
+    match v {
+        OptionValue::Int(port) => match u16::try_from(port) {
+            Ok(p) if p > 0 => Ok(format!("localhost:{p}")),
+            _ => Err(bad(&format!("{port} (ports are 1-65535)"))),
+        },
+        OptionValue::Str(s) => Ok(s),
+        other => Err(bad(other.type_name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, OptionValue)]) -> Vec<(String, OptionValue)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn coercions() {
+        let f = parse(
+            opts(&[
+                ("addr", OptionValue::Int(8080)),
+                ("proxy_proto", "2".into()),
+                ("allow_cidr", "10.0.0.0/8".into()),
+                ("url", "tls://a.example.com".into()),
+                ("session.metadata", OptionValue::Int(5)),
+            ]),
+            Scope::Forward,
+            None,
+        )
+        .unwrap();
+        assert_eq!(f.upstream.to_string(), "tcp://localhost:8080");
+        assert_eq!(f.endpoint.proxy_proto, Some(ProxyProto::V2));
+        assert_eq!(f.endpoint.allow_cidrs, ["10.0.0.0/8"]);
+        assert_eq!(f.session.metadata.as_deref(), Some("5"));
+        assert_eq!(
+            f.endpoint.kind,
+            crate::agent::EndpointKind::Tls {
+                domain: Some("a.example.com".into()),
+                port: None
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_option() {
+        let e = parse(opts(&[("bogus", "x".into())]), Scope::Forward, None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidOption);
+        assert!(e.message().contains("\"bogus\""), "{e}");
+        let e = parse(
+            opts(&[("domain", "a.test".into()), ("hostname", "b.test".into())]),
+            Scope::Forward,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message().contains("same setting"), "{e}");
+        let e = parse(opts(&[("addr", "x".into())]), Scope::Session, None).unwrap_err();
+        assert!(e.message().contains("belongs to an endpoint"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_values() {
+        let v = OptionValue::Str("secret-token".into());
+        assert!(!format!("{v:?}").contains("secret"));
+        let s = SessionOptions {
+            authtoken: Some(SecretPem("secret-token".into())),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("secret-token"));
+    }
+}
