@@ -71,7 +71,9 @@ test('stop, restart and update commands: hooks and defaults', async () => {
   expect(refused.code).toBe('UNSUPPORTED')
   const before = plain.id()
   await edge.sendCommand(before, 'restart')
-  await until(() => plain.id() !== before, 'a reconnect after restart')
+  // The new tunnel's id is the agent's as soon as the edge accepted it (listed here too).
+  const listed = () => edge.sessions().some((s) => s.id === plain.id())
+  await until(() => plain.id() !== before && listed(), 'a reconnect after restart')
   await edge.sendCommand(plain.id(), 'stop')
   await until(() => !plain._native.isOpen(), 'the default stop closing the session')
   await hooked.close()

@@ -594,3 +594,23 @@ async fn what_the_cli_prints_is_true() -> Result<()> {
     assert!(help.contains("--shutdown-timeout"), "{help}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_signal_while_connecting_stops_at_once() -> Result<()> {
+    // An "edge" that accepts the tunnel's TCP connection and never answers its TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?.to_string();
+    let proc = Proc::spawn(&["tls", "8080", "--server-addr", &addr], &[])?;
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await??;
+    let start = Instant::now();
+    signal(&proc, "TERM")?;
+    let (code, err) = exit_of(proc, Duration::from_secs(8)).await?;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited for the connect timeout ({:?})",
+        start.elapsed()
+    );
+    assert!(err.contains("stopped while starting"), "{err}");
+    Ok(())
+}

@@ -13,5 +13,6 @@ mod load;
 mod modes;
 mod option_table;
 mod policy;
+mod readme;
 mod refusals;
 mod session_surface;
