@@ -573,9 +573,12 @@ impl Runner {
         }
         match after {
             AfterCommand::Continue => None,
-            AfterCommand::Reconnect => Some(Ended::Restart),
+            AfterCommand::Reconnect => {
+                hand_over(control).await;
+                Some(Ended::Restart)
+            }
             AfterCommand::Close => {
-                control.close().await;
+                hand_over(control).await;
                 self.inner.stop.cancel();
                 Some(Ended::Stopped)
             }
@@ -694,6 +697,17 @@ fn too_large(spec: &BindSpec, err: &Error) -> Error {
             err.message()
         ),
     )
+}
+
+/// Ends the control stream and lets the edge read what was sent on it (a command's
+/// answer) and end the session before the tunnel is dropped: a tunnel torn down at once
+/// can lose frames still on their way, and the edge would never get the answer.
+async fn hand_over(control: &mut ControlChannel<MuxStream>) {
+    control.close().await;
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Ok(Some(_)) = control.recv::<EdgeMsg>().await {}
+    })
+    .await;
 }
 
 /// Runs a user hook on a blocking thread, so that a slow hook (or one that calls back

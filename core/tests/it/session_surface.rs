@@ -343,3 +343,29 @@ async fn a_listener_gets_its_forwarding_target_later() -> Result<()> {
     let tls = tls_connect(edge.tls_addr(), "later.test", edge.ca_pem()).await?;
     echo_check(tls, b"forwarded after listen").await
 }
+
+/// The agent's answer to a restart or stop reaches the edge before the agent drops the
+/// tunnel (it used to be lost now and then on a busy machine: the edge then reported
+/// the session gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_to_restart_and_stop_reaches_the_edge_every_time() -> Result<()> {
+    let edge = open_edge().await;
+    for round in 0..20 {
+        let session = session_for(&edge).await;
+        let before = session.id();
+        edge.send_command(&before, Command::Restart)
+            .await
+            .map_err(|e| anyhow!("restart, round {round}: {e}"))?;
+        assert!(eventually(WAIT, || session.id() != before).await);
+        let after = session.id();
+        assert!(
+            eventually(WAIT, || edge.sessions().iter().any(|s| s.id == after)).await,
+            "round {round}: the edge lists the new session"
+        );
+        edge.send_command(&after, Command::Stop)
+            .await
+            .map_err(|e| anyhow!("stop, round {round}: {e}"))?;
+        assert!(eventually(WAIT, || !session.is_open()).await);
+    }
+    Ok(())
+}
