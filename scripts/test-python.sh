@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds the Python extension into .venv (created on first use) and runs the pytest suite.
-# Works on a fresh machine (only python3 with venv, and cargo, needed) and re-runs quickly.
+# Builds the Python wheel once, the way `pip install .` builds it (`pip wheel .`: maturin,
+# release profile; BURROW_DEBUG_BUILD=1 for a quicker dev build), installs it into .venv
+# (created on first use) for pytest and into a fresh venv outside the repo, where a seed
+# example runs from a temporary directory; then clippy, and pytest last.
+# Works on a fresh machine (python3 with venv, openssl, cargo, and pip's index reachable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 
 REQUIREMENTS=(
   "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0" "pytest-timeout==2.4.0"
@@ -26,12 +30,28 @@ fi
 # maturin gets its own target dir: it builds pyo3 with other settings than plain cargo
 # (BUILD.md gotcha 2), so sharing target/ would rebuild pyo3 back and forth.
 export CARGO_TARGET_DIR="$PWD/target/python"
-export VIRTUAL_ENV="$PWD/.venv"
 export PYO3_PYTHON="$PWD/.venv/bin/python"
 unset CARGO_BUILD_TARGET
 
-echo "-- maturin develop"
-.venv/bin/maturin develop -q
+echo "-- pip wheel . (what pip install . builds)"
+wheels="$CARGO_TARGET_DIR/test-wheel"
+rm -rf "$wheels"
+pep517_args=""
+[ "${BURROW_DEBUG_BUILD:-}" = 1 ] && pep517_args="--profile dev"
+env -u PYO3_PYTHON MATURIN_PEP517_ARGS="$pep517_args" \
+  .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$wheels" .
+wheel="$(echo "$wheels"/burrow-*.whl)"
+echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB"
+.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+
+echo "-- the wheel, installed into a fresh venv outside the repo"
+outside="$(mktemp -d)"
+trap 'rm -rf "$outside"' EXIT
+./scripts/seed-certs.sh "$outside/certs"
+cp tests-py/installed_seed.py tests-py/seeds.py "$outside/"
+python3 -m venv "$outside/venv"
+"$outside/venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel"
+(cd "$outside" && env -u BURROW_SERVER_ADDR "$outside/venv/bin/python" installed_seed.py "$repo" certs)
 
 # clippy with the environment maturin gives cargo, so neither invalidates the other's pyo3 build.
 echo "-- cargo clippy -p burrow-python"

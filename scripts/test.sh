@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust (unit, integration, CLI, doc), then the
 # language suites as they are added. Exits non-zero on the first failing suite.
+# On a fresh machine it first installs what the tests need (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== setup"
+./scripts/setup.sh
 
 # One target triple for cargo, napi and maturin so their builds share artifacts.
 CARGO_BUILD_TARGET="$(rustc -vV | sed -n 's/^host: //p')"

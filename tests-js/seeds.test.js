@@ -6,39 +6,9 @@ const { spawn } = require('child_process')
 const fs = require('fs')
 const path = require('path')
 const { pki, echoServer, tlsConnect, echoExact, tmpdir } = require('./helpers')
+const { CLOUD, UPSTREAM } = require('./seeds')
 
 const root = path.join(__dirname, '..')
-
-const CLOUD = `const ngrok = require("@ngrok/ngrok");
-const fs = require("fs");
-
-(async function () {
-	const listener = await ngrok.forward({
-		addr: 8080,
-		authtoken_from_env: true,
-		proto: "tls",
-		domain: "app.example.com",
-		crt: fs.readFileSync("/path/to/app-example-com-crt.pem", "utf8"),
-		key: fs.readFileSync("/path/to/app-example-com-key.pem", "utf8"),
-	});
-
-	console.log(\`Ingress established at: \${listener.url()}\`);
-})();
-`
-
-const UPSTREAM = `const ngrok = require("@ngrok/ngrok");
-
-(async function () {
-	const listener = await ngrok.forward({
-		addr: 8080,
-		authtoken_from_env: true,
-		proto: "tls",
-		domain: "app.example.com",
-	});
-
-	console.log(\`Ingress established at: \${listener.url()}\`);
-})();
-`
 
 /** Runs `source` with only the require and the cert paths changed; resolves the printed URL. */
 function runSeed (source, certDir) {

@@ -15,33 +15,7 @@ from typing import Any, Dict
 import pytest
 
 from conftest import Cert, Echo, Pki, echo_exact, tls_client
-
-# Copied verbatim from ../shared/seeds/001_*.txt.
-CLOUD_SERVICE = '''\
-import ngrok
-
-def load_file(name):
-    with open(name, "r") as crt:
-        return bytearray(crt.read().encode())
-
-listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
-    proto="tls",
-    domain="app.example.com",
-    crt=load_file("/path/to/app-example-com-crt.pem"),
-    key=load_file("/path/to/app-example-com-key.pem"))
-
-print(f"Ingress established at: {listener.url()}");
-'''
-
-TERMINATE_AT_UPSTREAM = '''\
-import ngrok
-
-listener = ngrok.forward("localhost:8080", authtoken_from_env=True,
-    proto="tls",
-    domain="app.example.com")
-
-print(f"Ingress established at: {listener.url()}");
-'''
+from seeds import CLOUD_SERVICE, TERMINATE_AT_UPSTREAM
 
 
 def run_seed(source: str, tmp: Path) -> Dict[str, Any]:

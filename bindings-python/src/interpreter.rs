@@ -20,7 +20,8 @@ use tokio::task::{AbortHandle, JoinError};
 static OPEN: RwLock<bool> = RwLock::new(true);
 
 /// Runs `f` with the GIL from a thread Python does not own, unless the interpreter is
-/// exiting (then `None`, without touching Python).
+/// exiting (then `None`, without touching Python). Not for threads that already hold the
+/// GIL: while the exit hook waits, such a caller would wait for it in turn.
 pub fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     let open = OPEN.read().unwrap_or_else(|p| p.into_inner());
     if !*open {

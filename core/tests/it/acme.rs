@@ -126,7 +126,7 @@ impl Pebble {
             assert!(
                 Path::new(bin).exists(),
                 "{bin} is missing: the ACME tests need pebble. Install it with \
-                 `apt-get update && apt-get install -y pebble` (.ci/run does this)"
+                 `apt-get update && apt-get install -y pebble` (scripts/setup.sh does this)"
             );
         }
         let dir = TempDir::new("pebble")?;

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Makes sure this machine has what the tests need besides the Rust toolchain: the system
+# packages below, python3 with venv, node and npm. Run as root where apt-get exists, it
+# installs what is missing (apt-get update first); otherwise it prints the one command to
+# run and fails. Nothing is skipped silently. Called by scripts/test.sh.
+set -euo pipefail
+
+# Debian packages the tests use (openssl: test certificates; pebble: the ACME tests).
+SYSTEM_PACKAGES=(openssl ca-certificates pebble)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+else
+  for tool in openssl pebble; do  # no dpkg: check the commands (package names) themselves
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+fi
+# Checked by what the scripts run (python3 may come from pyenv, npm with nodesource's nodejs).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: the tests need ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# rustfmt and clippy run first in scripts/test.sh.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+echo "setup: ok (${SYSTEM_PACKAGES[*]}, python3-venv, node, npm present)"
