@@ -195,12 +195,7 @@ async fn a_separate_edge_logs_the_end_of_a_session_and_stops_on_sigterm() -> Res
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
+    let tunnel = edge.field("tunnel:").await?;
     let ca = state.join("ca.pem");
     let service = echo_server().await;
     let mut agent = Proc::spawn(
@@ -340,18 +335,7 @@ async fn an_edge_without_config_prints_a_root_cas_path_an_agent_can_use() -> Res
     let tmp = fresh_dir("open-edge")?;
     let tmp_env = tmp.display().to_string();
     let mut edge = Proc::spawn(&["edge"], &[("TMPDIR", &tmp_env)])?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
-    let tls_addr: std::net::SocketAddr = edge
-        .line_with("tls:")
-        .await?
-        .replace("tls:", "")
-        .trim()
-        .parse()?;
+    let (tunnel, tls_addr) = edge.edge_addrs().await?;
     let root_cas = edge
         .line_with("root-cas:")
         .await?
@@ -506,12 +490,7 @@ async fn messages_say_what_to_do() -> Result<()> {
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
+    let tunnel = edge.field("tunnel:").await?;
     let out = run(&["tls", "8080", "--server-addr", &tunnel], &[]).await?;
     let err = stderr(&out);
     assert!(
