@@ -10,7 +10,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 # cargo-fuzz builds for the host triple itself.
 unset CARGO_BUILD_TARGET
-for target in client_hello control_messages policy; do
+for target in client_hello control_messages policy options; do
   echo "-- fuzz $target for ${secs}s"
   cargo fuzz run --sanitizer none "$target" -- -max_total_time="$secs" -print_final_stats=1 2>&1 \
     | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY|thread '.*' panicked)" || true

@@ -263,44 +263,66 @@ fn push(options: &mut Options, name: &'static str, value: Option<impl Into<Optio
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM (what systemd, Docker and Kubernetes send), listened to
-/// from the start, so that a signal arriving while the command starts up is not lost
-/// (nor kills the process without its clean-up).
-struct Signals {
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-}
+/// from the start, so that a signal arriving while the command starts up is neither
+/// lost nor fatal before the clean-up; a clone sees the same signals.
+#[derive(Clone)]
+struct Signals(tokio::sync::watch::Receiver<Option<&'static str>>);
 
 impl Signals {
     fn listen() -> Result<Signals> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            Ok(Signals {
-                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-            })
+            let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+            let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+            tokio::spawn(async move {
+                loop {
+                    let name = tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    };
+                    if tx.send(Some(name)).is_err() {
+                        return;
+                    }
+                }
+            });
         }
         #[cfg(not(unix))]
-        Ok(Signals {})
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if tx.send(Some("Ctrl-C")).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Signals(rx))
     }
 
-    /// Resolves on the next SIGINT or SIGTERM and names it.
+    /// Resolves once a signal has arrived (at once if one already has) and names it.
     async fn next(&mut self) -> Result<&'static str> {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.int.recv() => Ok("SIGINT"),
-                _ = self.term.recv() => Ok("SIGTERM"),
+        loop {
+            if let Some(name) = *self.0.borrow_and_update() {
+                return Ok(name);
             }
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::signal::ctrl_c()
+            self.0
+                .changed()
                 .await
-                .context("listening for Ctrl-C")
-                .map(|()| "Ctrl-C")
+                .context("the signal listener stopped")?;
+        }
+    }
+
+    /// Runs a start-up step (connecting, binding); `None` when a signal came first.
+    async fn unless_stopped<T>(
+        &mut self,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Option<T>> {
+        tokio::select! {
+            r = step => r.map(Some),
+            s = self.next() => {
+                tracing::info!(signal = %s?, "stopped while starting");
+                Ok(None)
+            }
         }
     }
 }
@@ -313,7 +335,7 @@ async fn shut_down(signal: &str, forwarders: &[Forwarder], session: &Session, gr
     for fwd in forwarders {
         fwd.close();
     }
-    let drain = futures_join_all(forwarders);
+    let drain = all_connections_ended(forwarders);
     if tokio::time::timeout(grace, drain).await.is_err() {
         let left: usize = forwarders.iter().map(Forwarder::open_connections).sum();
         tracing::info!(
@@ -325,7 +347,7 @@ async fn shut_down(signal: &str, forwarders: &[Forwarder], session: &Session, gr
 }
 
 /// Waits for every forwarder's connections to end.
-async fn futures_join_all(forwarders: &[Forwarder]) {
+async fn all_connections_ended(forwarders: &[Forwarder]) {
     for fwd in forwarders {
         fwd.wait_connections().await;
     }
@@ -417,7 +439,7 @@ impl Drop for RunDir {
     }
 }
 
-async fn run_agent(args: AgentArgs, mut options: Options, signals: Signals) -> Result<()> {
+async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) -> Result<()> {
     let (session_args, t) = (args.session, args.termination);
     options.push(("addr", args.upstream.into()));
     push(&mut options, "authtoken", session_args.authtoken);
@@ -463,8 +485,19 @@ async fn run_agent(args: AgentArgs, mut options: Options, signals: Signals) -> R
     let options = options.into_iter().map(|(k, v)| (k.to_owned(), v));
     let forward = burrow_core::agent::options::parse(options, Scope::Forward, None)?;
     let upstream = forward.upstream;
-    let session = forward.session.builder().connect().await?;
-    let forwarder = session.forward(forward.endpoint, &upstream).await?;
+    let builder = forward.session.builder();
+    let Some(session) = signals
+        .unless_stopped(async { Ok(builder.connect().await?) })
+        .await?
+    else {
+        return Ok(());
+    };
+    let endpoint = forward.endpoint;
+    let bind = async { Ok(session.forward(endpoint, &upstream).await?) };
+    let Some(forwarder) = signals.unless_stopped(bind).await? else {
+        session.close().await;
+        return Ok(());
+    };
     println!(
         "Forwarding {} -> {} ({})",
         forwarder.url(),
@@ -514,7 +547,7 @@ fn mode_words(fwd: &Forwarder) -> String {
     }
 }
 
-async fn run_start(args: StartArgs, signals: Signals) -> Result<()> {
+async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
     if !args.all && args.names.is_empty() {
         bail!("name the endpoints to start, or pass --all");
     }
@@ -530,11 +563,22 @@ async fn run_start(args: StartArgs, signals: Signals) -> Result<()> {
     if let Some(ca) = &args.session.root_cas {
         builder = builder.root_cas(read(ca, "--root-cas")?);
     }
-    let session = builder.connect().await?;
+    let Some(session) = signals
+        .unless_stopped(async { Ok(builder.connect().await?) })
+        .await?
+    else {
+        return Ok(());
+    };
     let mut forwarders = Vec::new();
     let mut run_dir = None;
     for endpoint in selected {
-        let fwd = endpoint.start(&session).await?;
+        let Some(fwd) = signals
+            .unless_stopped(async { Ok(endpoint.start(&session).await?) })
+            .await?
+        else {
+            session.close().await;
+            return Ok(());
+        };
         println!(
             "{}: forwarding {} -> {} ({})",
             endpoint.name,

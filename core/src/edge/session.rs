@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval, timeout_at, Instant, MissedTickBehavior};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -62,9 +62,10 @@ async fn serve_agent(
     pass: super::gate::Pass,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let deadline = shared.config.handshake_timeout();
+    // One deadline for everything before authentication: TLS, control stream, Auth.
+    let deadline = Instant::now() + shared.config.handshake_timeout();
     let tcp = tokio::io::BufReader::with_capacity(mux::READ_BUFFER, tcp);
-    let tls = timeout(deadline, acceptor.accept(tcp))
+    let tls = timeout_at(deadline, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "tunnel TLS handshake timed out"))?
         .map_err(|e| Error::io("tunnel TLS handshake", e))?;
@@ -77,14 +78,14 @@ async fn serve_agent(
         kill.clone(),
         shared.config.max_streams_per_session,
     );
-    let control = timeout(deadline, mux.inbound.recv())
+    let control = timeout_at(deadline, mux.inbound.recv())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent opened no control stream"))?
         .ok_or_else(|| Error::protocol("tunnel closed before the control stream"))?;
     // Agents never open other streams; dropping the receiver resets any they try.
     drop(mux.inbound);
     let mut control = ControlChannel::new(control);
-    let first = timeout(deadline, control.recv::<AgentMsg>())
+    let first = timeout_at(deadline, control.recv::<AgentMsg>())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent sent no Auth message"))??;
     let (authtoken, resume) = match first {

@@ -330,6 +330,37 @@ mod tests {
             .expect("frames stranded in the write buffer");
     }
 
+    /// A stream the peer drops unclosed (a yamux reset) ends in `ConnectionReset`; one
+    /// the peer shuts down ends in a clean end of file.
+    #[tokio::test]
+    async fn a_reset_stream_reads_as_an_error_and_a_closed_one_as_eof() {
+        let (agent_io, edge_io) = tokio::io::duplex(64 * 1024);
+        let stop = CancellationToken::new();
+        let _stopped = stop.clone().drop_guard();
+        let agent = start(agent_io, Side::Agent, stop.clone(), 8);
+        let mut edge = start(edge_io, Side::Edge, stop.clone(), 8);
+
+        let mut clean = agent.handle.open().await.unwrap();
+        clean.write_all(b"all of it").await.unwrap();
+        clean.shutdown().await.unwrap();
+        let mut got = edge.inbound.recv().await.unwrap();
+        let mut body = Vec::new();
+        got.read_to_end(&mut body).await.unwrap();
+        assert_eq!(body, b"all of it");
+
+        let mut cut = agent.handle.open().await.unwrap();
+        cut.write_all(b"part").await.unwrap();
+        let mut got = edge.inbound.recv().await.unwrap();
+        let mut part = [0u8; 4];
+        got.read_exact(&mut part).await.unwrap();
+        drop(cut);
+        let err = got
+            .read(&mut part)
+            .await
+            .expect_err("a reset is not an end of file");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
     async fn exchange() {
         let (agent_io, edge_io) = tokio::io::duplex(16 * 1024);
         let stop = CancellationToken::new();

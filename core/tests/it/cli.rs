@@ -70,6 +70,19 @@ impl Proc {
             .await
             .context(format!("waiting for {needle:?}"))?
     }
+
+    /// What follows `label` on the next stdout line that has it, trimmed.
+    pub(crate) async fn field(&mut self, label: &str) -> Result<String> {
+        let line = self.line_with(label).await?;
+        Ok(line.replace(label, "").trim().to_owned())
+    }
+
+    /// The tunnel and public TLS addresses a `burrow edge` prints as it starts.
+    pub(crate) async fn edge_addrs(&mut self) -> Result<(String, std::net::SocketAddr)> {
+        let tunnel = self.field("tunnel:").await?;
+        let tls = self.field("tls:").await?.parse()?;
+        Ok((tunnel, tls))
+    }
 }
 
 pub(crate) fn temp_file(name: &str, contents: &str) -> Result<PathBuf> {
@@ -189,18 +202,7 @@ async fn separate_edge_process_with_tokens_and_a_killed_agent() -> Result<()> {
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
-    let tls_addr: std::net::SocketAddr = edge
-        .line_with("tls:")
-        .await?
-        .replace("tls:", "")
-        .trim()
-        .parse()?;
+    let (tunnel, tls_addr) = edge.edge_addrs().await?;
     let ca_path = state.join("ca.pem");
     let ca = std::fs::read_to_string(&ca_path)?;
     let service = echo_server().await;

@@ -195,12 +195,7 @@ async fn a_separate_edge_logs_the_end_of_a_session_and_stops_on_sigterm() -> Res
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
+    let tunnel = edge.field("tunnel:").await?;
     let ca = state.join("ca.pem");
     let service = echo_server().await;
     let mut agent = Proc::spawn(
@@ -340,18 +335,7 @@ async fn an_edge_without_config_prints_a_root_cas_path_an_agent_can_use() -> Res
     let tmp = fresh_dir("open-edge")?;
     let tmp_env = tmp.display().to_string();
     let mut edge = Proc::spawn(&["edge"], &[("TMPDIR", &tmp_env)])?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
-    let tls_addr: std::net::SocketAddr = edge
-        .line_with("tls:")
-        .await?
-        .replace("tls:", "")
-        .trim()
-        .parse()?;
+    let (tunnel, tls_addr) = edge.edge_addrs().await?;
     let root_cas = edge
         .line_with("root-cas:")
         .await?
@@ -506,12 +490,7 @@ async fn messages_say_what_to_do() -> Result<()> {
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
+    let tunnel = edge.field("tunnel:").await?;
     let out = run(&["tls", "8080", "--server-addr", &tunnel], &[]).await?;
     let err = stderr(&out);
     assert!(
@@ -593,4 +572,71 @@ async fn what_the_cli_prints_is_true() -> Result<()> {
     assert!(help.contains("[possible values: 1, 2]"), "{help}");
     assert!(help.contains("--shutdown-timeout"), "{help}");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_signal_while_connecting_stops_at_once() -> Result<()> {
+    // An "edge" that accepts the tunnel's TCP connection and never answers its TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?.to_string();
+    let proc = Proc::spawn(&["tls", "8080", "--server-addr", &addr], &[])?;
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await??;
+    let start = Instant::now();
+    signal(&proc, "TERM")?;
+    let (code, err) = exit_of(proc, Duration::from_secs(8)).await?;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited for the connect timeout ({:?})",
+        start.elapsed()
+    );
+    assert!(err.contains("stopped while starting"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn colour_only_on_a_terminal_and_never_with_no_color() -> Result<()> {
+    // util-linux's `script` (Debian's essential bsdutils) gives burrow a terminal.
+    anyhow::ensure!(
+        which("script").is_some(),
+        "`script` (util-linux) is needed to run burrow on a pseudo-terminal"
+    );
+    let tty = |no_color: bool| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args([
+            "-qec",
+            &format!(
+                "timeout -s INT 2 {} edge --log info",
+                env!("CARGO_BIN_EXE_burrow")
+            ),
+            "/dev/null",
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.output()
+    };
+    let coloured = String::from_utf8_lossy(&tty(false)?.stdout).into_owned();
+    assert!(
+        coloured.contains("edge listening") && coloured.contains('\u{1b}'),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = String::from_utf8_lossy(&tty(true)?.stdout).into_owned();
+    assert!(plain.contains("edge listening"), "{plain:?}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "NO_COLOR is respected: {plain:?}"
+    );
+    Ok(())
+}
+
+/// The path of `program` on PATH, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
 }

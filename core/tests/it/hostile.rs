@@ -281,18 +281,7 @@ async fn secrets_never_reach_logs() -> Result<()> {
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[("RUST_LOG", "trace")],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
-    let tls_addr: std::net::SocketAddr = edge
-        .line_with("tls:")
-        .await?
-        .replace("tls:", "")
-        .trim()
-        .parse()?;
+    let (tunnel, tls_addr) = edge.edge_addrs().await?;
     let ca = state.join("ca.pem");
     let crt = temp_file("secret-crt.pem", &cert.crt)?;
     let key = temp_file("secret-key.pem", &cert.key)?;

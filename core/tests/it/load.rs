@@ -50,12 +50,7 @@ async fn edge_process() -> Result<(crate::cli::Proc, String, String)> {
         &["edge", "--config", config.to_str().unwrap_or_default()],
         &[("RUST_LOG", "warn")],
     )?;
-    let tunnel = edge
-        .line_with("tunnel:")
-        .await?
-        .replace("tunnel:", "")
-        .trim()
-        .to_owned();
+    let tunnel = edge.field("tunnel:").await?;
     let ca = std::fs::read_to_string(state.join("ca.pem"))?;
     Ok((edge, tunnel, ca))
 }

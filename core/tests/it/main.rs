@@ -13,4 +13,5 @@ mod load;
 mod modes;
 mod option_table;
 mod policy;
+mod readme;
 mod refusals;
