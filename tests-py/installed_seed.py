@@ -34,8 +34,11 @@ def echo_service() -> int:
         while True:
             conn, _ = server.accept()
             with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
+                try:
+                    while data := conn.recv(65536):
+                        conn.sendall(data)
+                except OSError:
+                    pass  # the client went away; the next one is served
 
     threading.Thread(target=serve, daemon=True).start()
     return int(server.getsockname()[1])
