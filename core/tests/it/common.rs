@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use anyhow::{anyhow, Context, Result};
+use burrow_core::wire::{AgentMsg, BindSpec, ControlChannel, EdgeMsg, PROTOCOL_VERSION};
 use burrow_core::{Edge, EdgeConfig, Session};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
@@ -476,5 +477,64 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// An agent speaking the wire protocol by hand (authenticated, no token), which can go
+/// silent or send what a real agent never would.
+pub struct RawAgent {
+    pub control: ControlChannel<burrow_core::wire::mux::MuxStream>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl RawAgent {
+    pub async fn connect(edge: &Edge) -> Result<RawAgent> {
+        let tcp = TcpStream::connect(edge.tunnel_addr()).await?;
+        let config = burrow_core::tls::tunnel_client_config(Some(edge.ca_pem().as_bytes()))?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mux = burrow_core::wire::mux::start(
+            tls,
+            burrow_core::wire::mux::Side::Agent,
+            stop.clone(),
+            16,
+        );
+        let mut control = ControlChannel::new(mux.handle.open().await?);
+        control
+            .send(&AgentMsg::Auth {
+                version: PROTOCOL_VERSION,
+                authtoken: None,
+                metadata: String::new(),
+                resume: None,
+                client_info: Vec::new(),
+                heartbeat_ms: None,
+            })
+            .await?;
+        match control.recv::<EdgeMsg>().await? {
+            Some(EdgeMsg::AuthOk { .. }) => {}
+            other => return Err(anyhow!("expected AuthOk, got {other:?}")),
+        }
+        Ok(RawAgent {
+            control,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    pub async fn bind(&mut self, spec: BindSpec) -> Result<EdgeMsg> {
+        self.control
+            .send(&AgentMsg::Bind {
+                request_id: 7,
+                spec: Box::new(spec),
+            })
+            .await?;
+        loop {
+            match self.control.recv::<EdgeMsg>().await? {
+                Some(EdgeMsg::Heartbeat) => continue,
+                Some(msg) => return Ok(msg),
+                None => return Err(anyhow!("control stream closed")),
+            }
+        }
     }
 }

@@ -5,11 +5,8 @@ use crate::cli::{temp_file, Proc};
 use crate::common::*;
 use anyhow::{anyhow, Result};
 use burrow_core::edge::TokenRule;
-use burrow_core::tls::tunnel_client_config;
-use burrow_core::wire::mux::{self, Side};
-use burrow_core::wire::{AgentMsg, ControlChannel, EdgeMsg, PROTOCOL_VERSION};
+use burrow_core::wire::EdgeMsg;
 use burrow_core::{Edge, EdgeConfig, ErrorCode, Session, TerminateAt};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -213,30 +210,8 @@ async fn guessing_tokens_is_rate_limited() -> Result<()> {
 #[tokio::test]
 async fn an_oversized_control_message_is_refused_with_a_code() -> Result<()> {
     let edge = open_edge().await;
-    let tcp = TcpStream::connect(edge.tunnel_addr()).await?;
-    let config = tunnel_client_config(Some(edge.ca_pem().as_bytes()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    let mux = mux::start(tls, Side::Agent, stop, 16);
-    let mut control = ControlChannel::new(mux.handle.open().await?);
-    control
-        .send(&AgentMsg::Auth {
-            version: PROTOCOL_VERSION,
-            authtoken: None,
-            metadata: String::new(),
-            resume: None,
-            client_info: Vec::new(),
-            heartbeat_ms: None,
-        })
-        .await?;
-    assert!(matches!(
-        control.recv::<EdgeMsg>().await?,
-        Some(EdgeMsg::AuthOk { .. })
-    ));
-    let mut raw = control.into_inner();
+    let agent = RawAgent::connect(&edge).await?;
+    let mut raw = agent.control.into_inner();
     raw.write_all(&(8u32 * 1024 * 1024).to_be_bytes()).await?;
     raw.write_all(&[b'{'; 1024]).await?;
     let reply = tokio::time::timeout(Duration::from_secs(5), async {

@@ -3,67 +3,10 @@
 use crate::common::*;
 use anyhow::{anyhow, Result};
 use burrow_core::agent::{CertPem, EndpointKind, TlsMaterial};
-use burrow_core::tls::tunnel_client_config;
 use burrow_core::tls::TlsVersion;
-use burrow_core::wire::mux::{self, Side};
-use burrow_core::wire::{AgentMsg, BindSpec, ControlChannel, EdgeMsg, SecretPem, PROTOCOL_VERSION};
+use burrow_core::wire::{BindSpec, EdgeMsg, SecretPem};
 use burrow_core::{Edge, EdgeConfig, ErrorCode, TerminateAt, Termination};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-
-/// An agent speaking the wire protocol by hand, which can go silent.
-struct RawAgent {
-    control: ControlChannel<mux::MuxStream>,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-impl RawAgent {
-    async fn connect(edge: &Edge) -> Result<RawAgent> {
-        let tcp = tokio::net::TcpStream::connect(edge.tunnel_addr()).await?;
-        let config = tunnel_client_config(Some(edge.ca_pem().as_bytes()))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
-            .await?;
-        let stop = CancellationToken::new();
-        let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
-        let mut control = ControlChannel::new(mux.handle.open().await?);
-        control
-            .send(&AgentMsg::Auth {
-                version: PROTOCOL_VERSION,
-                authtoken: None,
-                metadata: String::new(),
-                resume: None,
-                client_info: Vec::new(),
-                heartbeat_ms: None,
-            })
-            .await?;
-        match control.recv::<EdgeMsg>().await? {
-            Some(EdgeMsg::AuthOk { .. }) => {}
-            other => return Err(anyhow!("expected AuthOk, got {other:?}")),
-        }
-        Ok(RawAgent {
-            control,
-            _stop: stop.drop_guard(),
-        })
-    }
-
-    async fn bind(&mut self, spec: BindSpec) -> Result<EdgeMsg> {
-        self.control
-            .send(&AgentMsg::Bind {
-                request_id: 7,
-                spec: Box::new(spec),
-            })
-            .await?;
-        loop {
-            match self.control.recv::<EdgeMsg>().await? {
-                Some(EdgeMsg::Heartbeat) => continue,
-                Some(msg) => return Ok(msg),
-                None => return Err(anyhow!("control stream closed")),
-            }
-        }
-    }
-}
 
 fn tls_spec(domain: &str) -> BindSpec {
     BindSpec {
