@@ -1,7 +1,9 @@
 from pathlib import Path
 from typing import (
-    Any, Awaitable, Callable, Dict, Generator, List, Literal, Optional, Sequence, Tuple, Union,
+    Any, Awaitable, Callable, Dict, Generator, List, Literal, Optional, Sequence, Tuple, TypedDict,
+    Union,
 )
+from typing_extensions import Unpack
 
 from ._burrow import (
     AuthError as AuthError,
@@ -38,64 +40,48 @@ class _ListenerOrAwaitable(Listener, Awaitable[Listener]):
     """What a loop-aware call returns: a Listener with no running loop, an awaitable in one."""
     def __await__(self) -> Generator[Any, None, Listener]: ...
 
+class ForwardOptions(TypedDict, total=False):
+    """The keyword options of forward() and async_forward() (ngrok's names); the Rust
+    core checks them, so Python and Node accept and refuse the same ones."""
+    authtoken: Optional[str]
+    authtoken_from_env: bool
+    server_addr: Optional[str]
+    root_cas: Optional[Pem]
+    session_ca_cert: Optional[Pem]
+    session_metadata: Optional[str]
+    force_new_session: bool
+    domain: Optional[str]
+    hostname: Optional[str]
+    url: Optional[str]
+    crt: Optional[Pem]
+    key: Optional[Pem]
+    mutual_tls_cas: Optional[Pem]
+    terminate_at: Optional[TerminateAt]
+    traffic_policy: Optional[str]
+    policy: Optional[str]
+    proxy_proto: Optional[Union[str, int]]
+    metadata: Optional[str]
+    forwards_to: Optional[str]
+    allow_cidr: Optional[Union[str, Sequence[str]]]
+    deny_cidr: Optional[Union[str, Sequence[str]]]
+    remote_addr: Optional[str]
+    verify_upstream_tls: bool
+    upstream_root_cas: Optional[Pem]
+    description: Optional[str]
+    min_version: Optional[Literal["1.2", "1.3"]]
+    max_version: Optional[Literal["1.2", "1.3"]]
+    alpn: Optional[Union[str, Sequence[str]]]
+
 def forward(
     addr: Addr = None,
     proto: Optional[Literal["tls", "tcp"]] = None,
-    *,
-    authtoken: Optional[str] = None,
-    authtoken_from_env: bool = False,
-    server_addr: Optional[str] = None,
-    root_cas: Optional[Pem] = None,
-    session_ca_cert: Optional[Pem] = None,
-    session_metadata: Optional[str] = None,
-    force_new_session: bool = False,
-    domain: Optional[str] = None,
-    hostname: Optional[str] = None,
-    url: Optional[str] = None,
-    crt: Optional[Pem] = None,
-    key: Optional[Pem] = None,
-    mutual_tls_cas: Optional[Pem] = None,
-    terminate_at: Optional[TerminateAt] = None,
-    traffic_policy: Optional[str] = None,
-    policy: Optional[str] = None,
-    proxy_proto: Optional[Union[str, int]] = None,
-    metadata: Optional[str] = None,
-    forwards_to: Optional[str] = None,
-    allow_cidr: Optional[Union[str, Sequence[str]]] = None,
-    deny_cidr: Optional[Union[str, Sequence[str]]] = None,
-    remote_addr: Optional[str] = None,
-    verify_upstream_tls: bool = True,
-    upstream_root_cas: Optional[Pem] = None,
+    **options: Unpack[ForwardOptions],
 ) -> _ListenerOrAwaitable: ...
 
 async def async_forward(
     addr: Addr = None,
     proto: Optional[Literal["tls", "tcp"]] = None,
-    *,
-    authtoken: Optional[str] = None,
-    authtoken_from_env: bool = False,
-    server_addr: Optional[str] = None,
-    root_cas: Optional[Pem] = None,
-    session_ca_cert: Optional[Pem] = None,
-    session_metadata: Optional[str] = None,
-    force_new_session: bool = False,
-    domain: Optional[str] = None,
-    hostname: Optional[str] = None,
-    url: Optional[str] = None,
-    crt: Optional[Pem] = None,
-    key: Optional[Pem] = None,
-    mutual_tls_cas: Optional[Pem] = None,
-    terminate_at: Optional[TerminateAt] = None,
-    traffic_policy: Optional[str] = None,
-    policy: Optional[str] = None,
-    proxy_proto: Optional[Union[str, int]] = None,
-    metadata: Optional[str] = None,
-    forwards_to: Optional[str] = None,
-    allow_cidr: Optional[Union[str, Sequence[str]]] = None,
-    deny_cidr: Optional[Union[str, Sequence[str]]] = None,
-    remote_addr: Optional[str] = None,
-    verify_upstream_tls: bool = True,
-    upstream_root_cas: Optional[Pem] = None,
+    **options: Unpack[ForwardOptions],
 ) -> Listener: ...
 
 connect = forward
