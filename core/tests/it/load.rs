@@ -348,3 +348,55 @@ async fn soak() -> Result<()> {
     assert_eq!(errors, 0);
     Ok(())
 }
+
+/// A burst larger than the 128-deep backlog `TcpListener::bind` asks for waits in the
+/// kernel until the edge accepts it: with a shallow backlog, the kernel drops the
+/// handshakes of the surplus (and resets clients whose SYN cookie it then refuses)
+/// while a busy edge catches up. Here the edge is at `max_connections`, so it accepts
+/// nothing while the burst arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_waits_in_the_backlog_for_a_busy_edge() -> Result<()> {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn < 2_048 {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, the kernel caps every backlog below this burst");
+        return Ok(());
+    }
+    let burst = 2_000;
+    raise_fd_limit(burst)?;
+    let edge = burrow_core::Edge::start(burrow_core::EdgeConfig {
+        open: true,
+        max_connections: 1,
+        handshake_timeout_ms: 60_000,
+        ..Default::default()
+    })
+    .await?;
+    // Sends no ClientHello: it holds the edge's only place until the end of the test.
+    let _held = TcpStream::connect(edge.tls_addr()).await?;
+    let addr = edge.tls_addr();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..burst {
+        clients.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+                .await
+                .context("the handshake was dropped (backlog full)")?
+                .context("connect")
+        });
+    }
+    let (mut connected, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = clients.join_next().await {
+        match r.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(stream) => connected.push(stream),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {burst} connections were not queued for the edge; first: {}",
+        errors.len(),
+        errors[0]
+    );
+    Ok(())
+}
