@@ -94,7 +94,7 @@ pub(crate) struct Connected {
     heartbeat: Duration,
     control: ControlChannel<MuxStream>,
     inbound: mpsc::UnboundedReceiver<MuxStream>,
-    _tunnel: MuxHandle,
+    tunnel: MuxHandle,
     stop: CancellationToken,
 }
 
@@ -165,7 +165,7 @@ pub(crate) async fn establish(
             heartbeat: Duration::from_millis(heartbeat_ms.max(50)),
             control,
             inbound: mux.inbound,
-            _tunnel: mux.handle,
+            tunnel: mux.handle,
             stop,
         }),
         Some(EdgeMsg::Error { code, message, .. }) => Err(fail(Error::new(code, message))),
@@ -335,8 +335,9 @@ impl Runner {
                     return Ended::Stopped;
                 }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return Ended::Lost(format!("no heartbeat from the edge for {silence_limit:?}"));
+                    // Anything from the edge counts: its heartbeat may queue behind data.
+                    if last_heard.max(conn.tunnel.last_heard()).elapsed() > silence_limit {
+                        return Ended::Lost(format!("nothing from the edge (no heartbeat, no data) for {silence_limit:?}"));
                     }
                     if let Err(e) = conn.control.send(&AgentMsg::Heartbeat).await {
                         return Ended::Lost(e.to_string());

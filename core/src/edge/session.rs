@@ -255,8 +255,9 @@ impl AgentSession {
                     return Ok("the edge closed it (shutdown or a reconnecting agent replaced it)");
                 }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return Err(Error::new(ErrorCode::Timeout, format!("no heartbeat for {silence_limit:?}")));
+                    // Anything from the agent counts: its heartbeat may queue behind data.
+                    if last_heard.max(self.tunnel.last_heard()).elapsed() > silence_limit {
+                        return Err(Error::new(ErrorCode::Timeout, format!("nothing from the agent (no heartbeat, no data) for {silence_limit:?}")));
                     }
                     control.send(&EdgeMsg::Heartbeat).await?;
                 }

@@ -7,11 +7,13 @@
 use crate::error::{Error, ErrorCode, Result};
 use futures::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 
@@ -117,10 +119,36 @@ impl AsyncWrite for MuxStream {
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
 
+/// When bytes last arrived on a tunnel connection.
+struct Heard {
+    start: Instant,
+    /// Milliseconds after `start`.
+    at: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            start: Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.at.load(Ordering::Relaxed))
+    }
+}
+
 /// Opens streams on a tunnel connection; cheap to clone.
 #[derive(Clone)]
 pub struct MuxHandle {
     open_tx: mpsc::Sender<OpenReply>,
+    heard: Arc<Heard>,
     permits: Arc<Semaphore>,
     closed: CancellationToken,
 }
@@ -142,6 +170,14 @@ impl MuxHandle {
             .map_err(|_| closed())?
             .map_err(|e| Error::new(ErrorCode::Closed, format!("cannot open stream: {e}")))?;
         Ok(MuxStream::new(stream, Some(permit)))
+    }
+
+    /// When bytes last arrived from the peer (or when the connection started).
+    ///
+    /// Any frame proves the peer and the tunnel alive: under a heavy load the peer's
+    /// heartbeat may wait behind the data of thousands of streams, while data arrives.
+    pub fn last_heard(&self) -> Instant {
+        self.heard.last()
     }
 
     /// True once the connection has ended.
@@ -185,7 +221,9 @@ where
     let io = Coalesced {
         inner: Arc::new(Mutex::new(BufWriter::with_capacity(WRITE_BUFFER, io))),
         written_since_read: Arc::new(AtomicUsize::new(0)),
+        heard: Arc::new(Heard::new()),
     };
+    let heard = io.heard.clone();
     let flusher = io.inner.clone();
     let burst = io.written_since_read.clone();
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
@@ -204,6 +242,7 @@ where
     Mux {
         handle: MuxHandle {
             open_tx,
+            heard,
             permits: Arc::new(Semaphore::new(max_open.clamp(1, MAX_STREAMS))),
             closed,
         },
@@ -220,6 +259,8 @@ where
 /// batch of TLS records in one syscall. A full buffer is written out at once.
 struct Coalesced<T> {
     inner: Shared<T>,
+    /// When bytes last arrived.
+    heard: Arc<Heard>,
     /// Bytes taken since yamux last tried to read, or since the driver's current poll
     /// began (the driver resets it).
     written_since_read: Arc<AtomicUsize>,
@@ -241,7 +282,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         self.written_since_read.store(0, Ordering::Relaxed);
-        Pin::new(&mut *lock(&self.inner)).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *lock(&self.inner)).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.now();
+        }
+        result
     }
 }
 
@@ -302,6 +348,13 @@ async fn drive<T, IO>(
     let run = poll_fn(|cx| {
         // Each poll may write (see `Coalesced::poll_write`).
         burst.store(0, Ordering::Relaxed);
+        // What the last poll left buffered goes out first, while this poll's I/O budget
+        // is fresh: a poll that ends because reading used the budget up cannot flush,
+        // and under a steady inbound stream every poll ends that way, so small frames
+        // (heartbeats, window updates) would wait for the buffer to fill.
+        if let Poll::Ready(Err(e)) = flush_when_idle(&flusher, cx) {
+            return Poll::Ready(Err(yamux::ConnectionError::Io(e)));
+        }
         loop {
             if pending.is_none() && !openers_gone {
                 match open_rx.poll_recv(cx) {

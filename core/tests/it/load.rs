@@ -4,7 +4,8 @@
 //!
 //! Knobs: `BURROW_LOAD_CONNS` (default 10000), `BURROW_LOAD_BYTES` per connection
 //! (default 16384), `BURROW_SOAK_SECS` for the ignored soak test, `BURROW_LOAD_EDGE_LOG`
-//! (the edge process's log filter).
+//! (the edge process's log filter), `BURROW_LOAD_HEARTBEAT_MS` (default 5000: a session
+//! silent for three of them ends).
 
 use crate::common::*;
 use anyhow::{anyhow, Context, Result};
@@ -38,6 +39,7 @@ fn raise_fd_limit(per_process: usize) -> Result<()> {
 /// A `burrow edge` process (so its sockets count against its own descriptor limit):
 /// returns the process, its tunnel address and its CA.
 async fn edge_process() -> Result<(crate::cli::Proc, String, String)> {
+    let heartbeat_ms = env_usize("BURROW_LOAD_HEARTBEAT_MS", 5_000);
     let state = std::env::temp_dir().join(format!(
         "burrow-load-{}-{}",
         std::process::id(),
@@ -45,7 +47,7 @@ async fn edge_process() -> Result<(crate::cli::Proc, String, String)> {
     ));
     let config = crate::cli::temp_file(
         &format!("load-edge-{}.toml", rand_suffix()),
-        &format!("open = true\ntcp_ports = [0, 0]\nheartbeat_ms = 5000\nmax_connections = 30000\nstate_dir = {state:?}\n"),
+        &format!("open = true\ntcp_ports = [0, 0]\nheartbeat_ms = {heartbeat_ms}\nmax_connections = 30000\nstate_dir = {state:?}\n"),
     )?;
     // Session starts and ends, with their reasons, explain a failed run.
     let log = std::env::var("BURROW_LOAD_EDGE_LOG")
