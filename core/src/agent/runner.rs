@@ -126,7 +126,7 @@ pub(crate) struct Connected {
     heartbeat: Duration,
     control: ControlChannel<MuxStream>,
     inbound: mpsc::UnboundedReceiver<MuxStream>,
-    _tunnel: MuxHandle,
+    tunnel: MuxHandle,
     stop: CancellationToken,
 }
 
@@ -205,7 +205,7 @@ pub(crate) async fn establish(
                 .unwrap_or(Duration::from_millis(heartbeat_ms.max(50))),
             control,
             inbound: mux.inbound,
-            _tunnel: mux.handle,
+            tunnel: mux.handle,
             stop,
         }),
         Some(EdgeMsg::Error { code, message, .. }) => Err(fail(Error::new(code, message))),
@@ -400,7 +400,10 @@ impl Runner {
         let mut in_flight: Option<(u64, Instant)> = None;
         let mut seq = 0u64;
         loop {
-            let ack_deadline = in_flight.map(|(_, sent)| sent + tolerance);
+            // Anything from the edge counts as well as the ack: under load the ack may
+            // queue behind the data of thousands of streams.
+            let ack_deadline =
+                in_flight.map(|(_, sent)| sent.max(conn.tunnel.last_heard()) + tolerance);
             tokio::select! {
                 _ = self.inner.stop.cancelled() => {
                     // An intended close: end the control stream and give the edge a moment
@@ -414,7 +417,10 @@ impl Runner {
                     return Ended::Stopped;
                 }
                 _ = sleep_until(ack_deadline.unwrap_or_else(Instant::now)), if ack_deadline.is_some() => {
-                    return Ended::Lost(format!("the edge did not answer a heartbeat within {tolerance:?}"));
+                    if conn.tunnel.last_heard().elapsed() < tolerance {
+                        continue; // data arrived meanwhile: the deadline moves with it
+                    }
+                    return Ended::Lost(format!("the edge did not answer a heartbeat within {tolerance:?} and sent nothing else"));
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() {

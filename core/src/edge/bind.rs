@@ -276,20 +276,18 @@ async fn listen_in_range(
                 "port {port} is outside this edge's tcp_ports {lo}-{hi}"
             )));
         }
-        return TcpListener::bind(SocketAddr::new(ip, port))
-            .await
+        return super::listen(SocketAddr::new(ip, port))
             .map_err(|e| unavailable(format!("port {port} is not available: {e}")));
     }
     if lo == 0 && hi == 0 {
-        return TcpListener::bind(SocketAddr::new(ip, 0))
-            .await
+        return super::listen(SocketAddr::new(ip, 0))
             .map_err(|e| unavailable(format!("no free port: {e}")));
     }
     let span = u32::from(hi - lo) + 1;
     let start = rand::random::<u32>() % span;
     for i in 0..span {
         let port = lo + ((start + i) % span) as u16;
-        if let Ok(listener) = TcpListener::bind(SocketAddr::new(ip, port)).await {
+        if let Ok(listener) = super::listen(SocketAddr::new(ip, port)) {
             return Ok(listener);
         }
     }

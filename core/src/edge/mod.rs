@@ -260,9 +260,30 @@ impl Drop for Edge {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io(format!("{what}: cannot listen on {addr}"), e))
+    listen(addr).map_err(|e| Error::io(format!("{what}: cannot listen on {addr}"), e))
+}
+
+/// The listen backlog the edge asks for; the kernel caps it at `net.core.somaxconn`
+/// (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Listens on `addr` with a backlog as deep as the system allows.
+///
+/// `TcpListener::bind` asks for 128. Connections the kernel has completed but the
+/// edge has not accepted yet wait there: when a burst arrives faster than a busy edge
+/// accepts (or `max_connections` is reached), a full backlog makes the kernel drop
+/// handshakes and answer with SYN cookies, and clients whose cookie is refused get a
+/// TCP reset before the edge ever saw them.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted edge can listen again at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {

@@ -301,8 +301,9 @@ impl AgentSession {
                     control.send(&EdgeMsg::Command { command_id, command: request.command }).await?;
                 }
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > silence_limit {
-                        return Err(Error::new(ErrorCode::Timeout, format!("no heartbeat for {silence_limit:?}")));
+                    // Anything from the agent counts: its heartbeat may queue behind data.
+                    if last_heard.max(self.tunnel.last_heard()).elapsed() > silence_limit {
+                        return Err(Error::new(ErrorCode::Timeout, format!("nothing from the agent (no heartbeat, no data) for {silence_limit:?}")));
                     }
                     control.send(&EdgeMsg::Heartbeat).await?;
                 }

@@ -7,10 +7,13 @@
 use crate::error::{Error, ErrorCode, Result};
 use futures::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,9 @@ const SPLIT_SEND_SIZE: usize = 64 * 1024;
 /// Room for at least one whole frame (12-byte header + body) between yamux and TLS;
 /// smaller frames produced together share it (see [`Coalesced`]).
 const WRITE_BUFFER: usize = SPLIT_SEND_SIZE + 4 * 1024;
+/// Most bytes yamux may write in a row before it must look at what the peer sent
+/// (see [`Coalesced::poll_write`]).
+const WRITE_BURST: usize = 1024 * 1024;
 /// Read buffer under the tunnel's TLS: rustls reads 4 KiB at a time, this makes one
 /// syscall of sixteen of those during bulk transfers.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -113,10 +119,36 @@ impl AsyncWrite for MuxStream {
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
 
+/// When bytes last arrived on a tunnel connection.
+struct Heard {
+    start: Instant,
+    /// Milliseconds after `start`.
+    at: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            start: Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.at.load(Ordering::Relaxed))
+    }
+}
+
 /// Opens streams on a tunnel connection; cheap to clone.
 #[derive(Clone)]
 pub struct MuxHandle {
     open_tx: mpsc::Sender<OpenReply>,
+    heard: Arc<Heard>,
     permits: Arc<Semaphore>,
     closed: CancellationToken,
 }
@@ -138,6 +170,14 @@ impl MuxHandle {
             .map_err(|_| closed())?
             .map_err(|e| Error::new(ErrorCode::Closed, format!("cannot open stream: {e}")))?;
         Ok(MuxStream::new(stream, Some(permit)))
+    }
+
+    /// When bytes last arrived from the peer (or when the connection started).
+    ///
+    /// Any frame proves the peer and the tunnel alive: under a heavy load the peer's
+    /// heartbeat may wait behind the data of thousands of streams, while data arrives.
+    pub fn last_heard(&self) -> Instant {
+        self.heard.last()
     }
 
     /// True once the connection has ended.
@@ -180,16 +220,29 @@ where
     };
     let io = Coalesced {
         inner: Arc::new(Mutex::new(BufWriter::with_capacity(WRITE_BUFFER, io))),
+        written_since_read: Arc::new(AtomicUsize::new(0)),
+        heard: Arc::new(Heard::new()),
     };
+    let heard = io.heard.clone();
     let flusher = io.inner.clone();
+    let burst = io.written_since_read.clone();
     let conn = yamux::Connection::new(io.compat(), cfg, mode);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let closed = CancellationToken::new();
-    tokio::spawn(drive(conn, flusher, open_rx, in_tx, stop, closed.clone()));
+    tokio::spawn(drive(
+        conn,
+        flusher,
+        burst,
+        open_rx,
+        in_tx,
+        stop,
+        closed.clone(),
+    ));
     Mux {
         handle: MuxHandle {
             open_tx,
+            heard,
             permits: Arc::new(Semaphore::new(max_open.clamp(1, MAX_STREAMS))),
             closed,
         },
@@ -206,6 +259,11 @@ where
 /// batch of TLS records in one syscall. A full buffer is written out at once.
 struct Coalesced<T> {
     inner: Shared<T>,
+    /// When bytes last arrived.
+    heard: Arc<Heard>,
+    /// Bytes taken since yamux last tried to read, or since the driver's current poll
+    /// began (the driver resets it).
+    written_since_read: Arc<AtomicUsize>,
 }
 
 /// The buffered tunnel I/O, shared by yamux (through [`Coalesced`]) and the driver.
@@ -223,17 +281,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *lock(&self.inner)).poll_read(cx, buf)
+        self.written_since_read.store(0, Ordering::Relaxed);
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *lock(&self.inner)).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.now();
+        }
+        result
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
+    /// yamux writes for as long as streams have frames queued, and reads only then. With
+    /// a long backlog (thousands of streams sending at once on a busy machine) the
+    /// peer's frames, its heartbeats among them, would wait unread until the backlog is
+    /// gone, and the session would end for silence. So after [`WRITE_BURST`] bytes this
+    /// refuses to write (waking the task at once) until yamux has tried to read or the
+    /// driver's next poll begins; yamux reads first. The next poll writes again even
+    /// unread, so a frame yamux must send before it reads (a pong) is never held up.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *lock(&self.inner)).poll_write(cx, buf)
+        if self.written_since_read.load(Ordering::Relaxed) >= WRITE_BURST {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let n = std::task::ready!(Pin::new(&mut *lock(&self.inner)).poll_write(cx, buf))?;
+        self.written_since_read.fetch_add(n, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -257,6 +334,7 @@ fn flush_when_idle<T: AsyncWrite + Unpin>(
 async fn drive<T, IO>(
     mut conn: yamux::Connection<T>,
     flusher: Shared<IO>,
+    burst: Arc<AtomicUsize>,
     mut open_rx: mpsc::Receiver<OpenReply>,
     in_tx: mpsc::UnboundedSender<MuxStream>,
     stop: CancellationToken,
@@ -267,36 +345,47 @@ async fn drive<T, IO>(
 {
     let mut pending: Option<OpenReply> = None;
     let mut openers_gone = false;
-    let run = poll_fn(|cx| loop {
-        if pending.is_none() && !openers_gone {
-            match open_rx.poll_recv(cx) {
-                Poll::Ready(Some(reply)) => pending = Some(reply),
-                Poll::Ready(None) => openers_gone = true,
-                Poll::Pending => {}
-            }
+    let run = poll_fn(|cx| {
+        // Each poll may write (see `Coalesced::poll_write`).
+        burst.store(0, Ordering::Relaxed);
+        // What the last poll left buffered goes out first, while this poll's I/O budget
+        // is fresh: a poll that ends because reading used the budget up cannot flush,
+        // and under a steady inbound stream every poll ends that way, so small frames
+        // (heartbeats, window updates) would wait for the buffer to fill.
+        if let Poll::Ready(Err(e)) = flush_when_idle(&flusher, cx) {
+            return Poll::Ready(Err(yamux::ConnectionError::Io(e)));
         }
-        if pending.is_some() {
-            if let Poll::Ready(result) = conn.poll_new_outbound(cx) {
-                if let Some(reply) = pending.take() {
-                    let _ = reply.send(result);
+        loop {
+            if pending.is_none() && !openers_gone {
+                match open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => pending = Some(reply),
+                    Poll::Ready(None) => openers_gone = true,
+                    Poll::Pending => {}
                 }
-                continue;
             }
-        }
-        match conn.poll_next_inbound(cx) {
-            Poll::Ready(Some(Ok(stream))) => {
-                // A dropped receiver simply drops (resets) unwanted streams.
-                let _ = in_tx.send(MuxStream::new(stream, None));
-            }
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => {
-                // Nothing more to send for now: the frames written so far leave together.
-                // A pending flush (full socket) wakes this task when it can go on.
-                if let Poll::Ready(Err(e)) = flush_when_idle(&flusher, cx) {
-                    return Poll::Ready(Err(yamux::ConnectionError::Io(e)));
+            if pending.is_some() {
+                if let Poll::Ready(result) = conn.poll_new_outbound(cx) {
+                    if let Some(reply) = pending.take() {
+                        let _ = reply.send(result);
+                    }
+                    continue;
                 }
-                return Poll::Pending;
+            }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    // A dropped receiver simply drops (resets) unwanted streams.
+                    let _ = in_tx.send(MuxStream::new(stream, None));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    // Nothing more to send for now: the frames written so far leave together.
+                    // A pending flush (full socket) wakes this task when it can go on.
+                    if let Poll::Ready(Err(e)) = flush_when_idle(&flusher, cx) {
+                        return Poll::Ready(Err(yamux::ConnectionError::Io(e)));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     });
@@ -359,6 +448,106 @@ mod tests {
             .await
             .expect_err("a reset is not an end of file");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    /// Counts the bytes written between attempts to read.
+    struct Probe {
+        inner: tokio::io::DuplexStream,
+        since_read: usize,
+        max_between_reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for Probe {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            // An attempt counts: with nothing to read, there is nothing to wait for.
+            self.since_read = 0;
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Probe {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            self.since_read += n;
+            self.max_between_reads
+                .fetch_max(self.since_read, std::sync::atomic::Ordering::SeqCst);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// While many streams send at once, the peer's frames (its heartbeats) are still
+    /// read: yamux alone writes its whole backlog first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_backlog_does_not_stop_reading() {
+        let (agent_io, edge_io) = tokio::io::duplex(64 * 1024 * 1024);
+        let max = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let probe = Probe {
+            inner: edge_io,
+            since_read: 0,
+            max_between_reads: max.clone(),
+        };
+        let stop = CancellationToken::new();
+        let mut agent = start(agent_io, Side::Agent, stop.clone(), 64);
+        let mut edge = start(probe, Side::Edge, stop.clone(), 128);
+        // The agent talks all the time, and the edge reads what it says.
+        let mut chatter = agent.handle.open().await.unwrap();
+        let talking = tokio::spawn(async move {
+            let chunk = vec![1u8; 4 * 1024];
+            while chatter.write_all(&chunk).await.is_ok() {}
+        });
+        let listening = tokio::spawn(async move {
+            while let Some(mut s) = edge.inbound.recv().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        // The edge queues 32 MiB on 128 streams at once; the agent drains them.
+        let mut writers = Vec::new();
+        for _ in 0..128 {
+            let mut s = edge.handle.open().await.unwrap();
+            writers.push(tokio::spawn(async move {
+                s.write_all(&vec![2u8; 256 * 1024]).await.unwrap();
+                s.shutdown().await.unwrap();
+            }));
+        }
+        for _ in 0..128 {
+            let mut s = agent.inbound.recv().await.unwrap();
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).await.unwrap();
+            assert_eq!(sink.len(), 256 * 1024);
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        stop.cancel();
+        talking.abort();
+        listening.abort();
+        let max = max.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            max <= 2 * 1024 * 1024,
+            "{max} bytes were written without reading the peer's frames"
+        );
     }
 
     async fn exchange() {

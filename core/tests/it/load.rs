@@ -3,7 +3,9 @@
 //! soak are documented in the README ("Limits and hardening").
 //!
 //! Knobs: `BURROW_LOAD_CONNS` (default 10000), `BURROW_LOAD_BYTES` per connection
-//! (default 16384), `BURROW_SOAK_SECS` for the ignored soak test.
+//! (default 16384), `BURROW_SOAK_SECS` for the ignored soak test, `BURROW_LOAD_EDGE_LOG`
+//! (the edge process's log filter), `BURROW_LOAD_HEARTBEAT_MS` (default 5000: a session
+//! silent for three of them ends).
 
 use crate::common::*;
 use anyhow::{anyhow, Context, Result};
@@ -37,6 +39,7 @@ fn raise_fd_limit(per_process: usize) -> Result<()> {
 /// A `burrow edge` process (so its sockets count against its own descriptor limit):
 /// returns the process, its tunnel address and its CA.
 async fn edge_process() -> Result<(crate::cli::Proc, String, String)> {
+    let heartbeat_ms = env_usize("BURROW_LOAD_HEARTBEAT_MS", 5_000);
     let state = std::env::temp_dir().join(format!(
         "burrow-load-{}-{}",
         std::process::id(),
@@ -44,11 +47,14 @@ async fn edge_process() -> Result<(crate::cli::Proc, String, String)> {
     ));
     let config = crate::cli::temp_file(
         &format!("load-edge-{}.toml", rand_suffix()),
-        &format!("open = true\ntcp_ports = [0, 0]\nheartbeat_ms = 5000\nmax_connections = 30000\nstate_dir = {state:?}\n"),
+        &format!("open = true\ntcp_ports = [0, 0]\nheartbeat_ms = {heartbeat_ms}\nmax_connections = 30000\nstate_dir = {state:?}\n"),
     )?;
+    // Session starts and ends, with their reasons, explain a failed run.
+    let log = std::env::var("BURROW_LOAD_EDGE_LOG")
+        .unwrap_or_else(|_| "warn,burrow_core::edge::session=info".into());
     let mut edge = crate::cli::Proc::spawn(
         &["edge", "--config", config.to_str().unwrap_or_default()],
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", &log)],
     )?;
     let tunnel = edge.field("tunnel:").await?;
     let ca = std::fs::read_to_string(state.join("ca.pem"))?;
@@ -86,18 +92,74 @@ fn echo_listener(
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_concurrent_connections_through_one_session() -> Result<()> {
+/// The warnings of the in-process agent, kept for a failure report.
+#[derive(Clone, Default)]
+struct AgentLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl AgentLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for AgentLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `test` on a two-thread runtime whose threads (the agent's tasks run there)
+/// log warnings and errors to `log`, without touching the other tests of this process.
+fn with_agent_log<F: std::future::Future<Output = Result<()>>>(
+    log: &AgentLog,
+    test: impl FnOnce(AgentLog) -> F,
+) -> Result<()> {
+    let writer = log.clone();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let on_start = dispatch.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            // For the thread's whole life.
+            std::mem::forget(tracing::dispatcher::set_default(&on_start));
+        })
+        .build()?;
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    runtime.block_on(test(log.clone()))
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_through_one_session() -> Result<()> {
+    with_agent_log(&AgentLog::default(), ten_thousand_connections)
+}
+
+async fn ten_thousand_connections(agent_log: AgentLog) -> Result<()> {
     let conns = env_usize("BURROW_LOAD_CONNS", 10_000);
     let bytes = env_usize("BURROW_LOAD_BYTES", 16 * 1024);
     raise_fd_limit(conns)?;
-    let (_edge, tunnel, ca) = edge_process().await?;
+    let (edge, tunnel, ca) = edge_process().await?;
     let session = burrow_core::Session::builder()
         .server_addr(tunnel)
         .root_cas(ca)
         .max_pending(conns)
         .connect()
         .await?;
+    let first_session = session.id();
     let listener = session.tcp_endpoint().listen().await?;
     let port = url_port(listener.url());
     let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -119,7 +181,9 @@ async fn ten_thousand_concurrent_connections_through_one_session() -> Result<()>
                 let _slot = connecting.acquire().await?;
                 TcpStream::connect(("127.0.0.1", port)).await?
             };
-            echo_check(stream, &pseudo_random(bytes, i as u64)).await
+            echo_check(stream, &pseudo_random(bytes, i as u64))
+                .await
+                .with_context(|| format!("after {:.1}s", started.elapsed().as_secs_f64()))
         });
     }
     let mut errors = Vec::new();
@@ -136,6 +200,24 @@ async fn ten_thousand_concurrent_connections_through_one_session() -> Result<()>
         started.elapsed().as_secs_f64()
     );
     if !errors.is_empty() {
+        // What the session and the edge saw: a future failure explains itself.
+        eprintln!(
+            "load: session {first_session} -> {} (open: {}, failure: {:?})",
+            session.id(),
+            session.is_open(),
+            session.failure()
+        );
+        eprintln!("load: the agent's log:\n{}", agent_log.text());
+        match edge.kill_and_stderr().await {
+            Ok(log) => eprintln!("load: the edge's log:\n{log}"),
+            Err(e) => eprintln!("load: the edge's log is unavailable: {e:#}"),
+        }
+        // In the order the connections ended.
+        eprintln!(
+            "load: first and last errors: {:?} .. {:?}",
+            errors.first(),
+            errors.last()
+        );
         return Err(anyhow!(
             "{} of {conns} connections failed; first: {}",
             errors.len(),
@@ -266,5 +348,57 @@ async fn soak() -> Result<()> {
     );
     drop((tls_fwd, tcp_fwd));
     assert_eq!(errors, 0);
+    Ok(())
+}
+
+/// A burst larger than the 128-deep backlog `TcpListener::bind` asks for waits in the
+/// kernel until the edge accepts it: with a shallow backlog, the kernel drops the
+/// handshakes of the surplus (and resets clients whose SYN cookie it then refuses)
+/// while a busy edge catches up. Here the edge is at `max_connections`, so it accepts
+/// nothing while the burst arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_waits_in_the_backlog_for_a_busy_edge() -> Result<()> {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn < 2_048 {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, the kernel caps every backlog below this burst");
+        return Ok(());
+    }
+    let burst = 2_000;
+    raise_fd_limit(burst)?;
+    let edge = burrow_core::Edge::start(burrow_core::EdgeConfig {
+        open: true,
+        max_connections: 1,
+        handshake_timeout_ms: 60_000,
+        ..Default::default()
+    })
+    .await?;
+    // Sends no ClientHello: it holds the edge's only place until the end of the test.
+    let _held = TcpStream::connect(edge.tls_addr()).await?;
+    let addr = edge.tls_addr();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..burst {
+        clients.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+                .await
+                .context("the handshake was dropped (backlog full)")?
+                .context("connect")
+        });
+    }
+    let (mut connected, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = clients.join_next().await {
+        match r.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(stream) => connected.push(stream),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {burst} connections were not queued for the edge; first: {}",
+        errors.len(),
+        errors[0]
+    );
     Ok(())
 }
