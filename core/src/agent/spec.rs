@@ -225,21 +225,20 @@ pub struct EndpointSpec {
     pub forwards_to: Option<String>,
     /// Free-form description.
     pub description: Option<String>,
+    /// True when the traffic policy has a `terminate-tls` action (decided when the
+    /// spec was resolved, so the policy is not parsed again).
+    pub policy_terminates: bool,
 }
 
 impl EndpointSpec {
     /// Where TLS ends up terminated: the termination's mode, or the edge when the
     /// traffic policy terminates (which passthrough endpoints allow).
     pub fn terminate_at(&self) -> TerminateAt {
-        match (&self.termination, &self.traffic_policy) {
-            (Termination::Upstream, Some(p)) if policy_terminates(p) => TerminateAt::Edge,
-            (t, _) => t.terminate_at(),
+        match &self.termination {
+            Termination::Upstream if self.policy_terminates => TerminateAt::Edge,
+            t => t.terminate_at(),
         }
     }
-}
-
-fn policy_terminates(text: &str) -> bool {
-    TrafficPolicy::parse(text).is_ok_and(|p| !p.terminations().is_empty())
 }
 
 /// The user's endpoint settings before the termination rule is applied: what the
@@ -382,6 +381,7 @@ impl EndpointDraft {
         Ok(EndpointSpec {
             kind,
             termination,
+            policy_terminates: !policy.terminations().is_empty(),
             traffic_policy: self.traffic_policy,
             allow_cidrs: self.allow_cidrs,
             deny_cidrs: self.deny_cidrs,
