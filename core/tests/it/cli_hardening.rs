@@ -640,3 +640,17 @@ fn which(program: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+#[tokio::test]
+async fn a_url_with_a_port_the_edge_does_not_serve_is_refused() -> Result<()> {
+    let out = run(&["tls", "8080", "--url", "tls://a.example.com:9999"], &[]).await?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("port 9999")
+            && err.contains("leave the port out")
+            && err.contains("INVALID_URL"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -291,3 +291,31 @@ async fn unreachable_edge_and_untrusted_edge_fail_clearly() {
         .expect_err("bad addr");
     assert_eq!(err.code(), ErrorCode::InvalidUrl);
 }
+
+#[tokio::test]
+async fn a_port_in_a_tls_url_must_be_the_edges_tls_port() -> Result<()> {
+    let edge = open_edge().await;
+    let session = session_for(&edge).await;
+    let own = edge.tls_addr().port();
+    let other = if own == 9 { 10 } else { 9 };
+    let err = session
+        .tls_endpoint()
+        .url(&format!("tls://port.test:{other}"))?
+        .listen()
+        .await
+        .expect_err("a port the edge does not serve");
+    assert_eq!(err.code(), ErrorCode::InvalidUrl);
+    assert!(
+        err.message().contains(&format!("port {other}"))
+            && err.message().contains(&format!("port {own} only")),
+        "{err}"
+    );
+    // The edge's own port is honoured: the URL it hands back names it.
+    let listener = session
+        .tls_endpoint()
+        .url(&format!("tls://port.test:{own}"))?
+        .listen()
+        .await?;
+    assert_eq!(listener.url(), format!("tls://port.test:{own}"));
+    Ok(())
+}
