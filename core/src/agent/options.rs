@@ -415,12 +415,10 @@ impl Parsed {
             Opt::Url => {
                 let url = text(name, v)?;
                 let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-                let scheme = scheme.to_ascii_lowercase();
-                if rest.is_empty() || !matches!(scheme.as_str(), "tls" | "tcp" | "http" | "https") {
+                self.url = Some((scheme.to_ascii_lowercase(), rest.to_owned()));
+                if !matches!(scheme, "tls" | "tcp") || rest.is_empty() {
                     return Err(url_error(&url));
                 }
-                proto(&scheme)?; // http(s): refused as UNSUPPORTED, by name
-                self.url = Some((scheme, rest.to_owned()));
             }
             Opt::Crt => d.crt = Some(pem(name, v)?),
             Opt::Key => d.key = Some(pem(name, v)?),
