@@ -5,8 +5,10 @@
 # run and fails. Nothing is skipped silently. Called by scripts/test.sh.
 set -euo pipefail
 
-# Debian packages the tests use (openssl: test certificates; pebble: the ACME tests).
-SYSTEM_PACKAGES=(openssl ca-certificates pebble)
+# Debian packages the build and tests use (openssl: test certificates; pebble: the ACME
+# tests; etcd-server: the cluster tests; protobuf-compiler: protoc, which the etcd client
+# crate needs at build time).
+SYSTEM_PACKAGES=(openssl ca-certificates pebble etcd-server protobuf-compiler)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -14,7 +16,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
 else
-  for tool in openssl pebble; do  # no dpkg: check the commands (package names) themselves
+  for tool in openssl pebble etcd protoc; do  # no dpkg: check the commands (package names) themselves
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
 fi

@@ -29,7 +29,17 @@ pub(crate) enum Bound {
 impl Bound {
     pub(crate) fn release(self, shared: &Shared, session_id: &str, endpoint_id: &str) {
         match self {
-            Bound::Name(name) => shared.routes.release(&name, session_id, endpoint_id),
+            Bound::Name(name) => {
+                shared.routes.release(&name, session_id, endpoint_id);
+                if let Some(cluster) = shared.cluster.clone() {
+                    let (session_id, endpoint_id) = (session_id.to_owned(), endpoint_id.to_owned());
+                    shared.tasks.spawn(async move {
+                        cluster
+                            .release(&name, &session_id, &endpoint_id, false)
+                            .await;
+                    });
+                }
+            }
             Bound::Port(stop) => stop.cancel(),
         }
     }
@@ -70,7 +80,9 @@ pub(crate) async fn bind(owner: &Owner<'_>, prepared: &Prepared) -> Result<(Boun
         return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
     }
     match &prepared.spec.kind {
-        EndpointKind::Tls { domain, port } => bind_name(owner, prepared, domain.as_deref(), *port),
+        EndpointKind::Tls { domain, port } => {
+            bind_name(owner, prepared, domain.as_deref(), *port).await
+        }
         EndpointKind::Tcp { remote_port } => bind_port(owner, prepared, *remote_port).await,
     }
 }
@@ -87,7 +99,7 @@ impl Prepared {
     }
 }
 
-fn bind_name(
+async fn bind_name(
     owner: &Owner<'_>,
     prepared: &Prepared,
     domain: Option<&str>,
@@ -118,12 +130,32 @@ fn bind_name(
         }
         None => format!("{:016x}.{suffix}", rand::random::<u64>()),
     };
-    shared.routes.claim(&name, route(owner, prepared, &name)?)?;
+    let route = route(owner, prepared, &name)?;
+    claim(owner, &name, route).await?;
     let url = match shared.tls_port {
         443 => format!("tls://{name}"),
         port => format!("tls://{name}:{port}"),
     };
     Ok((Bound::Name(name), url))
+}
+
+/// Gives `name` to the route: across the cluster first (when there is one), then here.
+async fn claim(owner: &Owner<'_>, name: &str, route: Route) -> Result<()> {
+    let shared = owner.shared;
+    let Some(cluster) = &shared.cluster else {
+        return shared.routes.claim(name, route);
+    };
+    let endpoint_id = route.endpoint_id.clone();
+    cluster
+        .claim(name, owner.session_id, &endpoint_id, false)
+        .await?;
+    if let Err(e) = shared.routes.claim(name, route) {
+        cluster
+            .release(name, owner.session_id, &endpoint_id, false)
+            .await;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The route for a prepared bind, served under `name`: edge TLS and policy built and checked.

@@ -56,6 +56,8 @@ pub struct EdgeConfig {
     pub acme: Option<super::acme::AcmeConfig>,
     /// Operator certificates for edge-terminated names (see `edge::certs` for the order).
     pub certs: Vec<super::certs::CertFiles>,
+    /// Several edges as one, sharing routes through etcd; `None`: this edge alone.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl Default for EdgeConfig {
@@ -84,6 +86,7 @@ impl Default for EdgeConfig {
             max_unauthenticated: 1024,
             acme: None,
             certs: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -210,6 +213,9 @@ impl EdgeConfig {
         }
         if let Some(acme) = &self.acme {
             acme.validate()?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         for rule in &self.authtokens {
             if rule.token.is_empty() {

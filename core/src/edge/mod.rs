@@ -5,6 +5,7 @@ pub(crate) mod acme;
 mod auth;
 mod bind;
 pub(crate) mod certs;
+pub(crate) mod cluster;
 mod config;
 mod gate;
 mod public;
@@ -15,6 +16,7 @@ pub use crate::wire::Command;
 pub use acme::{AcmeConfig, AcmeCounters, AcmeMode, ChallengeKind};
 pub use auth::{glob_match, Grant, TokenRule};
 pub use certs::CertFiles;
+pub use cluster::ClusterConfig;
 pub use config::EdgeConfig;
 pub use routes::{lookup, EdgePolicy, MemoryRoutes, Route, Routes};
 
@@ -38,6 +40,10 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<certs::CertStore>,
     /// The ACME client, when `[acme]` is configured.
     pub(crate) acme: Option<Arc<acme::Acme>>,
+    /// This edge's membership in a cluster, when `[cluster]` is configured.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// The links to the other edges of the cluster.
+    pub(crate) links: Option<Arc<cluster::link::Links>>,
     /// Live sessions: id → token that opened it and the switch that ends it.
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
     pub(crate) tls_port: u16,
@@ -98,12 +104,30 @@ impl Edge {
         if config.authtokens.is_empty() && !config.open {
             tracing::warn!("this edge has no authtokens and open is not set: it will refuse every agent (add [[authtokens]], or open = true for a test edge)");
         }
-        let ca = match &config.state_dir {
-            Some(dir) => CertAuthority::load_or_create(dir)?,
-            None => CertAuthority::generate()?,
-        };
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(cluster::Cluster::connect(c.clone(), &stop).await?)),
+            None => None,
+        };
+        // In a cluster every edge shares one CA, so that agents and clients trust them all.
+        let ca = match (&cluster, &config.state_dir) {
+            (Some(cluster), _) => cluster.shared_ca().await?,
+            (None, Some(dir)) => CertAuthority::load_or_create(dir)?,
+            (None, None) => CertAuthority::generate()?,
+        };
+        let links = match &cluster {
+            Some(c) => Some(Arc::new(cluster::link::Links::new(
+                &ca,
+                &c.config,
+                stop.clone(),
+            )?)),
+            None => None,
+        };
+        let link_listener = match &cluster {
+            Some(c) => Some(bind(c.config.link_addr, "cluster.link_addr").await?),
+            None => None,
+        };
         let certs = Arc::new(certs::CertStore::load(
             &config.certs,
             config.state_dir.as_deref(),
@@ -140,6 +164,8 @@ impl Edge {
             ca,
             certs,
             acme,
+            cluster,
+            links,
             sessions: Mutex::new(HashMap::new()),
             tls_port: tls_addr.port(),
             tasks,
@@ -148,6 +174,19 @@ impl Edge {
         if let Some(acme) = &shared.acme {
             shared.tasks.spawn(
                 acme::renew_loop(acme.clone()).instrument(tracing::info_span!("acme-renewal")),
+            );
+        }
+        if let (Some(cluster), Some(links), Some(listener)) =
+            (&shared.cluster, &shared.links, link_listener)
+        {
+            cluster.join().await?;
+            shared.tasks.spawn(
+                cluster::run(shared.clone(), cluster.clone())
+                    .instrument(tracing::info_span!("cluster", edge_id = %cluster.edge_id())),
+            );
+            shared.tasks.spawn(
+                cluster::link::accept(shared.clone(), listener, links.clone())
+                    .instrument(tracing::info_span!("link", addr = %cluster.config.link_addr)),
             );
         }
         shared.tasks.spawn(
@@ -245,8 +284,24 @@ impl Edge {
         }
     }
 
-    /// Stops accepting, ends every session and waits for all tasks to finish.
+    /// How many names of other edges this edge's cluster cache holds (0 alone).
+    pub fn cluster_names(&self) -> usize {
+        self.shared.cluster.as_ref().map_or(0, |c| c.cached_names())
+    }
+
+    /// The edges other than this one that serve `host`, by id (empty alone).
+    pub fn remote_edges(&self, host: &str) -> Vec<String> {
+        self.shared.cluster.as_ref().map_or_else(Vec::new, |c| {
+            c.remote(host).into_iter().map(|(edge, _)| edge).collect()
+        })
+    }
+
+    /// Stops accepting, ends every session and waits for all tasks to finish. In a
+    /// cluster, the edge first gives up its lease, so its names are free at once.
     pub async fn shutdown(self) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.leave().await;
+        }
         self.shared.stop.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;

@@ -1,15 +1,20 @@
 //! The public side: the SNI-routed TLS listener and per-endpoint TCP listeners.
 
+use super::cluster::link::{LinkHeader, MAX_HOPS};
 use super::routes::{lookup, Route};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
 use crate::splice::splice_idle;
-use crate::tls::{cert_subject, read_client_hello, send_alert, HelloError, RefusalAlert};
-use crate::wire::{write_header, StreamHeader};
+use crate::tls::{
+    cert_subject, read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert,
+};
+use crate::wire::mux::MuxStream;
+use crate::wire::{read_header, write_header, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
@@ -95,58 +100,215 @@ pub(crate) async fn accept_tcp(
 }
 
 async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
-    let deadline = shared.config.handshake_timeout();
-    let max = shared.config.max_client_hello_bytes;
-    let hello = match read_client_hello(&mut tcp, deadline, max).await {
-        Ok(h) => h,
-        Err(HelloError::Eof) => return,
-        Err(e) => {
-            tracing::info!(reason = %e, "refused");
-            if matches!(e, HelloError::Invalid(_) | HelloError::TooLarge) {
-                send_alert(&mut tcp, RefusalAlert::HandshakeFailure).await;
-            }
-            return;
-        }
-    };
-    let Some(sni) = hello.sni.clone() else {
-        tracing::info!("refused: the ClientHello carries no SNI, so no endpoint can be chosen");
-        send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
+    let Some(hello) = read_hello(&shared, &mut tcp).await else {
         return;
     };
     // An ACME directory validating a name the edge is ordering a certificate for.
     if let Some(acme) = &shared.acme {
-        if let Some(config) = acme.challenge_config(&sni, &hello.alpn) {
-            Box::pin(acme.answer_challenge(*hello.accepted, tcp, config, deadline)).await;
+        if let Some(config) = acme.challenge_config(&hello.sni, &hello.info.alpn) {
+            let deadline = shared.config.handshake_timeout();
+            Box::pin(acme.answer_challenge(*hello.info.accepted, tcp, config, deadline)).await;
             return;
         }
     }
+    let client = Client {
+        peer,
+        server_addr: tcp.local_addr().ok(),
+        hops: 0,
+    };
+    route_tls(shared, tcp, hello, client).await
+}
+
+/// Serves a public connection another edge of the cluster took and carried here.
+pub(crate) async fn serve_forwarded(shared: Arc<Shared>, mut stream: MuxStream) {
+    let deadline = shared.config.handshake_timeout();
+    let header: LinkHeader = match timeout(deadline, read_header(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            return tracing::info!(reason = %e, "forwarded connection refused: bad link header")
+        }
+        Err(_) => return tracing::info!("forwarded connection refused: no link header in time"),
+    };
+    if header.hops == 0 || header.hops > MAX_HOPS {
+        return tracing::warn!(hops = header.hops, sni = %header.sni, "forwarded connection refused: it crossed too many edges (a routing loop)");
+    }
+    let span = tracing::info_span!("forwarded", client = %header.client_addr);
+    async move {
+        let Some(hello) = read_hello(&shared, &mut stream).await else {
+            return;
+        };
+        let client = Client {
+            peer: header.client_addr,
+            server_addr: header.server_addr,
+            hops: header.hops,
+        };
+        route_tls(shared, stream, hello, client).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// A ClientHello that names an endpoint.
+struct Hello {
+    sni: String,
+    info: ClientHelloInfo,
+}
+
+/// Reads the ClientHello; refuses (with the alert that says why) one that is invalid,
+/// too large, late or without SNI.
+async fn read_hello<IO>(shared: &Shared, io: &mut IO) -> Option<Hello>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = shared.config.handshake_timeout();
+    let max = shared.config.max_client_hello_bytes;
+    let info = match read_client_hello(io, deadline, max).await {
+        Ok(h) => h,
+        Err(HelloError::Eof) => return None,
+        Err(e) => {
+            tracing::info!(reason = %e, "refused");
+            if matches!(e, HelloError::Invalid(_) | HelloError::TooLarge) {
+                send_alert(io, RefusalAlert::HandshakeFailure).await;
+            }
+            return None;
+        }
+    };
+    let Some(sni) = info.sni.clone() else {
+        tracing::info!("refused: the ClientHello carries no SNI, so no endpoint can be chosen");
+        send_alert(io, RefusalAlert::UnrecognizedName).await;
+        return None;
+    };
+    Some(Hello { sni, info })
+}
+
+/// Where a public connection came from.
+#[derive(Clone, Copy)]
+struct Client {
+    peer: SocketAddr,
+    server_addr: Option<SocketAddr>,
+    /// Edges it crossed before reaching this one.
+    hops: u8,
+}
+
+/// Routes a connection by its SNI: to a local endpoint, or (when another edge of the
+/// cluster serves the name) across the link to that edge.
+async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, client: Client) {
+    let sni = hello.sni;
+    let deadline = shared.config.handshake_timeout();
     let Some(route) = lookup(shared.routes.as_ref(), &sni) else {
+        if client.hops == 0 {
+            if let Some(cluster) = &shared.cluster {
+                let edges = cluster.remote(&sni);
+                if !edges.is_empty() {
+                    let raw = hello.info.raw;
+                    drop(hello.info.accepted);
+                    if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
+                        tracing::info!(%sni, reason = %e, "forwarded connection ended");
+                    }
+                    return;
+                }
+            }
+        }
         tracing::info!(%sni, "refused: no endpoint serves this SNI");
-        send_alert(&mut tcp, RefusalAlert::UnrecognizedName).await;
+        send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
         return;
     };
-    let target = Target::new(&shared, &route, &tcp, peer, Some(sni.clone()));
+    let target = Target::new(&shared, &route, client, Some(sni.clone()));
     let termination = match route.decide(&target.conn_info()) {
         Ok(t) => t,
         Err(reason) => {
             tracing::info!(%sni, %reason, "refused by traffic policy");
-            send_alert(&mut tcp, RefusalAlert::AccessDenied).await;
+            send_alert(&mut io, RefusalAlert::AccessDenied).await;
             return;
         }
     };
     let result = match termination {
         // Boxed, so that passthrough connections do not carry a TLS session's room.
-        Some(config) => Box::pin(terminate(target, *hello.accepted, tcp, config, deadline)).await,
+        Some(config) => {
+            Box::pin(terminate(
+                target,
+                *hello.info.accepted,
+                io,
+                config,
+                deadline,
+            ))
+            .await
+        }
         None => {
             tracing::info!(%sni, mode = "passthrough", "connection");
             // Keep only the bytes to replay; free the parser's state for the splice.
-            let raw = hello.raw;
-            drop(hello.accepted);
-            proxy_raw(target, tcp, raw).await
+            let raw = hello.info.raw;
+            drop(hello.info.accepted);
+            proxy_raw(target, io, raw).await
         }
     };
     if let Err(e) = result {
         tracing::info!(reason = %e, "connection ended");
+    }
+}
+
+/// Carries a connection to the first of `edges` that takes it, then splices.
+async fn forward<IO: PublicIo>(
+    shared: &Shared,
+    mut io: IO,
+    raw: &[u8],
+    sni: &str,
+    client: Client,
+    edges: &[(String, SocketAddr)],
+) -> Result<()> {
+    let (Some(cluster), Some(links)) = (&shared.cluster, &shared.links) else {
+        return Err(Error::new(ErrorCode::Internal, "not in a cluster"));
+    };
+    let header = LinkHeader {
+        sni: sni.to_owned(),
+        client_addr: client.peer,
+        server_addr: client.server_addr,
+        hops: client.hops + 1,
+    };
+    // Start at a different edge each time, so that a name several edges serve is spread.
+    let start = rand::random::<u32>() as usize % edges.len();
+    let mut last = None;
+    for i in 0..edges.len() {
+        let (edge, addr) = &edges[(start + i) % edges.len()];
+        let opened = async {
+            let mut stream = links.open(edge, *addr).await?;
+            write_header(&mut stream, &header, raw).await?;
+            Ok::<_, Error>(stream)
+        };
+        match opened.await {
+            Ok(mut stream) => {
+                tracing::info!(%sni, edge = %edge, via = %cluster.edge_id(), mode = "forwarded", "connection");
+                let result = splice_idle(&mut io, &mut stream, shared.config.idle_timeout()).await;
+                end_abnormally_on_error(&result, &io);
+                return result.map(|_| ());
+            }
+            Err(e) => {
+                tracing::warn!(%sni, edge = %edge, error = %e, "edge unreachable over its link; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
+    Err(last.unwrap_or_else(|| Error::new(ErrorCode::ConnectFailed, "no edge to forward to")))
+}
+
+/// A public connection's byte stream: a client's TCP socket, or a stream on a link
+/// from another edge.
+pub(crate) trait PublicIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes the close the client sees abnormal (a TCP reset), where the stream can.
+    fn abort(&self);
+}
+
+impl PublicIo for TcpStream {
+    fn abort(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl PublicIo for MuxStream {
+    fn abort(&self) {
+        // Dropped without a FIN, the stream is reset; the edge that forwarded it
+        // passes that on to its client.
     }
 }
 
@@ -156,7 +318,12 @@ async fn serve_tcp_conn(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<()> {
-    let target = Target::new(&shared, &route, &tcp, peer, None);
+    let client = Client {
+        peer,
+        server_addr: tcp.local_addr().ok(),
+        hops: 0,
+    };
+    let target = Target::new(&shared, &route, client, None);
     let termination = route.decide(&target.conn_info()).map_err(|reason| {
         Error::new(
             ErrorCode::Closed,
@@ -191,17 +358,11 @@ struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn new(
-        shared: &Shared,
-        route: &'a Route,
-        tcp: &TcpStream,
-        peer: SocketAddr,
-        sni: Option<String>,
-    ) -> Self {
+    fn new(shared: &Shared, route: &'a Route, client: Client, sni: Option<String>) -> Self {
         Target {
             route,
-            peer,
-            server_addr: tcp.local_addr().ok(),
+            peer: client.peer,
+            server_addr: client.server_addr,
             sni,
             idle: shared.config.idle_timeout(),
         }
@@ -241,10 +402,10 @@ impl<'a> Target<'a> {
 }
 
 /// Edge termination: finish the handshake the client started, then proxy plaintext.
-async fn terminate(
+async fn terminate<IO: PublicIo>(
     target: Target<'_>,
     accepted: rustls::server::Accepted,
-    tcp: TcpStream,
+    tcp: IO,
     config: Arc<rustls::ServerConfig>,
     deadline: Duration,
 ) -> Result<()> {
@@ -267,7 +428,11 @@ async fn terminate(
 }
 
 /// Passthrough: replay what was read, then splice raw bytes.
-async fn proxy_raw(target: Target<'_>, mut client: TcpStream, already_read: Vec<u8>) -> Result<()> {
+async fn proxy_raw<IO: PublicIo>(
+    target: Target<'_>,
+    mut client: IO,
+    already_read: Vec<u8>,
+) -> Result<()> {
     let idle = target.idle;
     let mut stream = target.open(false, None, None, &already_read).await?;
     drop(already_read);
@@ -277,7 +442,7 @@ async fn proxy_raw(target: Target<'_>, mut client: TcpStream, already_read: Vec<
 }
 
 /// Edge termination: splice the decrypted bytes.
-async fn proxy_terminated(target: Target<'_>, mut tls: TlsStream<TcpStream>) -> Result<()> {
+async fn proxy_terminated<IO: PublicIo>(target: Target<'_>, mut tls: TlsStream<IO>) -> Result<()> {
     let session = tls.get_ref().1;
     let alpn = session
         .alpn_protocol()
@@ -298,10 +463,10 @@ async fn proxy_terminated(target: Target<'_>, mut tls: TlsStream<TcpStream>) -> 
 /// When a relay failed (the agent or the upstream ended abnormally, or the client
 /// did), the client's socket is closed with a TCP reset instead of a FIN, so the client
 /// cannot take a cut-off response for a complete one. An idle cut stays a plain close.
-fn end_abnormally_on_error<T>(result: &Result<T>, client: &TcpStream) {
+fn end_abnormally_on_error<T>(result: &Result<T>, client: &impl PublicIo) {
     if let Err(e) = result {
         if e.code() != ErrorCode::Timeout {
-            let _ = client.set_zero_linger();
+            client.abort();
         }
     }
 }

@@ -145,6 +145,14 @@ async fn serve_agent(
         replace_session(&shared, &old, authtoken.as_deref());
     }
     let session_id = crate::random_id();
+    if let Some(cluster) = &shared.cluster {
+        // Recorded before anything is bound, and only while this edge holds its lease.
+        if let Err(err) = cluster.add_session(&session_id, authtoken.as_deref()).await {
+            tracing::info!(%peer, reason = %err, "agent refused: the cluster store is out of reach");
+            refuse(&mut control, &err).await;
+            return Err(err);
+        }
+    }
     let (commands, command_rx) = mpsc::unbounded_channel();
     let client = hello.client_info.join(" ");
     shared.sessions().insert(
@@ -176,6 +184,12 @@ async fn serve_agent(
     let freed = session.bound.len();
     session.release_all();
     shared.sessions().remove(&session_id);
+    if let Some(cluster) = shared.cluster.clone() {
+        let id = session_id.clone();
+        shared
+            .tasks
+            .spawn(async move { cluster.remove_session(&id).await });
+    }
     kill.cancel();
     match result {
         Ok(reason) => {

@@ -81,6 +81,20 @@ impl CertAuthority {
         Ok(ca)
     }
 
+    /// The CA given as PEM text (its certificate and private key), e.g. a cluster's
+    /// shared CA.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(|_| {
+            Error::new(ErrorCode::InvalidPem, "the CA private key is not valid PEM")
+        })?;
+        Ok(Self::from_parts(cert_pem.to_owned(), key))
+    }
+
+    /// The CA's private key, PEM: for storing it where the CA is shared. Never log it.
+    pub(crate) fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     fn from_parts(cert_pem: String, key: KeyPair) -> Self {
         // The issuer only needs the CA's name and key; both are stable across restarts.
         CertAuthority {

@@ -169,6 +169,35 @@ pub fn tunnel_client_config(root_cas: Option<&[u8]>) -> Result<ClientConfig> {
     Ok(config)
 }
 
+/// The config an edge dials another edge of its cluster with: TLS 1.3, trusting only
+/// the cluster's CA, showing `cert` (which that CA issued).
+pub fn link_client_config(ca_pem: &[u8], cert: &CertKey) -> Result<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::option(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots(Some(ca_pem), "cluster CA")?)
+        .with_client_cert_resolver(Arc::new(ClientCert(cert.certified.clone())));
+    Ok(config)
+}
+
+/// Always shows one client certificate.
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The config the agent uses to dial a `tls://` upstream.
 ///
 /// With `verify` false any certificate is accepted (`verify_upstream_tls=False`).

@@ -8,8 +8,9 @@ mod pem;
 
 pub use ca::CertAuthority;
 pub use config::{
-    parse_version, provider, server_config, server_config_with_resolver, tunnel_client_config,
-    tunnel_server_config, upstream_client_config, ServerTlsSettings, TlsVersion,
+    link_client_config, parse_version, provider, server_config, server_config_with_resolver,
+    tunnel_client_config, tunnel_server_config, upstream_client_config, ServerTlsSettings,
+    TlsVersion,
 };
 pub use hello::{
     read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert, MAX_HELLO_BYTES,

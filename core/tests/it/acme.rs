@@ -10,68 +10,13 @@ use burrow_core::{Edge, EdgeConfig, ErrorCode, TerminateAt, Upstream};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const PEBBLE: &str = "/usr/bin/pebble";
 const CHALLTESTSRV: &str = "/usr/bin/pebble-challtestsrv";
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Result<TempDir> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "burrow-acme-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback TCP port nothing listens on right now.
-fn free_port() -> Result<u16> {
-    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `N` loopback ports, distinct from each other and from `taken`. The listeners are held
-/// until all are chosen: ports picked one by one can repeat (the kernel hands a just
-/// closed port out again), and two servers of one test then fight over one port.
-fn distinct_free_ports<const N: usize>(taken: &[u16]) -> Result<[u16; N]> {
-    let mut held = Vec::new();
-    let mut ports = [0u16; N];
-    let mut found = 0;
-    while found < N {
-        let listener = StdTcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        held.push(listener);
-        if !taken.contains(&port) {
-            ports[found] = port;
-            found += 1;
-        }
-        if held.len() > 10 * N + 10 {
-            bail!("no {N} distinct free ports");
-        }
-    }
-    Ok(ports)
-}
 
 /// A loopback port free for both UDP and TCP (DNS uses both).
 fn free_dns_port() -> Result<u16> {
@@ -83,18 +28,6 @@ fn free_dns_port() -> Result<u16> {
         }
     }
     bail!("no port free for both UDP and TCP")
-}
-
-/// Drains a child's output into `log`, line by line.
-fn drain(out: impl AsyncRead + Unpin + Send + 'static, log: Arc<Mutex<String>>) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(out).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
 }
 
 /// pebble (the ACME test server) and pebble-challtestsrv (its DNS, answering

@@ -2,16 +2,18 @@
 
 #![allow(dead_code)]
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use burrow_core::wire::{AgentMsg, BindSpec, ControlChannel, EdgeMsg, PROTOCOL_VERSION};
 use burrow_core::{Edge, EdgeConfig, Session};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -537,4 +539,69 @@ impl RawAgent {
             }
         }
     }
+}
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Result<TempDir> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "burrow-test-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `N` loopback ports, distinct from each other and from `taken`. The listeners are held
+/// until all are chosen: ports picked one by one can repeat (the kernel hands a just
+/// closed port out again), and two servers of one test then fight over one port.
+pub fn distinct_free_ports<const N: usize>(taken: &[u16]) -> Result<[u16; N]> {
+    let mut held = Vec::new();
+    let mut ports = [0u16; N];
+    let mut found = 0;
+    while found < N {
+        let listener = StdTcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        held.push(listener);
+        if !taken.contains(&port) {
+            ports[found] = port;
+            found += 1;
+        }
+        if held.len() > 10 * N + 10 {
+            bail!("no {N} distinct free ports");
+        }
+    }
+    Ok(ports)
+}
+
+/// Drains a child's output into `log`, line by line.
+pub fn drain(out: impl AsyncRead + Unpin + Send + 'static, log: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
 }

@@ -3,6 +3,7 @@
 mod acme;
 mod cli;
 mod cli_hardening;
+mod cluster;
 mod common;
 mod config;
 mod faults;

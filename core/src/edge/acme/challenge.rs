@@ -8,7 +8,7 @@ impl Acme {
     pub(crate) async fn answer_challenge(
         &self,
         accepted: Accepted,
-        tcp: TcpStream,
+        tcp: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         config: Arc<ServerConfig>,
         deadline: Duration,
     ) {

@@ -1,0 +1,340 @@
+//! Several edges as one: a real etcd (started here from a temp dir on 127.0.0.1) and
+//! edges on 127.0.0.2, .3 and .4 sharing routes through it.
+
+use crate::common::*;
+use anyhow::{bail, Context, Result};
+use burrow_core::edge::ClusterConfig;
+use burrow_core::{Edge, EdgeConfig, ErrorCode, Session, TerminateAt};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// A single-member etcd on 127.0.0.1 with its data in a temp dir; killed on drop.
+pub struct Etcd {
+    pub url: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Etcd {
+    pub async fn start() -> Result<Etcd> {
+        if !std::path::Path::new(ETCD).exists() {
+            bail!(
+                "{ETCD} is missing: the cluster tests need etcd. Install it with \
+                 `apt-get update && apt-get install -y etcd-server` (scripts/setup.sh does this)"
+            );
+        }
+        let [client_port, peer_port] = distinct_free_ports::<2>(&[])?;
+        let mut etcd = Etcd {
+            url: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port,
+            dir: TempDir::new("etcd")?,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        etcd.run().await?;
+        Ok(etcd)
+    }
+
+    /// Starts (or starts again, on the same data and ports) and waits until it answers.
+    pub async fn run(&mut self) -> Result<()> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut child = Command::new(ETCD)
+            .args(["--name", "burrow-test"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("burrow-test={peer}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting etcd")?;
+        drain(
+            child.stdout.take().context("etcd stdout")?,
+            self.log.clone(),
+        );
+        drain(
+            child.stderr.take().context("etcd stderr")?,
+            self.log.clone(),
+        );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.healthy().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("etcd did not come up:\n{}", self.log())
+    }
+
+    async fn healthy(&self) -> bool {
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.client_port)).await else {
+            return false;
+        };
+        let request = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        if tcp.write_all(request.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer).await;
+        answer.contains("\"health\":\"true\"")
+    }
+
+    /// Kills etcd (SIGKILL, by PID) and waits for it to be gone.
+    #[allow(dead_code)]
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A loopback port free on `ip` right now.
+pub fn free_port_on(ip: Ipv4Addr) -> Result<u16> {
+    Ok(StdTcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// The config of cluster edge `id` on 127.0.0.`n`.
+pub fn edge_config(etcd: &Etcd, id: &str, n: u8, prefix: &str) -> Result<EdgeConfig> {
+    let ip = Ipv4Addr::new(127, 0, 0, n);
+    let at = |port| SocketAddr::new(IpAddr::V4(ip), port);
+    Ok(EdgeConfig {
+        open: true,
+        tunnel_addr: at(0),
+        tls_addr: at(0),
+        heartbeat_ms: 500,
+        cluster: Some(ClusterConfig {
+            etcd: vec![etcd.url.clone()],
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            edge_id: id.to_owned(),
+            link_addr: at(free_port_on(ip)?),
+            lease_ttl_secs: 2,
+            prefix: prefix.to_owned(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Three edges, a (.2), b (.3) and c (.4), in one cluster named by `prefix`.
+async fn three_edges(etcd: &Etcd, prefix: &str) -> Result<[Edge; 3]> {
+    let a = Edge::start(edge_config(etcd, "a", 2, prefix)?).await?;
+    let b = Edge::start(edge_config(etcd, "b", 3, prefix)?).await?;
+    let c = Edge::start(edge_config(etcd, "c", 4, prefix)?).await?;
+    Ok([a, b, c])
+}
+
+async fn session_on(edge: &Edge) -> Result<Session> {
+    Ok(Session::builder()
+        .server_addr(edge.tunnel_addr().to_string())
+        .root_cas(edge.ca_pem())
+        .connect()
+        .await?)
+}
+
+/// Waits until `edge` knows that edge `owner` serves `name`.
+async fn sees(edge: &Edge, name: &str, owner: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        edge.remote_edges(name).iter().any(|e| e == owner)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_on_one_edge_is_reached_byte_exact_through_every_other_edge() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let [a, b, c] = three_edges(&etcd, "/reach/").await?;
+    // Every edge shares the cluster's CA.
+    assert_eq!(a.ca_pem(), b.ca_pem());
+    assert_eq!(a.ca_pem(), c.ca_pem());
+
+    let pki = Pki::new("cluster test CA");
+    let up_cert = pki.leaf(&["up.cluster.test"]);
+    let agent_cert = pki.leaf(&["agent.cluster.test"]);
+    let edge_cert = pki.leaf(&["edge.cluster.test"]);
+    let tls_service = tls_echo_server(&up_cert).await;
+    let service = echo_server().await;
+    let session = session_on(&a).await?;
+    let _up = session
+        .tls_endpoint()
+        .domain("up.cluster.test")
+        .listen_and_forward(tls_service.addr.to_string().parse()?)
+        .await?;
+    let agent = session
+        .tls_endpoint()
+        .domain("agent.cluster.test")
+        .agent_termination(agent_cert.crt.clone(), agent_cert.key.clone())
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    assert_eq!(agent.terminate_at(), TerminateAt::Agent);
+    let edge_term = session
+        .tls_endpoint()
+        .domain("edge.cluster.test")
+        .termination(edge_cert.crt.clone(), edge_cert.key.clone())
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    assert_eq!(edge_term.terminate_at(), TerminateAt::Edge);
+
+    for (name, cert, seed) in [
+        ("up.cluster.test", &up_cert, 1),
+        ("agent.cluster.test", &agent_cert, 2),
+        ("edge.cluster.test", &edge_cert, 3),
+    ] {
+        for (via, edge) in [("b", &b), ("c", &c)] {
+            assert!(
+                sees(edge, name, "a").await,
+                "{via} never learned that a serves {name}"
+            );
+            let tls = tls_connect(edge.tls_addr(), name, &pki.ca_pem).await?;
+            assert_eq!(
+                peer_cert(&tls),
+                cert.der(),
+                "{name} through {via}: wrong certificate"
+            );
+            echo_check(tls, &pseudo_random(10 * MIB, seed)).await?;
+            let addr = edge.tls_addr();
+            let ca = pki.ca_pem.clone();
+            concurrent_echo(100, 64 * 1024, move || {
+                let ca = ca.clone();
+                async move { tls_connect(addr, name, &ca).await }
+            })
+            .await
+            .with_context(|| format!("100 concurrent connections to {name} through {via}"))?;
+        }
+    }
+    // An unknown name is still refused everywhere.
+    assert!(
+        tls_connect(b.tls_addr(), "nobody.cluster.test", &pki.ca_pem)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_agents_on_two_edges_claiming_one_name_at_once_one_wins_every_time() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let a = Edge::start(edge_config(&etcd, "a", 2, "/race/")?).await?;
+    let b = Edge::start(edge_config(&etcd, "b", 3, "/race/")?).await?;
+    let on_a = session_on(&a).await?;
+    let on_b = session_on(&b).await?;
+    let service = echo_server().await;
+    let upstream: burrow_core::Upstream = service.addr.to_string().parse()?;
+    for round in 0..50 {
+        let name = format!("race{round}.cluster.test");
+        let (ra, rb) = tokio::join!(
+            on_a.tls_endpoint()
+                .domain(&name)
+                .listen_and_forward(upstream.clone()),
+            on_b.tls_endpoint()
+                .domain(&name)
+                .listen_and_forward(upstream.clone()),
+        );
+        let won = [ra.is_ok(), rb.is_ok()];
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: exactly one claim must win: a={:?} b={:?}",
+            ra.as_ref().err(),
+            rb.as_ref().err()
+        );
+        let loser = ra.as_ref().err().or(rb.as_ref().err()).map(|e| e.code());
+        assert_eq!(loser, Some(ErrorCode::DomainTaken), "round {round}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wildcard_on_one_edge_refuses_a_name_it_covers_on_another() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let a = Edge::start(edge_config(&etcd, "a", 2, "/wild/")?).await?;
+    let b = Edge::start(edge_config(&etcd, "b", 3, "/wild/")?).await?;
+    let service = echo_server().await;
+    let upstream: burrow_core::Upstream = service.addr.to_string().parse()?;
+    let on_a = session_on(&a).await?;
+    let on_b = session_on(&b).await?;
+    let _wild = on_a
+        .tls_endpoint()
+        .domain("*.wild.test")
+        .listen_and_forward(upstream.clone())
+        .await?;
+    let err = on_b
+        .tls_endpoint()
+        .domain("app.wild.test")
+        .listen_and_forward(upstream.clone())
+        .await
+        .err()
+        .context("a covered name must be refused")?;
+    assert_eq!(err.code(), ErrorCode::DomainTaken, "{err}");
+    // Deeper names are not covered, and the wildcard answers through b.
+    on_b.tls_endpoint()
+        .domain("x.app.wild.test")
+        .listen_and_forward(upstream)
+        .await?;
+    assert!(sees(&b, "anything.wild.test", "a").await);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gracefully_stopped_edge_frees_its_names_at_once() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut config = edge_config(&etcd, "a", 2, "/graceful/")?;
+    if let Some(c) = config.cluster.as_mut() {
+        // Long enough that only the revoke can explain a quick release.
+        c.lease_ttl_secs = 60;
+    }
+    let a = Edge::start(config).await?;
+    let b = Edge::start(edge_config(&etcd, "b", 3, "/graceful/")?).await?;
+    let service = echo_server().await;
+    let session = session_on(&a).await?;
+    let _l = session
+        .tls_endpoint()
+        .domain("bye.cluster.test")
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    assert!(sees(&b, "bye.cluster.test", "a").await);
+    let started = Instant::now();
+    a.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .remote_edges("bye.cluster.test")
+            .is_empty())
+        .await,
+        "b still routes to a after a's graceful shutdown"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // And the name can be claimed through b at once.
+    let other = session_on(&b).await?;
+    other
+        .tls_endpoint()
+        .domain("bye.cluster.test")
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    drop(session);
+    Ok(())
+}
