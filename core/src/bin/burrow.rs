@@ -380,12 +380,21 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
             }
         }
     };
+    let cluster = config.cluster.clone();
     let edge = Edge::start(config).await?;
     println!("tunnel: {}", edge.tunnel_addr());
     println!("tls:    {}", edge.tls_addr());
-    // Without a state_dir the CA lives in memory: agents need it in a file.
+    // Without a state_dir the CA lives in memory, and a cluster's CA lives in etcd:
+    // agents need it in a file.
     let mut run_dir = None;
-    if open_edge {
+    if let Some(cluster) = &cluster {
+        let ca = RunDir::file(&mut run_dir, "cluster-ca.pem", edge.ca_pem())?;
+        println!(
+            "cluster: edge {} linked at {}",
+            cluster.edge_id, cluster.link_addr
+        );
+        println!("root-cas: {}", ca.display());
+    } else if open_edge {
         let ca = RunDir::file(&mut run_dir, "edge-ca.pem", edge.ca_pem())?;
         println!("root-cas: {}", ca.display());
         println!(

@@ -96,7 +96,6 @@ impl Etcd {
     }
 
     /// Kills etcd (SIGKILL, by PID) and waits for it to be gone.
-    #[allow(dead_code)]
     pub async fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill().await?;
@@ -335,6 +334,216 @@ async fn a_gracefully_stopped_edge_frees_its_names_at_once() -> Result<()> {
         .domain("bye.cluster.test")
         .listen_and_forward(service.addr.to_string().parse()?)
         .await?;
+    drop(session);
+    Ok(())
+}
+
+/// Watches the edges' own routing tables for `name` and records every moment two
+/// sessions served it at once.
+struct OwnerChecker {
+    violations: Arc<Mutex<Vec<String>>>,
+    samples: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl OwnerChecker {
+    fn start(edges: Vec<Arc<Edge>>, name: &'static str) -> OwnerChecker {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let samples = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (v, n, s) = (violations.clone(), samples.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.is_cancelled() {
+                let owners: std::collections::BTreeSet<String> = edges
+                    .iter()
+                    .filter_map(|e| e.route(name).map(|r| r.session_id))
+                    .collect();
+                if owners.len() > 1 {
+                    v.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{owners:?}"));
+                }
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        OwnerChecker {
+            violations,
+            samples,
+            stop,
+        }
+    }
+
+    fn finish(self) -> (Vec<String>, u64) {
+        self.stop.cancel();
+        let v = self
+            .violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (v, self.samples.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[tokio::test]
+async fn etcd_down_for_ten_seconds_never_gives_a_name_two_owners_and_edges_recover() -> Result<()> {
+    let mut etcd = Etcd::start().await?;
+    let a = Arc::new(Edge::start(edge_config(&etcd, "a", 2, "/outage/")?).await?);
+    let b = Arc::new(Edge::start(edge_config(&etcd, "b", 3, "/outage/")?).await?);
+    let pki = Pki::new("outage CA");
+    let service = tls_echo_server(&pki.leaf(&["outage.cluster.test"])).await;
+    let upstream: burrow_core::Upstream = service.addr.to_string().parse()?;
+    let first = session_on(&a).await?;
+    let _held = first
+        .tls_endpoint()
+        .domain("outage.cluster.test")
+        .listen_and_forward(upstream.clone())
+        .await?;
+    assert!(sees(&b, "outage.cluster.test", "a").await);
+    let checker = OwnerChecker::start(vec![a.clone(), b.clone()], "outage.cluster.test");
+    // A second agent keeps trying to take the name through b the whole time.
+    let contender = session_on(&b).await?;
+    let contend = {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let mut won = None;
+            for _ in 0..150 {
+                if let Ok(l) = contender
+                    .tls_endpoint()
+                    .domain("outage.cluster.test")
+                    .listen_and_forward(upstream.clone())
+                    .await
+                {
+                    won = Some(l);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (contender, won)
+        })
+    };
+
+    etcd.kill().await?;
+    // Within the lease's TTL (2 s) both edges stop serving what they cannot vouch for.
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .route("outage.cluster.test")
+            .is_none())
+        .await,
+        "edge a kept serving a name after losing etcd"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    etcd.run().await?;
+
+    // The edges rejoin and the name is served again, by one session, through both edges.
+    let recovered = eventually(Duration::from_secs(30), || {
+        a.route("outage.cluster.test").is_some() || b.route("outage.cluster.test").is_some()
+    })
+    .await;
+    assert!(
+        recovered,
+        "nobody serves the name after etcd came back:\n{}",
+        etcd.log()
+    );
+    let (_contender, _won) = contend.await?;
+    let (violations, samples) = checker.finish();
+    assert!(samples > 100, "the checker barely ran ({samples} samples)");
+    assert!(violations.is_empty(), "two owners seen: {violations:?}");
+    for (via, edge) in [("a", &a), ("b", &b)] {
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let attempt = async {
+                let tls = tls_connect(edge.tls_addr(), "outage.cluster.test", &pki.ca_pem).await?;
+                echo_check(tls, &pseudo_random(64 * 1024, 7)).await
+            };
+            match attempt.await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(e) = last {
+            bail!("the name does not answer through edge {via} after recovery: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// A `burrow edge` process in the cluster, on 127.0.0.`n`: what a test can SIGKILL.
+async fn edge_process(
+    etcd: &Etcd,
+    id: &str,
+    n: u8,
+    prefix: &str,
+) -> Result<(crate::cli::Proc, String, String)> {
+    let ip = Ipv4Addr::new(127, 0, 0, n);
+    let config = format!(
+        "open = true\ntunnel_addr = \"{ip}:0\"\ntls_addr = \"{ip}:0\"\nheartbeat_ms = 500\n\n\
+         [cluster]\netcd = [\"{}\"]\nedge_id = \"{id}\"\nlink_addr = \"{ip}:{}\"\nlease_ttl_secs = 2\nprefix = \"{prefix}\"\n",
+        etcd.url,
+        free_port_on(ip)?
+    );
+    let path = crate::cli::temp_file(
+        &format!("edge-{id}-{prefix}.toml").replace('/', ""),
+        &config,
+    )?;
+    let path = path.to_string_lossy().into_owned();
+    let mut proc = crate::cli::Proc::spawn(&["edge", "--config", &path], &[])?;
+    let (tunnel, _tls) = proc.edge_addrs().await?;
+    let ca_file = proc.field("root-cas:").await?;
+    let ca = std::fs::read_to_string(&ca_file)?;
+    Ok((proc, tunnel, ca))
+}
+
+#[tokio::test]
+async fn a_killed_edge_leaves_every_cache_within_its_lease_ttl() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let (mut a, a_tunnel, ca) = edge_process(&etcd, "a", 2, "/kill/").await?;
+    let b = Edge::start(edge_config(&etcd, "b", 3, "/kill/")?).await?;
+    let c = Edge::start(edge_config(&etcd, "c", 4, "/kill/")?).await?;
+    assert_eq!(
+        b.ca_pem(),
+        ca,
+        "the process edge and the in-process edges share the cluster CA"
+    );
+    let pki = Pki::new("kill CA");
+    let service = tls_echo_server(&pki.leaf(&["kill.cluster.test"])).await;
+    let session = Session::builder()
+        .server_addr(a_tunnel)
+        .root_cas(ca.clone())
+        .connect()
+        .await?;
+    let _l = session
+        .tls_endpoint()
+        .domain("kill.cluster.test")
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    for edge in [&b, &c] {
+        assert!(sees(edge, "kill.cluster.test", "a").await);
+        let tls = tls_connect(edge.tls_addr(), "kill.cluster.test", &pki.ca_pem).await?;
+        echo_check(tls, &pseudo_random(MIB, 9)).await?;
+    }
+
+    a.child.start_kill()?; // SIGKILL: no lease revoke, no goodbye
+    a.child.wait().await?;
+    let killed = Instant::now();
+    for (via, edge) in [("b", &b), ("c", &c)] {
+        let gone = eventually(Duration::from_secs(6), || {
+            edge.remote_edges("kill.cluster.test").is_empty()
+        })
+        .await;
+        assert!(gone, "{via} still routes to the dead edge");
+    }
+    let took = killed.elapsed();
+    println!("the dead edge's routes left every cache {took:?} after SIGKILL (lease TTL 2 s)");
+    // TTL 2 s; etcd checks expiry every 500 ms.
+    assert!(
+        took < Duration::from_secs(4),
+        "the dead edge's routes lingered {took:?}"
+    );
     drop(session);
     Ok(())
 }
