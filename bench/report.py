@@ -24,7 +24,7 @@ def median(contender, workload, conns, get):
 
 contenders = []
 for r in rows:
-    if r["contender"] not in contenders and r["workload"] != "bind":
+    if r["contender"] not in contenders and r["workload"] not in ("bind", "lookup"):
         contenders.append(r["contender"])
 
 summary = {}
@@ -54,6 +54,7 @@ for c in contenders:
     summary[c] = s
 
 bind = [r for r in rows if r["workload"] == "bind"]
+lookups = [r["lookup"] for r in rows if r["workload"] == "lookup"]
 direct = summary.get("direct", {})
 
 
@@ -100,6 +101,19 @@ def get(c, key):
     return summary.get(c, {}).get(key)
 
 
+one, hop = "cluster one edge", "cluster hop b->a"
+for lk in lookups:
+    print(f"cluster lookup: {lk['ns_per_lookup']:.0f} ns with {lk['routes']} names cached, "
+          f"{lk['ns_per_lookup_one_route']:.0f} ns with one ({lk['ns_per_lookup'] / lk['ns_per_lookup_one_route']:.2f}x)")
+
+print("\nTargets (issue 15, the inter-edge hop against one edge, same run):")
+for key, what in [("connect_per_s", "new conns/s"), ("bulk1_mib_s", "bulk 1 conn"), ("bulk16_mib_s", "bulk 16 conns")]:
+    if get(one, key) and get(hop, key):
+        r = get(hop, key) / get(one, key)
+        target(f"hop {what} vs one edge", f"{r:.2f}x", ">= 0.75x", r >= 0.75)
+    else:
+        print(f"- hop {what}: not measured")
+
 print("\nTargets (issue 7):")
 up, rh, ngx = "burrow upstream", "rathole tls", "nginx ssl"
 if get(up, "bulk16_mib_s") and direct.get("bulk16_mib_s"):
@@ -131,5 +145,5 @@ for b in bind:
 
 for c, w in failures:
     print(f"FAILED: {c} {w}")
-json.dump({"summary": summary, "bind": [b["bind"] for b in bind], "runs": rows}, open(sys.argv[2], "w"), indent=1)
+json.dump({"summary": summary, "bind": [b["bind"] for b in bind], "lookup": lookups, "runs": rows}, open(sys.argv[2], "w"), indent=1)
 print(f"\nwritten: {sys.argv[2]}")

@@ -3,7 +3,8 @@
 # workloads against each (3 runs, median), prints one table with ratios to a direct
 # TLS connection and writes bench/results.json.
 #
-#   bench/run.sh           # everything: direct, burrow x3, nginx x2, rathole (TLS), bore
+#   bench/run.sh           # everything: direct, burrow x3, a cluster's hop, nginx x2,
+#                          # rathole (TLS), bore
 #   bench/run.sh --quick   # seconds: direct and burrow only, 1 run each (used by CI)
 #
 # Client and contenders share this machine's cores: compare ratios, not absolutes.
@@ -12,9 +13,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ "$QUICK" = 1 ]; then
-  RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10
+  RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10; LOOKUP_ROUTES=1000
 else
-  RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50
+  RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50; LOOKUP_ROUTES=10000
 fi
 WORK="$(mktemp -d /tmp/burrow-bench.XXXXXX)"
 PIDS=()
@@ -45,7 +46,8 @@ if [ "$QUICK" = 0 ]; then
 fi
 ulimit -n "$(ulimit -Hn)"
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# freeport [IP]: a TCP port free on IP (default 127.0.0.1) right now.
+freeport() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"; }
 # start NAME CMD...: runs CMD in the background with its output in $WORK/NAME.log
 start() { local name="$1"; shift; "$@" >"$WORK/$name.log" 2>&1 & PIDS+=($!); eval "PID_$name=$!"; }
 # wait_for NAME PATTERN: waits for PATTERN in NAME's log and prints the matching line
@@ -103,6 +105,31 @@ CONTENDERS=(
   "burrow upstream|$EDGE_UPSTREAM|bench.test|$PID_edge_upstream $PID_agent_upstream"
   "burrow agent|$EDGE_AGENT|agent.bench.test|$PID_edge_agent $PID_agent_agent"
   "burrow edge|$EDGE_EDGE|edge.bench.test|$PID_edge_edge $PID_agent_edge"
+)
+
+echo "== cluster: etcd, edge a on 127.0.0.2 and edge b on 127.0.0.3, an agent on a"
+ETCD_C=$(freeport); ETCD_P=$(freeport)
+ETCD_URL="http://127.0.0.1:$ETCD_C"
+start etcd etcd --name bench --data-dir "$WORK/etcd" \
+  --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_P" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_P" \
+  --initial-cluster "bench=http://127.0.0.1:$ETCD_P"
+wait_for etcd "ready to serve client requests" >/dev/null
+for e in a:2 b:3; do
+  id="${e%%:*}"; ip="127.0.0.${e##*:}"
+  printf 'open = true\ntunnel_addr = "%s:0"\ntls_addr = "%s:0"\n\n[cluster]\netcd = ["%s"]\nedge_id = "%s"\nlink_addr = "%s:%s"\nprefix = "/bench/"\n' \
+    "$ip" "$ip" "$ETCD_URL" "$id" "$ip" "$(freeport "$ip")" > "cluster-$id.toml"
+  start "cluster_$id" "$BURROW" edge --config "cluster-$id.toml" --log warn
+done
+CLUSTER_A=$(wait_for cluster_a "tls:" | awk '{print $2}')
+CLUSTER_B=$(wait_for cluster_b "tls:" | awk '{print $2}')
+start cluster_agent "$BURROW" tls "$TLS_UP" --url tls://bench.test --log warn \
+  --server-addr "$(wait_for cluster_a "tunnel:" | awk '{print $2}')" \
+  --root-cas "$(wait_for cluster_a "root-cas:" | awk '{print $2}')"
+wait_for cluster_agent Forwarding >/dev/null
+CONTENDERS+=(
+  "cluster one edge|$CLUSTER_A|bench.test|$PID_cluster_a $PID_cluster_agent"
+  "cluster hop b->a|$CLUSTER_B|bench.test|$PID_cluster_a $PID_cluster_b $PID_cluster_agent"
 )
 
 if [ "$QUICK" = 0 ]; then
@@ -266,5 +293,8 @@ done
 echo "== bind latency (burrow)"
 TUNNEL=$(wait_for edge_edge "tunnel:" | awk '{print $2}')
 record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/state-edge/ca.pem" --upstream "$PLAIN_UP" --count "$BIND_COUNT")"
+
+echo "== cluster lookup cost ($LOOKUP_ROUTES names cached)"
+record "cluster" 1 "$("$BENCH" lookup --etcd "$ETCD_URL" --routes "$LOOKUP_ROUTES")"
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results$([ "$QUICK" = 1 ] && echo -quick).json"

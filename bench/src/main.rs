@@ -59,6 +59,19 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         count: usize,
     },
+    /// Measure a cluster edge's lookup of a name another edge serves, with `routes`
+    /// names in its cache, against the same lookups with one name cached.
+    Lookup {
+        /// etcd client URL.
+        #[arg(long)]
+        etcd: String,
+        /// Names held in the cache.
+        #[arg(long, default_value_t = 10_000)]
+        routes: usize,
+        /// Lookups timed.
+        #[arg(long, default_value_t = 1_000_000)]
+        lookups: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -123,6 +136,11 @@ async fn main() -> Result<()> {
             upstream,
             count,
         } => bind(server_addr, root_cas, upstream, count).await,
+        Command::Lookup {
+            etcd,
+            routes,
+            lookups,
+        } => lookup(etcd, routes, lookups).await,
     }
 }
 
@@ -434,6 +452,94 @@ async fn bind(
         "{}",
         json!({"workload": "bind", "bind": percentiles(&hist)})
     );
+    session.close().await;
+    Ok(())
+}
+
+/// A cluster edge on 127.0.0.`n` for the lookup measurement.
+fn cluster_edge(etcd: &str, id: &str, n: u8, prefix: &str) -> Result<burrow_core::EdgeConfig> {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, n);
+    let link = std::net::TcpListener::bind((ip, 0))?.local_addr()?;
+    Ok(burrow_core::EdgeConfig {
+        open: true,
+        tunnel_addr: SocketAddr::new(ip.into(), 0),
+        tls_addr: SocketAddr::new(ip.into(), 0),
+        max_endpoints_per_session: 100_000,
+        cluster: Some(burrow_core::edge::ClusterConfig {
+            etcd: vec![etcd.to_owned()],
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            edge_id: id.to_owned(),
+            link_addr: link,
+            lease_ttl_secs: 10,
+            prefix: prefix.to_owned(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Nanoseconds per lookup on `edge` over `names`, `lookups` times (every one must
+/// find the owner).
+fn time_lookups(edge: &burrow_core::Edge, names: &[String], lookups: usize) -> Result<f64> {
+    let start = Instant::now();
+    let mut found = 0usize;
+    for i in 0..lookups {
+        // A cheap spread over the names (a multiplicative hash of i).
+        let name = &names[(i.wrapping_mul(2_654_435_761)) % names.len()];
+        found += usize::from(!edge.remote_edges(name).is_empty());
+    }
+    let ns = start.elapsed().as_nanos() as f64 / lookups as f64;
+    if found != lookups {
+        bail!("{} of {lookups} lookups found no owner", lookups - found);
+    }
+    Ok(ns)
+}
+
+/// Waits until `edge`'s cluster cache holds `n` names.
+async fn wait_for_names(edge: &burrow_core::Edge, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while edge.cluster_names() < n {
+        if Instant::now() > deadline {
+            bail!("the cache holds {} of {n} names", edge.cluster_names());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn lookup(etcd: String, routes: usize, lookups: usize) -> Result<()> {
+    let prefix = format!("/bench-lookup-{}/", std::process::id());
+    let owner = burrow_core::Edge::start(cluster_edge(&etcd, "owner", 5, &prefix)?).await?;
+    let reader = burrow_core::Edge::start(cluster_edge(&etcd, "reader", 6, &prefix)?).await?;
+    let session = burrow_core::Session::builder()
+        .server_addr(owner.tunnel_addr().to_string())
+        .root_cas(owner.ca_pem())
+        .connect()
+        .await?;
+    let upstream: burrow_core::Upstream = "127.0.0.1:9".parse()?;
+    let names: Vec<String> = (0..routes).map(|i| format!("n{i}.lookup.test")).collect();
+    let mut held = Vec::with_capacity(routes);
+    let bind = |name: String| {
+        session
+            .tls_endpoint()
+            .domain(name)
+            .listen_and_forward(upstream.clone())
+    };
+    let one = bind(names[0].clone()).await?;
+    wait_for_names(&reader, 1).await?;
+    let one_ns = time_lookups(&reader, &names[..1], lookups)?;
+    for chunk in names[1..].chunks(64) {
+        held.extend(futures::future::try_join_all(chunk.iter().cloned().map(&bind)).await?);
+    }
+    wait_for_names(&reader, routes).await?;
+    let many_ns = time_lookups(&reader, &names, lookups)?;
+    println!(
+        "{}",
+        json!({"workload": "lookup", "lookup": {"routes": routes, "ns_per_lookup": many_ns, "ns_per_lookup_one_route": one_ns}})
+    );
+    drop(held);
+    drop(one);
     session.close().await;
     Ok(())
 }

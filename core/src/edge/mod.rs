@@ -106,8 +106,21 @@ impl Edge {
         }
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
+        let certs = Arc::new(certs::CertStore::load(
+            &config.certs,
+            config.state_dir.as_deref(),
+        )?);
+        let acme_config = config.acme.clone().filter(|a| a.mode == AcmeMode::Acme);
         let cluster = match &config.cluster {
-            Some(c) => Some(Arc::new(cluster::Cluster::connect(c.clone(), &stop).await?)),
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::connect(
+                    c.clone(),
+                    certs.clone(),
+                    acme_config.as_ref().map(|a| a.directory.clone()),
+                    &stop,
+                )
+                .await?,
+            )),
             None => None,
         };
         // In a cluster every edge shares one CA, so that agents and clients trust them all.
@@ -128,19 +141,16 @@ impl Edge {
             Some(c) => Some(bind(c.config.link_addr, "cluster.link_addr").await?),
             None => None,
         };
-        let certs = Arc::new(certs::CertStore::load(
-            &config.certs,
-            config.state_dir.as_deref(),
-        )?);
-        let acme = match &config.acme {
-            Some(a) if a.mode == AcmeMode::Acme => Some(acme::Acme::new(
-                a.clone(),
+        let acme = match acme_config {
+            Some(a) => Some(acme::Acme::new(
+                a,
                 config.state_dir.as_deref(),
                 certs.clone(),
+                cluster.clone(),
                 tasks.clone(),
                 stop.clone(),
             )?),
-            _ => None,
+            None => None,
         };
         let tunnel_listener = bind(config.tunnel_addr, "tunnel_addr").await?;
         let tls_listener = bind(config.tls_addr, "tls_addr").await?;

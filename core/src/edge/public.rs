@@ -1,5 +1,6 @@
 //! The public side: the SNI-routed TLS listener and per-endpoint TCP listeners.
 
+use super::acme::ACME_TLS_ALPN;
 use super::cluster::link::{LinkHeader, MAX_HOPS};
 use super::routes::{lookup, Route};
 use super::Shared;
@@ -103,20 +104,47 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
     let Some(hello) = read_hello(&shared, &mut tcp).await else {
         return;
     };
-    // An ACME directory validating a name the edge is ordering a certificate for.
-    if let Some(acme) = &shared.acme {
-        if let Some(config) = acme.challenge_config(&hello.sni, &hello.info.alpn) {
-            let deadline = shared.config.handshake_timeout();
-            Box::pin(acme.answer_challenge(*hello.info.accepted, tcp, config, deadline)).await;
-            return;
-        }
-    }
     let client = Client {
         peer,
         server_addr: tcp.local_addr().ok(),
         hops: 0,
     };
+    let Some((tcp, hello)) = answer_challenge(&shared, tcp, hello).await else {
+        return;
+    };
+    // A validation for a name another edge of the cluster is ordering: that edge answers.
+    if hello.info.alpn.iter().any(|p| p == ACME_TLS_ALPN) {
+        if let Some(owner) = shared
+            .cluster
+            .as_ref()
+            .and_then(|c| c.challenge_owner(&hello.sni))
+        {
+            let raw = hello.info.raw;
+            if let Err(e) = forward(&shared, tcp, &raw, &hello.sni, client, &[owner]).await {
+                tracing::info!(reason = %e, "forwarded ACME validation ended");
+            }
+            return;
+        }
+    }
     route_tls(shared, tcp, hello, client).await
+}
+
+/// Answers an ACME directory validating a name this edge is ordering a certificate for;
+/// hands the connection back when it is not such a validation.
+async fn answer_challenge<IO: PublicIo>(
+    shared: &Shared,
+    io: IO,
+    hello: Hello,
+) -> Option<(IO, Hello)> {
+    let Some(acme) = &shared.acme else {
+        return Some((io, hello));
+    };
+    let Some(config) = acme.challenge_config(&hello.sni, &hello.info.alpn) else {
+        return Some((io, hello));
+    };
+    let deadline = shared.config.handshake_timeout();
+    Box::pin(acme.answer_challenge(*hello.info.accepted, io, config, deadline)).await;
+    None
 }
 
 /// Serves a public connection another edge of the cluster took and carried here.
@@ -135,6 +163,9 @@ pub(crate) async fn serve_forwarded(shared: Arc<Shared>, mut stream: MuxStream) 
     let span = tracing::info_span!("forwarded", client = %header.client_addr);
     async move {
         let Some(hello) = read_hello(&shared, &mut stream).await else {
+            return;
+        };
+        let Some((stream, hello)) = answer_challenge(&shared, stream, hello).await else {
             return;
         };
         let client = Client {

@@ -54,6 +54,11 @@ impl Pebble {
     /// Starts pebble validating TLS-ALPN-01 on `tls_port` of 127.0.0.1; certificates
     /// live `validity_secs` when given (pebble's default is years).
     async fn start(tls_port: u16, validity_secs: Option<u64>) -> Result<Pebble> {
+        Self::start_at("127.0.0.1", tls_port, validity_secs).await
+    }
+
+    /// Like [`Pebble::start`], validating on `tls_port` of `ip` (every name resolves to it).
+    async fn start_at(ip: &str, tls_port: u16, validity_secs: Option<u64>) -> Result<Pebble> {
         let serial = ONE_PEBBLE.lock().await;
         for bin in [PEBBLE, CHALLTESTSRV] {
             assert!(
@@ -83,7 +88,7 @@ impl Pebble {
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
             .args(["-management", &format!("127.0.0.1:{dns_management}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-defaultIPv4", ip, "-defaultIPv6", ""])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -763,5 +768,95 @@ fn acme_config_parses_from_toml_and_bad_values_are_refused() -> Result<()> {
         assert_eq!(err.code(), ErrorCode::Config, "{err}");
         assert!(err.message().contains(field), "{bad}: {err}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_a_cluster_any_edge_answers_the_validation_and_every_edge_serves_the_certificate(
+) -> Result<()> {
+    use crate::cluster::{edge_config, Etcd};
+    use std::net::{IpAddr, Ipv4Addr};
+    let etcd = Etcd::start().await?;
+    // One public TLS port, free on both edges' addresses.
+    let port = loop {
+        let p = free_port()?;
+        let free = |n| StdTcpListener::bind((Ipv4Addr::new(127, 0, 0, n), p)).is_ok();
+        if free(2) && free(3) {
+            break p;
+        }
+    };
+    // Every name resolves to edge b: pebble validates there, while edge a orders.
+    let pebble = Pebble::start_at("127.0.0.3", port, None).await?;
+    let edge = |id: &str, n: u8| -> Result<EdgeConfig> {
+        let mut c = edge_config(&etcd, id, n, "/acme/")?;
+        c.tls_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), port);
+        c.acme = Some(AcmeConfig {
+            directory: pebble.directory.clone(),
+            ca_bundle: Some(pebble.api_ca.clone()),
+            bind_wait_ms: 20_000,
+            ..Default::default()
+        });
+        Ok(c)
+    };
+    let a = Edge::start(edge("a", 2)?).await?;
+    let b = Edge::start(edge("b", 3)?).await?;
+    let service = echo_server().await;
+    let upstream = Upstream::new("127.0.0.1", service.addr.port())?;
+    let name = "app.cluster-acme.test";
+
+    let on_a = session_for(&a).await;
+    let fwd = on_a
+        .tls_endpoint()
+        .domain(name)
+        .terminate_at(TerminateAt::Edge)
+        .listen_and_forward(upstream.clone())
+        .await?;
+    assert_eq!(fwd.terminate_at(), TerminateAt::Edge);
+    let (ca, cb) = (
+        a.acme_counters().context("acme")?,
+        b.acme_counters().context("acme")?,
+    );
+    assert_eq!(
+        (ca.orders, cb.orders),
+        (1, 0),
+        "a orders, b does not: {ca:?} {cb:?}"
+    );
+    assert!(
+        ca.validations >= 1 && cb.validations == 0,
+        "pebble reached b, which sent the validation to a: {ca:?} {cb:?}\n{}",
+        pebble.log()
+    );
+    let root = pebble.root().await?;
+    // Through b (the connection goes to a, which terminates with the certificate).
+    let tls = tls_connect(b.tls_addr(), name, &root).await?;
+    let leaf = peer_cert(&tls);
+    echo_check(tls, &pseudo_random(64 * 1024, 11)).await?;
+
+    // The agent moves to b: b serves the same certificate without ordering one.
+    on_a.close().await;
+    let on_b = session_for(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        match on_b
+            .tls_endpoint()
+            .domain(name)
+            .terminate_at(TerminateAt::Edge)
+            .listen_and_forward(upstream.clone())
+            .await
+        {
+            Ok(f) => break f,
+            Err(e) if e.code() == ErrorCode::DomainTaken && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(moved.terminate_at(), TerminateAt::Edge);
+    let tls = tls_connect(b.tls_addr(), name, &root).await?;
+    assert_eq!(peer_cert(&tls), leaf, "b must serve the certificate a got");
+    echo_check(tls, &pseudo_random(64 * 1024, 12)).await?;
+    let cb = b.acme_counters().context("acme")?;
+    assert_eq!(cb.orders, 0, "b ordered again: {cb:?}");
+    assert_eq!(pebble.orders(), 1, "pebble log:\n{}", pebble.log());
     Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //! Kinds: `sh` (each `burrow ...` command; a long-running one must come up, then stop
 //! with exit code 0 on SIGTERM), `file NAME` (saved as NAME for the commands),
-//! `edge-config` (an edge started from it), `policy` (an endpoint bound with it on the
+//! `bash` (the whole block run with bash; it must exit 0), `edge-config` (an edge started from it), `policy` (an endpoint bound with it on the
 //! embedded edge), `agent-config` (`config check`, then `start --all` against a test edge).
 //! `python`, `pytest` and `node` blocks are run by `tests-py/test_readme.py` and
 //! `tests-js/readme.test.js`.
@@ -255,6 +255,38 @@ async fn run_burrow(dir: &Path, args: &[String], ready: &str, count: usize) -> R
     Ok(())
 }
 
+/// Runs a whole block with bash (`-euo pipefail`), `burrow` first on the PATH; it must
+/// end with exit code 0 within two minutes.
+async fn run_script(dir: &Path, text: &str) -> Result<()> {
+    let bin = Path::new(env!("CARGO_BIN_EXE_burrow"))
+        .parent()
+        .ok_or_else(|| anyhow!("no bin dir"))?;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", text])
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .context("the script did not finish within 120 s")??;
+    if !out.status.success() {
+        bail!(
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A test edge for the agent config: its CA in the placeholder state dir, the README's
 /// token, any domain.
 async fn test_edge(p: &Placeholders) -> Result<Edge> {
@@ -305,6 +337,7 @@ async fn run_block(block: &Block, files: &[(String, String)]) -> Result<()> {
             }
             Ok(())
         }
+        ["bash"] => run_script(&p.dir, &block.text).await,
         ["edge-config"] => {
             let file = p.save("edge.toml", &block.text)?;
             let args = ["edge".into(), "--config".into(), file.display().to_string()];

@@ -19,6 +19,7 @@ pub use config::{AcmeConfig, AcmeMode, ChallengeKind, ACME_TLS_ALPN};
 use store::{directory_id, write_private};
 
 use super::certs::{CertStore, Issued};
+use super::cluster::Cluster;
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls::{self, CertKey, ServerTlsSettings};
 use bytes::Bytes;
@@ -92,6 +93,9 @@ pub(crate) struct Acme {
     dir: Option<PathBuf>,
     http: HyperClient<Https, BodyWrapper<Bytes>>,
     store: Arc<CertStore>,
+    /// The cluster this edge belongs to: the account, certificates and challenge
+    /// answers are shared through it.
+    cluster: Option<Arc<Cluster>>,
     account: tokio::sync::Mutex<Option<Account>>,
     /// TLS-ALPN-01 answers by name, while a challenge is pending.
     challenges: Mutex<HashMap<String, CertKey>>,
@@ -123,6 +127,7 @@ impl Acme {
         config: AcmeConfig,
         state_dir: Option<&Path>,
         store: Arc<CertStore>,
+        cluster: Option<Arc<Cluster>>,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> Result<Arc<Acme>> {
@@ -150,6 +155,7 @@ impl Acme {
             dir,
             http,
             store,
+            cluster,
             account: tokio::sync::Mutex::new(None),
             challenges: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -262,6 +268,9 @@ impl Acme {
                     ))),
                 };
                 lock(&acme.challenges).remove(&name);
+                if let Some(cluster) = &acme.cluster {
+                    cluster.withdraw_challenge(&name).await;
+                }
                 let outcome = match result {
                     Ok(issued) => {
                         tracing::info!(renewal, not_after = ?issued.not_after, "certificate issued");

@@ -12,7 +12,14 @@ impl Acme {
         let directory = &self.config.directory;
         let builder = || Account::builder_with_http(Box::new(self.http.clone()));
         let path = self.dir.as_ref().map(|d| d.join("account.json"));
+        let shared = match &self.cluster {
+            Some(c) => c.stored_account(&directory_id(directory)).await?,
+            None => None,
+        };
         let stored = match &path {
+            _ if shared.is_some() => shared
+                .as_deref()
+                .and_then(|text| serde_json::from_str::<AccountCredentials>(text).ok()),
             Some(p) if p.exists() => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
@@ -56,14 +63,35 @@ impl Acme {
                     )
                     .await
                     .map_err(|e| classify(e, directory, "registering an ACME account"))?;
+                let json = serde_json::to_string(&creds)
+                    .map_err(|e| Error::new(ErrorCode::Internal, format!("ACME account: {e}")))?;
                 if let Some(p) = &path {
-                    let json = serde_json::to_string(&creds).map_err(|e| {
-                        Error::new(ErrorCode::Internal, format!("ACME account: {e}"))
-                    })?;
                     write_private(p, json.as_bytes())?;
                 }
                 tracing::info!(%directory, account = %account.id(), "ACME account registered");
-                account
+                match &self.cluster {
+                    // Another edge may have registered first: every edge uses the stored one.
+                    Some(c) => {
+                        let stored = c.share_account(&directory_id(directory), &json).await?;
+                        if stored == json {
+                            account
+                        } else {
+                            let creds: AccountCredentials =
+                                serde_json::from_str(&stored).map_err(|e| {
+                                    Error::new(
+                                        ErrorCode::Config,
+                                        format!(
+                                            "the shared ACME account in etcd is unreadable: {e}"
+                                        ),
+                                    )
+                                })?;
+                            builder().from_credentials(creds).await.map_err(|e| {
+                                classify(e, directory, "loading the shared ACME account")
+                            })?
+                        }
+                    }
+                    None => account,
+                }
             }
         };
         *cached = Some(account.clone());
@@ -103,6 +131,10 @@ impl Acme {
                 })?;
                 let answer = challenge_cert(name, challenge.key_authorization().digest().as_ref())?;
                 lock(&self.challenges).insert(name.to_owned(), answer);
+                if let Some(cluster) = &self.cluster {
+                    // A validation may arrive at any edge: they send it here.
+                    cluster.announce_challenge(name).await?;
+                }
                 challenge
                     .set_ready()
                     .await
@@ -139,6 +171,11 @@ impl Acme {
         cert.check_covers(name)?;
         let issued = Issued::new(cert)?;
         self.persist(name, &chain, &key_pem)?;
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.share_cert(name, &chain, &key_pem).await {
+                tracing::warn!(%name, error = %e, "certificate not shared with the cluster; other edges order their own");
+            }
+        }
         Ok(issued)
     }
 }

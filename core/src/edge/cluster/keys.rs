@@ -3,7 +3,12 @@
 //! Under the cluster's prefix:
 //! - `edges/<edge>`: the edge's link address (under its lease);
 //! - `sessions/<session>/<edge>`: a hash of the token that opened the session there;
-//! - `routes/<reversed name>/<edge>/<session>`: the endpoint serving the name there.
+//! - `routes/<reversed name>/<edge>/<session>`: the endpoint serving the name there;
+//! - `challenges/<name>`: the edge answering a TLS-ALPN-01 challenge for the name
+//!   (under its lease, while the order runs);
+//! - `certs/<name>`: an ACME certificate and its key, for every edge (no lease);
+//! - `acme-accounts/<directory id>`: the ACME account the edges share (no lease);
+//! - `ca`: the cluster's CA (no lease).
 //!
 //! Names are stored with their labels reversed (`app.example.com` is
 //! `com.example.app`, `*.example.com` is `com.example.*`), so the names a wildcard
@@ -51,6 +56,18 @@ impl Keys {
         format!("{}sessions/{session}/", self.prefix)
     }
 
+    pub(crate) fn challenge(&self, name: &str) -> String {
+        format!("{}challenges/{name}", self.prefix)
+    }
+
+    pub(crate) fn cert(&self, name: &str) -> String {
+        format!("{}certs/{name}", self.prefix)
+    }
+
+    pub(crate) fn account(&self, directory_id: &str) -> String {
+        format!("{}acme-accounts/{directory_id}", self.prefix)
+    }
+
     /// Every member serving exactly `name`, on any edge.
     pub(crate) fn members_of(&self, name: &str) -> String {
         format!("{}routes/{}/", self.prefix, reversed(name))
@@ -71,6 +88,12 @@ impl Keys {
         if let Some(edge) = rest.strip_prefix("edges/") {
             return Some(Parsed::Edge(edge.to_owned()));
         }
+        if let Some(name) = rest.strip_prefix("challenges/") {
+            return Some(Parsed::Challenge(name.to_owned()));
+        }
+        if let Some(name) = rest.strip_prefix("certs/") {
+            return Some(Parsed::Cert(name.to_owned()));
+        }
         let route = rest.strip_prefix("routes/")?;
         let mut parts = route.splitn(3, '/');
         let (rname, edge, session) = (parts.next()?, parts.next()?, parts.next()?);
@@ -85,6 +108,8 @@ impl Keys {
 /// A key the cache keeps, taken apart.
 pub(crate) enum Parsed {
     Edge(String),
+    Challenge(String),
+    Cert(String),
     Route {
         name: String,
         edge: String,
@@ -106,6 +131,15 @@ pub(crate) struct RouteValue {
     pub(crate) pooled: bool,
 }
 
+/// The value of `certs/<name>`.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct CertValue {
+    /// The ACME directory that issued it.
+    pub(crate) directory: String,
+    pub(crate) chain: String,
+    pub(crate) key: String,
+}
+
 /// The value of `sessions/<session>/<edge>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionValue {
@@ -125,6 +159,8 @@ pub(crate) struct Member {
 pub(crate) struct Cache {
     pub(crate) edges: HashMap<String, EdgeValue>,
     pub(crate) routes: HashMap<String, Vec<Member>>,
+    /// Names with a TLS-ALPN-01 challenge pending, and the edge that answers it.
+    pub(crate) challenges: HashMap<String, String>,
 }
 
 impl Cache {
@@ -157,8 +193,26 @@ impl Cache {
                     self.routes.remove(&name);
                 }
             }
-            None => {}
+            Some(Parsed::Challenge(name)) => {
+                match value.and_then(|v| String::from_utf8(v.to_vec()).ok()) {
+                    Some(edge) => self.challenges.insert(name, edge),
+                    None => self.challenges.remove(&name),
+                };
+            }
+            // Certificates go to the edge's certificate store, not here.
+            Some(Parsed::Cert(_)) | None => {}
         }
+    }
+
+    /// The edge other than `me` answering a challenge for `name`, and its link address.
+    pub(crate) fn challenge_owner(
+        &self,
+        name: &str,
+        me: &str,
+    ) -> Option<(String, std::net::SocketAddr)> {
+        let edge = self.challenges.get(name).filter(|e| *e != me)?;
+        let addr = self.edges.get(edge)?.link_addr;
+        Some((edge.clone(), addr))
     }
 
     /// The edges other than `me` that serve `host` (exactly, else by wildcard), with

@@ -12,13 +12,15 @@ pub(crate) mod link;
 
 pub use config::ClusterConfig;
 
+use super::certs::{CertStore, Issued};
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls::CertAuthority;
+use crate::tls::CertKey;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use keys::{Cache, EdgeValue, Keys, Parsed, RouteValue, SessionValue};
+use keys::{Cache, CertValue, EdgeValue, Keys, Parsed, RouteValue, SessionValue};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -44,6 +46,10 @@ pub(crate) struct Cluster {
     /// until it holds a new one.
     serving: watch::Sender<bool>,
     cache: RwLock<Cache>,
+    /// Where ACME certificates from the other edges go; the ACME directory they must
+    /// come from (`None`: this edge uses no ACME, and takes none).
+    certs: Arc<CertStore>,
+    directory: Option<String>,
 }
 
 /// A failure talking to etcd, as the edge reports it.
@@ -71,7 +77,12 @@ pub(crate) fn token_hash(token: Option<&str>) -> String {
 
 impl Cluster {
     /// Connects to etcd, retrying (and saying so) until it answers or `stop`.
-    pub(crate) async fn connect(config: ClusterConfig, stop: &CancellationToken) -> Result<Self> {
+    pub(crate) async fn connect(
+        config: ClusterConfig,
+        certs: Arc<CertStore>,
+        directory: Option<String>,
+        stop: &CancellationToken,
+    ) -> Result<Self> {
         config.validate()?;
         let options = connect_options(&config)?;
         let mut delay = Duration::from_millis(100);
@@ -105,6 +116,8 @@ impl Cluster {
             lease: RwLock::new(None),
             serving,
             cache: RwLock::new(Cache::default()),
+            certs,
+            directory,
         })
     }
 
@@ -281,6 +294,7 @@ impl Cluster {
             for kv in snapshot.kvs() {
                 if let Ok(key) = kv.key_str() {
                     cache.apply(&self.keys, key, Some(kv.value()));
+                    self.take_cert(key, Some(kv.value()));
                 }
             }
             *self.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
@@ -313,8 +327,132 @@ impl Cluster {
                     EventType::Delete => None,
                 };
                 cache.apply(&self.keys, key, value);
+                self.take_cert(key, value);
             }
         }
+    }
+
+    /// Puts a certificate another edge shared into this edge's store, when it is
+    /// from this edge's ACME directory and newer than the one held.
+    fn take_cert(&self, key: &str, value: Option<&[u8]>) {
+        let (Some(Parsed::Cert(name)), Some(value), Some(directory)) =
+            (self.keys.parse(key), value, &self.directory)
+        else {
+            return;
+        };
+        let Ok(shared) = serde_json::from_slice::<CertValue>(value) else {
+            return tracing::warn!(%name, "unreadable certificate in etcd, skipped");
+        };
+        if shared.directory != *directory {
+            return;
+        }
+        let issued =
+            CertKey::from_pem(shared.chain.as_bytes(), shared.key.as_bytes()).and_then(|cert| {
+                cert.check_covers(&name)?;
+                Issued::new(cert)
+            });
+        match issued {
+            Ok(issued) => {
+                let newer = self
+                    .certs
+                    .automatic(&name)
+                    .map_or(true, |held| held.not_after < issued.not_after);
+                if newer && !issued.expired() {
+                    tracing::info!(%name, not_after = ?issued.not_after, "certificate from the cluster");
+                    self.certs.set_automatic(&name, issued);
+                }
+            }
+            Err(e) => tracing::warn!(%name, error = %e, "certificate in etcd skipped"),
+        }
+    }
+
+    /// Shares a certificate this edge's ACME client got with every edge.
+    pub(crate) async fn share_cert(&self, name: &str, chain: &str, key_pem: &str) -> Result<()> {
+        let Some(directory) = &self.directory else {
+            return Ok(());
+        };
+        let value = serde_json::to_vec(&CertValue {
+            directory: directory.clone(),
+            chain: chain.to_owned(),
+            key: key_pem.to_owned(),
+        })
+        .map_err(|e| etcd_error("encoding", e))?;
+        call(
+            "sharing the certificate",
+            self.client().put(self.keys.cert(name), value, None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The ACME account the edges share for `directory_id`, if one is stored.
+    pub(crate) async fn stored_account(&self, directory_id: &str) -> Result<Option<String>> {
+        let got = call(
+            "reading the ACME account",
+            self.client().get(self.keys.account(directory_id), None),
+        )
+        .await?;
+        Ok(got
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok())
+            .map(str::to_owned))
+    }
+
+    /// Stores `credentials` as the shared account unless another edge stored one first;
+    /// returns the one stored.
+    pub(crate) async fn share_account(
+        &self,
+        directory_id: &str,
+        credentials: &str,
+    ) -> Result<String> {
+        let key = self.keys.account(directory_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, credentials, None)]);
+        call("sharing the ACME account", self.client().txn(txn)).await?;
+        self.stored_account(directory_id)
+            .await?
+            .ok_or_else(|| etcd_error("sharing the ACME account", "it vanished"))
+    }
+
+    /// Tells the other edges that this one answers the TLS-ALPN-01 challenge for `name`.
+    pub(crate) async fn announce_challenge(&self, name: &str) -> Result<()> {
+        let put = PutOptions::new().with_lease(self.lease_id()?);
+        call(
+            "announcing the challenge",
+            self.client().put(
+                self.keys.challenge(name),
+                self.config.edge_id.as_str(),
+                Some(put),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Withdraws the announcement (the order is over).
+    pub(crate) async fn withdraw_challenge(&self, name: &str) {
+        let key = self.keys.challenge(name);
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.config.edge_id.as_str(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        if let Err(e) = call("withdrawing the challenge", self.client().txn(txn)).await {
+            tracing::debug!(%name, error = %e, "challenge key left (it goes with the lease)");
+        }
+    }
+
+    /// The other edge answering a TLS-ALPN-01 challenge for `name`, if any.
+    pub(crate) fn challenge_owner(&self, name: &str) -> Option<(String, SocketAddr)> {
+        if !self.is_serving() {
+            return None;
+        }
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.challenge_owner(name, &self.config.edge_id)
     }
 
     /// The other edges serving `host`, with their link addresses (empty when none,
