@@ -6,6 +6,7 @@
 #   bench/run.sh           # everything: direct, burrow x3, a cluster's hop, nginx x2,
 #                          # rathole (TLS), bore
 #   bench/run.sh --quick   # seconds: direct and burrow only, 1 run each (used by CI)
+#   BENCH_ONLY=cluster bench/run.sh   # only the contenders whose name matches (grep -E)
 #
 # Client and contenders share this machine's cores: compare ratios, not absolutes.
 set -euo pipefail
@@ -17,6 +18,9 @@ if [ "$QUICK" = 1 ]; then
 else
   RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50; LOOKUP_ROUTES=10000
 fi
+# nginx, rathole and bore run in the full suite, unless BENCH_ONLY leaves them out.
+EXTERNAL=$((1 - QUICK))
+if [ -n "${BENCH_ONLY:-}" ] && ! printf 'nginx\nrathole\nbore\n' | grep -qE "$BENCH_ONLY"; then EXTERNAL=0; fi
 WORK="$(mktemp -d /tmp/burrow-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -34,7 +38,7 @@ BENCH="$ROOT/target/release/burrow-bench"
 BURROW="$ROOT/target/release/burrow"
 
 TOOLS="${BURROW_BENCH_TOOLS:-/tmp/bench-tools}"
-if [ "$QUICK" = 0 ]; then
+if [ "$EXTERNAL" = 1 ]; then
   echo "== installing contenders (nginx from Debian; rathole and bore from crates.io)"
   if [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
     apt-get update -qq
@@ -132,7 +136,7 @@ CONTENDERS+=(
   "cluster hop b->a|$CLUSTER_B|bench.test|$PID_cluster_a $PID_cluster_b $PID_cluster_agent"
 )
 
-if [ "$QUICK" = 0 ]; then
+if [ "$EXTERNAL" = 1 ]; then
   NGX_PRE=$(freeport); NGX_SSL=$(freeport)
   # nginx_start NAME SERVER-BLOCK: one nginx per mode, so each one's RSS is its own.
   nginx_start() {
@@ -239,6 +243,14 @@ measure() {
     record "$name" "$run" "{\"workload\":\"$label\",\"error\":true}"
   fi
 }
+
+if [ -n "${BENCH_ONLY:-}" ]; then
+  kept=()
+  for entry in "${CONTENDERS[@]}"; do
+    if echo "${entry%%|*}" | grep -qE "$BENCH_ONLY"; then kept+=("$entry"); fi
+  done
+  CONTENDERS=("${kept[@]}")
+fi
 
 # Idle first, for every contender, while each one's heap is as fresh as the others'.
 for entry in "${CONTENDERS[@]}"; do

@@ -351,6 +351,31 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The next connection on `listener` (with TCP_NODELAY set), or `None` once `stop` is
+/// cancelled. A failed accept (e.g. out of file descriptors) is logged and retried after
+/// a pause, so that it cannot spin.
+pub(crate) async fn accept_next(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
     listener
         .local_addr()

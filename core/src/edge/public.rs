@@ -43,18 +43,9 @@ async fn accept_loop<F, Fut>(
                 Err(_) => return,
             },
         };
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = super::accept_next(&listener, &stop, "public").await else {
+            return;
         };
-        let _ = tcp.set_nodelay(true);
         let conn_stop = stop.clone();
         let fut = serve(shared.clone(), tcp, peer);
         shared.tasks.spawn(

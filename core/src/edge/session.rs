@@ -26,16 +26,8 @@ pub(crate) async fn accept_agents(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = super::accept_next(&listener, &shared.stop, "tunnel").await else {
+            return;
         };
         let Some(pass) = shared.unauthenticated.enter(peer.ip()) else {
             // Closed at once: a client holding its share cannot hold more sockets.
@@ -62,7 +54,6 @@ async fn serve_agent(
     peer: SocketAddr,
     pass: super::gate::Pass,
 ) -> Result<()> {
-    let _ = tcp.set_nodelay(true);
     // One deadline for everything before authentication: TLS, control stream, Auth.
     let deadline = Instant::now() + shared.config.handshake_timeout();
     let tcp = tokio::io::BufReader::with_capacity(mux::READ_BUFFER, tcp);

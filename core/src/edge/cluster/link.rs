@@ -137,18 +137,10 @@ pub(crate) async fn accept(
     links: Arc<Links>,
 ) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "link accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = crate::edge::accept_next(&listener, &shared.stop, "link").await
+        else {
+            return;
         };
-        let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let acceptor = links.acceptor.clone();
         let tasks = shared.tasks.clone();
