@@ -48,8 +48,18 @@ pub(crate) struct Links {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
     /// One link per peer edge, dialed when first needed.
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<MuxHandle>>>>>,
+    peers: Mutex<HashMap<String, Peer>>,
     stop: CancellationToken,
+}
+
+/// The link to one peer edge.
+#[derive(Default)]
+struct Peer {
+    /// The live link, if any: connections open streams on it without waiting for
+    /// each other.
+    link: Option<MuxHandle>,
+    /// Held while dialing, so that a burst of connections dials once.
+    dialing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Links {
@@ -81,24 +91,36 @@ impl Links {
         })
     }
 
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live link to `edge`, if there is one.
+    fn live(&self, edge: &str) -> Option<MuxHandle> {
+        self.peers()
+            .get(edge)
+            .and_then(|p| p.link.clone())
+            .filter(|h| !h.is_closed())
+    }
+
     /// Opens a stream to edge `edge` at `addr`, dialing the link if there is none.
     pub(crate) async fn open(&self, edge: &str, addr: SocketAddr) -> Result<MuxStream> {
-        let slot = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(edge.to_owned())
-            .or_default()
-            .clone();
-        let mut link = slot.lock().await;
-        if let Some(handle) = link.as_ref().filter(|h| !h.is_closed()) {
-            if let Ok(stream) = handle.open().await {
+        if let Some(link) = self.live(edge) {
+            if let Ok(stream) = link.open().await {
                 return Ok(stream);
             }
         }
-        let handle = self.dial(addr).await?;
-        let stream = handle.open().await?;
-        *link = Some(handle);
+        let dialing = self.peers().entry(edge.to_owned()).or_default().dialing.clone();
+        let _one_dial = dialing.lock().await;
+        // Another connection may have dialed while this one waited.
+        if let Some(link) = self.live(edge) {
+            if let Ok(stream) = link.open().await {
+                return Ok(stream);
+            }
+        }
+        let link = self.dial(addr).await?;
+        let stream = link.open().await?;
+        self.peers().entry(edge.to_owned()).or_default().link = Some(link);
         Ok(stream)
     }
 
@@ -156,8 +178,15 @@ pub(crate) async fn accept(
             let mut mux = mux::start(tls, Side::Edge, stop, LINK_STREAMS);
             tracing::info!(%peer, "link from edge up");
             while let Some(stream) = mux.inbound.recv().await {
+                // A forwarded connection counts against max_connections like any other.
+                let Ok(permit) = shared.connections.clone().acquire_owned().await else {
+                    break;
+                };
                 let shared2 = shared.clone();
-                shared.tasks.spawn(crate::edge::public::serve_forwarded(shared2, stream));
+                shared.tasks.spawn(async move {
+                    let _permit = permit;
+                    crate::edge::public::serve_forwarded(shared2, stream).await
+                });
             }
             tracing::info!(%peer, "link from edge closed");
         });
