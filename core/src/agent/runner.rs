@@ -180,6 +180,7 @@ pub(crate) async fn establish(
             authtoken: settings.authtoken.clone(),
             metadata: settings.metadata.clone(),
             resume,
+            join: None,
             client_info: settings.client_info.clone(),
             heartbeat_ms: settings
                 .heartbeat

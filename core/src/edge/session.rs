@@ -89,7 +89,7 @@ async fn serve_agent(
     let first = timeout_at(deadline, control.recv::<AgentMsg>())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent sent no Auth message"))??;
-    let (authtoken, resume, hello) = match first {
+    let (authtoken, resume, join, hello) = match first {
         Some(AgentMsg::Auth {
             version,
             authtoken,
@@ -97,6 +97,7 @@ async fn serve_agent(
             metadata,
             client_info,
             heartbeat_ms,
+            join,
         }) => {
             if version != PROTOCOL_VERSION {
                 let err = Error::new(
@@ -111,7 +112,7 @@ async fn serve_agent(
                 metadata,
                 heartbeat_ms,
             };
-            (authtoken.map(|SecretPem(t)| t), resume, hello)
+            (authtoken.map(|SecretPem(t)| t), resume, join, hello)
         }
         _ => {
             let err = Error::protocol("the first control message must be Auth");
@@ -144,7 +145,7 @@ async fn serve_agent(
     if let Some(old) = resume {
         replace_session(&shared, &old, authtoken.as_deref());
     }
-    let session_id = crate::random_id();
+    let session_id = session_id_for(&shared, join.as_deref(), authtoken.as_deref());
     let (commands, command_rx) = mpsc::unbounded_channel();
     let client = hello.client_info.join(" ");
     shared.sessions().insert(
@@ -199,6 +200,20 @@ struct Hello {
 pub(crate) struct CommandRequest {
     pub(crate) command: Command,
     pub(crate) reply: oneshot::Sender<Result<()>>,
+}
+
+/// The id of the session an authenticated tunnel connection serves.
+///
+/// `join` is the session the agent says this connection belongs to (it holds that
+/// session at another edge too). A single edge knows nothing of other edges' sessions,
+/// so it ignores `join` and gives every connection a fresh id; a cluster edge honours
+/// it (the session's binds through either edge then have one owner) once it can check,
+/// with `token`, that the joined session is the agent's own.
+fn session_id_for(_shared: &Shared, join: Option<&str>, _token: Option<&str>) -> String {
+    if let Some(join) = join {
+        tracing::debug!(%join, "the agent joins a session held at another edge; this edge is not in a cluster, so the connection gets a session of its own");
+    }
+    crate::random_id()
 }
 
 /// Ends an older session the reconnecting agent replaces (same token required).
