@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod multi_edge;
 mod option_table;
 mod policy;
 mod readme;
