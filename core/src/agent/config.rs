@@ -5,7 +5,7 @@
 //! version: 3
 //! agent:
 //!   authtoken: ...
-//!   connect_url: edge.example.com:4443
+//!   connect_url: edge.example.com:4443   # or a list: [edge-a.example.com:4443, ...]
 //! endpoints:
 //!   - name: example
 //!     url: tls://app.example.com
@@ -36,10 +36,18 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     authtoken: Option<String>,
-    connect_url: Option<String>,
+    connect_url: Option<OneOrMany>,
     root_cas: Option<String>,
     connect_cas: Option<String>,
     metadata: Option<String>,
+}
+
+/// An address, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -78,8 +86,9 @@ struct RawAgentTls {
 pub struct AgentSection {
     /// Authtoken presented to the edge.
     pub authtoken: Option<String>,
-    /// The edge's tunnel address (`host:port`).
-    pub connect_url: Option<String>,
+    /// The edges' tunnel addresses (`host:port`): one, or several (the session then
+    /// holds a connection to each).
+    pub connect_url: Option<Vec<String>>,
     /// CA bundle (PEM) the edge's certificate chains to.
     pub root_cas: Option<Vec<u8>>,
     /// Session metadata.
@@ -188,7 +197,10 @@ impl AgentConfig {
         };
         let agent = AgentSection {
             authtoken: raw.agent.authtoken,
-            connect_url: raw.agent.connect_url,
+            connect_url: raw.agent.connect_url.map(|c| match c {
+                OneOrMany::One(a) => vec![a],
+                OneOrMany::Many(list) => list,
+            }),
             root_cas,
             metadata: raw.agent.metadata,
         };
@@ -301,7 +313,7 @@ impl AgentConfig {
             b = b.authtoken(t.clone());
         }
         if let Some(a) = &self.agent.connect_url {
-            b = b.server_addr(a.clone());
+            b = b.server_addrs(a.clone());
         }
         if let Some(ca) = &self.agent.root_cas {
             b = b.root_cas(ca.clone());

@@ -3,12 +3,14 @@
 mod builder;
 pub mod config;
 mod conn;
+mod edges;
 mod hooks;
 mod listener;
 pub mod options;
 mod proxy_proto;
 mod runner;
 mod spec;
+mod tunnel;
 mod upstream;
 
 pub use builder::{EndpointBuilder, TcpEndpointBuilder, TcpKind, TlsEndpointBuilder, TlsKind};
@@ -23,13 +25,14 @@ pub use upstream::Upstream;
 use crate::edge::Edge;
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::{BindSpec, ClientInfo, SecretPem};
+use edges::Edges;
 use hooks::Hooks;
-use runner::{BindRequest, Request, Runner};
+use runner::Runner;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -48,12 +51,12 @@ const DEFAULT_MAX_PENDING: usize = 1024;
 #[derive(Default)]
 pub struct SessionBuilder {
     authtoken: Option<SecretPem>,
-    server_addr: Option<String>,
+    server_addr: Option<Vec<String>>,
     root_cas: Option<Vec<u8>>,
     metadata: String,
     max_pending: Option<usize>,
     client_info: Vec<ClientInfo>,
-    heartbeat: runner::Heartbeat,
+    heartbeat: tunnel::Heartbeat,
     hooks: Hooks,
 }
 
@@ -89,10 +92,22 @@ impl SessionBuilder {
         self
     }
 
-    /// The edge's tunnel address (`host:port`). Without one (and without
-    /// `BURROW_SERVER_ADDR`), `connect` starts an embedded edge in this process.
+    /// The edge's tunnel address (`host:port`), or several separated by commas (see
+    /// [`Self::server_addrs`]). Without one (and without `BURROW_SERVER_ADDR`),
+    /// `connect` starts an embedded edge in this process.
     pub fn server_addr(mut self, addr: impl Into<String>) -> Self {
-        self.server_addr = Some(addr.into());
+        self.server_addr = Some(vec![addr.into()]);
+        self
+    }
+
+    /// Several edges' tunnel addresses: the session holds a tunnel connection to each,
+    /// all serving the same endpoints under the same URLs, so that when one edge dies
+    /// the others keep every URL working. A name that resolves to several addresses
+    /// counts as one edge per address. `connect` returns once the first edge (in this
+    /// order) accepts the session; the others are connected in the background and
+    /// reconnected, like the first, whenever they are lost.
+    pub fn server_addrs<S: Into<String>>(mut self, addrs: impl IntoIterator<Item = S>) -> Self {
+        self.server_addr = Some(addrs.into_iter().map(Into::into).collect());
         self
     }
 
@@ -208,8 +223,12 @@ impl SessionBuilder {
         let env_addr = std::env::var(SERVER_ADDR_ENV)
             .ok()
             .filter(|a| !a.is_empty());
-        let (server_addr, root_cas, edge) = match self.server_addr.or(env_addr) {
-            Some(addr) => (addr, self.root_cas, None),
+        let (server_addrs, root_cas, edge) = match self.server_addr.or(env_addr.map(|a| vec![a])) {
+            Some(addrs) => (
+                options::server_addr_list("server_addr", &addrs)?,
+                self.root_cas,
+                None,
+            ),
             None => {
                 let edge = Edge::embedded().await?;
                 tracing::info!(
@@ -221,34 +240,44 @@ impl SessionBuilder {
                 let ca = self
                     .root_cas
                     .unwrap_or_else(|| edge.ca_pem().as_bytes().to_vec());
-                (edge.tunnel_addr().to_string(), Some(ca), Some(edge))
+                (vec![edge.tunnel_addr().to_string()], Some(ca), Some(edge))
             }
         };
-        let settings = runner::Settings::new(
-            server_addr,
+        let settings = Arc::new(tunnel::Settings::new(
             root_cas.as_deref(),
             self.authtoken,
             self.metadata,
             self.client_info,
             self.heartbeat,
             self.hooks,
-        )?;
+        )?);
+        let addrs = edges::resolve(&server_addrs).await?;
+        let (first_index, first) = edges::first_connection(&settings, &addrs).await?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let first = runner::establish(&settings, None, CancellationToken::new()).await?;
-        let (requests, request_rx) = mpsc::unbounded_channel();
+        let (edges, receivers) = Edges::new(&addrs);
         let inner = Arc::new(SessionInner {
             id: Mutex::new(first.session_id.clone()),
             endpoints: Mutex::new(HashMap::new()),
-            requests,
+            edges,
             max_pending: self.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
             stop: stop.clone(),
             tasks: tasks.clone(),
             failure: Mutex::new(None),
             edge,
         });
-        let runner = Runner::new(inner.clone(), settings, request_rx);
-        tasks.spawn(runner.run(first));
+        // Binds made as soon as this returns go to the edge that accepted the session.
+        inner.edges.set_connected(first_index, true);
+        let mut first = Some(first);
+        for (index, (addr, requests)) in addrs.into_iter().zip(receivers).enumerate() {
+            let runner = Runner::new(inner.clone(), settings.clone(), addr, index, requests);
+            let conn = if index == first_index {
+                first.take()
+            } else {
+                None
+            };
+            tasks.spawn(runner.run(conn));
+        }
         Ok(Session {
             _guard: Arc::new(stop.clone().drop_guard()),
             inner,
@@ -260,6 +289,8 @@ impl SessionBuilder {
 pub(crate) struct Registered {
     pub(crate) spec: BindSpec,
     pub(crate) url: String,
+    /// The runner whose edge gave `url`.
+    pub(crate) origin: usize,
     pub(crate) conns: mpsc::Sender<Conn>,
     pub(crate) agent_tls: Option<TlsAcceptor>,
 }
@@ -267,7 +298,7 @@ pub(crate) struct Registered {
 pub(crate) struct SessionInner {
     pub(crate) id: Mutex<String>,
     pub(crate) endpoints: Mutex<HashMap<String, Registered>>,
-    pub(crate) requests: mpsc::UnboundedSender<Request>,
+    pub(crate) edges: Edges,
     pub(crate) max_pending: usize,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -280,11 +311,35 @@ impl SessionInner {
     pub(crate) fn endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
         self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The session's id: the one its first edge gave it.
+    pub(crate) fn id(&self) -> String {
+        self.id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A connection that had id `old` came back as `new`: when `old` was the
+    /// session's id, `new` is now.
+    pub(crate) fn renew_id(&self, old: Option<&str>, new: &str) {
+        let mut id = self.id.lock().unwrap_or_else(|p| p.into_inner());
+        if old.is_some_and(|old| *id == old) {
+            *id = new.to_owned();
+        }
+    }
+
+    /// Why binds fail once the session has ended.
+    pub(crate) fn closed(&self) -> Error {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| Error::new(ErrorCode::Closed, "the session is closed"))
+    }
 }
 
-/// A connection to an edge that serves endpoints; cheap to clone.
+/// A connection to an edge (or to several, see [`SessionBuilder::server_addrs`]) that
+/// serves endpoints; cheap to clone.
 ///
-/// The session reconnects by itself when the tunnel drops and rebinds the same URLs.
+/// The session reconnects by itself when a tunnel drops and rebinds the same URLs.
 /// It closes when [`Session::close`] is called or the last clone (and every
 /// listener made from it) is dropped.
 #[derive(Clone)]
@@ -305,13 +360,10 @@ impl Session {
         SessionBuilder::default()
     }
 
-    /// The id the edge gave the current connection of this session.
+    /// The id the edge gave this session (its first edge, when it has several; after
+    /// a reconnect to that edge, the id of the new connection).
     pub fn id(&self) -> String {
-        self.inner
-            .id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.id()
     }
 
     /// The embedded edge, when this session started one.
@@ -372,21 +424,13 @@ impl Session {
         if self.inner.stop.is_cancelled() {
             return Err(Error::new(ErrorCode::Closed, "the session is closed"));
         }
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Bind(Box::new(BindRequest {
-            spec,
-            agent_tls,
-            conns,
-            reply,
-        }));
-        let closed = || Error::new(ErrorCode::Closed, "the session is closed");
-        self.inner.requests.send(request).map_err(|_| closed())?;
-        match tokio::time::timeout(BIND_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed()),
+        let inner = &self.inner;
+        let bind = inner.edges.bind(inner, spec, agent_tls, conns);
+        match tokio::time::timeout(BIND_TIMEOUT, bind).await {
+            Ok(result) => result,
             Err(_) => Err(Error::new(
                 ErrorCode::Timeout,
-                format!("the edge did not answer the bind within {BIND_TIMEOUT:?}"),
+                format!("no edge answered the bind within {BIND_TIMEOUT:?}"),
             )),
         }
     }
@@ -394,9 +438,7 @@ impl Session {
     /// Stops serving an endpoint.
     pub(crate) fn unbind(&self, endpoint_id: &str) {
         if self.inner.endpoints().remove(endpoint_id).is_some() {
-            let _ = self.inner.requests.send(Request::Unbind {
-                endpoint_id: endpoint_id.to_owned(),
-            });
+            self.inner.edges.unbind(endpoint_id);
         }
     }
 

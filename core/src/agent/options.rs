@@ -240,8 +240,10 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 pub struct SessionOptions {
     /// The authtoken (from `authtoken`, `authtoken_from_env` or the caller's default).
     pub authtoken: Option<SecretPem>,
-    /// The edge's tunnel address; `None` uses `BURROW_SERVER_ADDR` or an embedded edge.
-    pub server_addr: Option<String>,
+    /// The edges' tunnel addresses (`host:port`, checked, without duplicates); `None`
+    /// uses `BURROW_SERVER_ADDR` or an embedded edge. Several addresses: the session
+    /// holds a tunnel connection to each edge.
+    pub server_addr: Option<Vec<String>>,
     /// CA bundle (PEM) the edge's tunnel certificate must chain to.
     pub root_cas: Option<Vec<u8>>,
     /// Session metadata.
@@ -269,7 +271,7 @@ impl SessionOptions {
             b = b.authtoken(t.0.clone());
         }
         if let Some(a) = &self.server_addr {
-            b = b.server_addr(a.clone());
+            b = b.server_addrs(a.clone());
         }
         if let Some(c) = &self.root_cas {
             b = b.root_cas(c.clone());
@@ -405,7 +407,7 @@ impl Parsed {
         match key {
             Opt::Authtoken => self.session.authtoken = Some(SecretPem(text(name, v)?)),
             Opt::AuthtokenFromEnv => self.from_env = boolean(name, v)?,
-            Opt::ServerAddr => self.session.server_addr = Some(text(name, v)?),
+            Opt::ServerAddr => self.session.server_addr = Some(server_addrs(name, v)?),
             Opt::RootCas => self.session.root_cas = Some(pem(name, v)?),
             Opt::SessionMetadata => self.session.metadata = Some(text(name, v)?),
             Opt::ForceNewSession => self.session.force_new_session = boolean(name, v)?,
@@ -584,6 +586,51 @@ pub(crate) fn remote_port(addr: &str) -> Result<u16> {
                 format!("remote_addr {addr:?} is not host:port"),
             )
         })
+}
+
+/// `server_addr`: one `host:port`, several separated by commas, or a list of them.
+fn server_addrs(name: &str, v: OptionValue) -> Result<Vec<String>> {
+    let entries = match v {
+        OptionValue::List(items) => items
+            .into_iter()
+            .map(|i| text(name, i))
+            .collect::<Result<Vec<_>>>()?,
+        other => vec![text(name, other)?],
+    };
+    server_addr_list(name, &entries)
+}
+
+/// Splits comma-separated entries, checks each is `host:port` and drops duplicates;
+/// an empty list is refused (a session needs an edge).
+pub(crate) fn server_addr_list(name: &str, entries: &[String]) -> Result<Vec<String>> {
+    let mut addrs: Vec<String> = Vec::new();
+    for entry in entries.iter().flat_map(|e| e.split(',')) {
+        let entry = entry.trim();
+        server_host(entry)?;
+        if !addrs.iter().any(|a| a == entry) {
+            addrs.push(entry.to_owned());
+        }
+    }
+    if addrs.is_empty() {
+        return Err(invalid(format!(
+            "{name} is empty: give the edge's tunnel address (host:port), or several"
+        )));
+    }
+    Ok(addrs)
+}
+
+/// The host (without IPv6 brackets) and port of an edge's tunnel address `host:port`.
+pub(crate) fn server_host(addr: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| Error::new(ErrorCode::InvalidUrl, format!("server_addr {addr:?} {why}"));
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+            Ok(port) => (host.trim_start_matches('[').trim_end_matches(']'), port),
+            Err(_) => return Err(bad("is not host:port")),
+        },
+        _ => return Err(bad("is not host:port")),
+    };
+    rustls::pki_types::ServerName::try_from(host).map_err(|_| bad("has an invalid host"))?;
+    Ok((host.to_owned(), port))
 }
 
 fn text(name: &str, v: OptionValue) -> Result<String> {

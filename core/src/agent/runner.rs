@@ -1,28 +1,25 @@
-//! The session's one long-running task: keeps the tunnel up, talks on the
-//! control stream, rebinds after a reconnect and dispatches proxy streams.
+//! One tunnel connection of a session, to one edge address: keeps it up, talks on its
+//! control stream, rebinds after a reconnect and dispatches proxy streams. A session
+//! holds one runner per edge; [`super::edges`] coordinates them.
 
 use super::conn::{Conn, ConnIo};
-use super::hooks::{AfterCommand, Hooks};
+use super::hooks::AfterCommand;
 use super::spec::EndpointKind;
+use super::tunnel::{establish, Connected, EdgeAddr, Ids, Settings};
 use super::{Registered, SessionInner};
 use crate::error::{Error, ErrorCode, Result};
-use crate::tls;
-use crate::wire::mux::{self, MuxHandle, MuxStream, Side};
+use crate::wire::mux::MuxStream;
 use crate::wire::{
-    read_header, AgentMsg, BindSpec, ClientInfo, Command, ControlChannel, EdgeMsg, SecretPem,
-    StreamHeader, PROTOCOL_VERSION,
+    read_header, AgentMsg, BindSpec, Command, ControlChannel, EdgeMsg, StreamHeader,
 };
-use rustls::pki_types::ServerName;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -32,218 +29,55 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// The shortest heartbeat interval and tolerance accepted.
 pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
-/// The session's own heartbeat settings; unset values follow the edge.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Heartbeat {
-    pub(crate) interval: Option<Duration>,
-    pub(crate) tolerance: Option<Duration>,
-}
-
 /// A user's bind: what to serve and where to deliver the answer and the connections.
 pub(crate) struct BindRequest {
     pub(crate) spec: BindSpec,
     pub(crate) agent_tls: Option<TlsAcceptor>,
     pub(crate) conns: mpsc::Sender<Conn>,
-    pub(crate) reply: oneshot::Sender<Result<String>>,
+    pub(crate) reply: oneshot::Sender<BindReply>,
+}
+
+/// A runner's answer to a user's bind.
+pub(crate) enum BindReply {
+    /// The edge serves it at this URL; the endpoint is registered.
+    Bound(String),
+    /// The edge refused it.
+    Refused(Error),
+    /// The connection was lost (or was not up) before the edge answered: another
+    /// connection may take the bind.
+    Lost,
 }
 
 /// What a user call asks of the runner.
 pub(crate) enum Request {
     Bind(Box<BindRequest>),
-    Unbind { endpoint_id: String },
-}
-
-/// How to reach and authenticate with the edge.
-pub(crate) struct Settings {
-    addr: String,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
-    authtoken: Option<SecretPem>,
-    metadata: String,
-    client_info: Vec<ClientInfo>,
-    heartbeat: Heartbeat,
-    hooks: Hooks,
-}
-
-impl Settings {
-    pub(crate) fn new(
-        addr: String,
-        root_cas: Option<&[u8]>,
-        authtoken: Option<SecretPem>,
-        metadata: String,
-        mut client_info: Vec<ClientInfo>,
-        heartbeat: Heartbeat,
-        hooks: Hooks,
-    ) -> Result<Self> {
-        let host = match addr.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::InvalidUrl,
-                    format!("server_addr {addr:?} is not host:port"),
-                ))
-            }
-        };
-        let server_name = ServerName::try_from(host).map_err(|_| {
-            Error::new(
-                ErrorCode::InvalidUrl,
-                format!("server_addr {addr:?} has an invalid host"),
-            )
-        })?;
-        let config = tls::tunnel_client_config(root_cas).map_err(|e| {
-            Error::new(
-                e.code(),
-                format!(
-                    "the CA bundle for the tunnel's TLS (root_cas / ca_cert) is unusable: {}",
-                    e.message()
-                ),
-            )
-        })?;
-        client_info.push(ClientInfo {
-            client_type: "burrow".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            comments: None,
-        });
-        Ok(Settings {
-            addr,
-            server_name,
-            connector: TlsConnector::from(Arc::new(config)),
-            authtoken,
-            metadata,
-            client_info,
-            heartbeat,
-            hooks,
-        })
-    }
-}
-
-/// An authenticated tunnel connection.
-pub(crate) struct Connected {
-    pub(crate) session_id: String,
-    heartbeat: Duration,
-    control: ControlChannel<MuxStream>,
-    inbound: mpsc::UnboundedReceiver<MuxStream>,
-    tunnel: MuxHandle,
-    stop: CancellationToken,
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        // The tunnel lives exactly as long as this value: not a child of the session's
-        // stop token, so a closing session can end its control stream first.
-        self.stop.cancel();
-    }
-}
-
-/// Dials the edge, starts the multiplexer and authenticates.
-pub(crate) async fn establish(
-    settings: &Settings,
-    resume: Option<String>,
-    stop: CancellationToken,
-) -> Result<Connected> {
-    let addr = &settings.addr;
-    let unreachable = |detail: String| {
-        Error::new(
-            ErrorCode::ConnectFailed,
-            format!("cannot reach the edge at {addr}: {detail}"),
-        )
-    };
-    let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let tcp = tokio::io::BufReader::with_capacity(mux::READ_BUFFER, tcp);
-    let tls = timeout(
-        CONNECT_TIMEOUT,
-        settings
-            .connector
-            .connect(settings.server_name.clone(), tcp),
-    )
-    .await
-    .map_err(|_| unreachable("TLS handshake timed out".into()))?
-    .map_err(|e| unreachable(format!("TLS handshake failed: {e}{}", trust_hint(&e))))?;
-    // The agent opens only the control stream; the edge opens the rest.
-    let mux = mux::start(tls, Side::Agent, stop.clone(), 16);
-    let fail = |e: Error| {
-        stop.cancel();
-        e
-    };
-    let stream = mux.handle.open().await.map_err(fail)?;
-    let mut control = ControlChannel::new(stream);
-    control
-        .send(&AgentMsg::Auth {
-            version: PROTOCOL_VERSION,
-            authtoken: settings.authtoken.clone(),
-            metadata: settings.metadata.clone(),
-            resume,
-            client_info: settings.client_info.clone(),
-            heartbeat_ms: settings
-                .heartbeat
-                .interval
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        })
-        .await
-        .map_err(fail)?;
-    let answer = timeout(CONNECT_TIMEOUT, control.recv::<EdgeMsg>())
-        .await
-        .map_err(|_| fail(unreachable("the edge did not answer Auth".into())))?
-        .map_err(fail)?;
-    match answer {
-        Some(EdgeMsg::AuthOk {
-            session_id,
-            heartbeat_ms,
-            ..
-        }) => Ok(Connected {
-            session_id,
-            heartbeat: settings
-                .heartbeat
-                .interval
-                .unwrap_or(Duration::from_millis(heartbeat_ms.max(50))),
-            control,
-            inbound: mux.inbound,
-            tunnel: mux.handle,
-            stop,
-        }),
-        Some(EdgeMsg::Error { code, message, .. }) => Err(fail(Error::new(code, message))),
-        Some(other) => Err(fail(Error::protocol(format!(
-            "expected AuthOk, the edge sent {other:?}"
-        )))),
-        None => Err(fail(unreachable(
-            "the edge closed the tunnel during Auth".into(),
-        ))),
-    }
-}
-
-/// What to do about a tunnel certificate the agent does not trust.
-fn trust_hint(e: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error as TlsError};
-    let tls = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<TlsError>());
-    match tls {
-        Some(TlsError::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        )) => " (the edge's certificate is not signed by a CA this agent trusts: pass the edge's CA with --root-cas, or root_cas in the SDKs)",
-        _ => "",
-    }
+    /// Bind a registered endpoint (another edge's connection bound it first) here too.
+    Follow {
+        endpoint_id: String,
+    },
+    Unbind {
+        endpoint_id: String,
+    },
 }
 
 enum Pending {
     /// A user's bind, waiting for the edge's answer.
     New(Box<BindRequest>),
-    /// Re-binding a registered endpoint after a reconnect.
+    /// Binding a registered endpoint on this connection: after a reconnect, or after
+    /// another edge's connection bound it.
     Rebind { endpoint_id: String },
 }
 
 pub(crate) struct Runner {
     inner: Arc<SessionInner>,
-    settings: Settings,
+    settings: Arc<Settings>,
+    edge: EdgeAddr,
+    /// This runner's place in the session's list of edges.
+    index: usize,
     requests: mpsc::UnboundedReceiver<Request>,
     pending: HashMap<u64, Pending>,
+    /// Endpoints bound (or being bound) on the current connection.
+    bound_here: HashSet<String>,
     next_request: u64,
 }
 
@@ -258,7 +92,7 @@ enum Ended {
     Restart,
 }
 
-/// Errors that a reconnect would only repeat: the session ends with them instead.
+/// Errors that a reconnect would only repeat: the connection ends with them instead.
 fn repeats(code: ErrorCode) -> bool {
     matches!(
         code,
@@ -272,55 +106,72 @@ fn repeats(code: ErrorCode) -> bool {
 impl Runner {
     pub(crate) fn new(
         inner: Arc<SessionInner>,
-        settings: Settings,
+        settings: Arc<Settings>,
+        edge: EdgeAddr,
+        index: usize,
         requests: mpsc::UnboundedReceiver<Request>,
     ) -> Self {
         Runner {
             inner,
             settings,
+            edge,
+            index,
             requests,
             pending: HashMap::new(),
+            bound_here: HashSet::new(),
             next_request: 1,
         }
     }
 
-    pub(crate) async fn run(mut self, first: Connected) {
+    /// Serves `first` (or connects, when the session's first connection went to another
+    /// edge) and keeps a connection up until the session closes or this edge refuses
+    /// for good.
+    pub(crate) async fn run(mut self, first: Option<Connected>) {
         let mut conn = first;
+        let mut resume: Option<String> = None;
         let failure = loop {
-            let session_id = conn.session_id.clone();
-            match self.serve(conn).await {
+            let current = match conn.take() {
+                Some(c) => c,
+                None => match self.reconnect(resume.clone()).await {
+                    Ok(c) => c,
+                    Err(failure) => break failure,
+                },
+            };
+            self.inner.renew_id(resume.as_deref(), &current.session_id);
+            resume = Some(current.session_id.clone());
+            let ended = self.serve(current).await;
+            self.connection_ended();
+            match ended {
                 Ended::Stopped => break None,
                 Ended::Fatal(e) => break Some(e),
                 // A lost tunnel seen while the user closes the session is that close.
                 Ended::Lost(_) if self.inner.stop.is_cancelled() => break None,
-                Ended::Restart => tracing::info!("the edge asked for a restart; reconnecting"),
+                Ended::Restart => {
+                    tracing::info!(edge = %self.edge.addr, "the edge asked for a restart; reconnecting")
+                }
                 Ended::Lost(why) => {
-                    tracing::warn!(reason = %why, "tunnel lost; reconnecting");
+                    tracing::warn!(edge = %self.edge.addr, reason = %why, "tunnel lost; reconnecting");
                     if !self.keep_going(why).await {
                         break None;
                     }
                 }
             }
-            conn = match self.reconnect(session_id).await {
-                Ok(c) => c,
-                Err(failure) => break failure,
-            };
         };
-        let reason = match &failure {
-            Some(e) => {
-                tracing::error!(error = %e, "the session ended: the edge refuses it, and reconnecting would not change that");
-                e.clone()
-            }
-            None => Error::new(ErrorCode::Closed, "the session is closed"),
-        };
-        *self.inner.failure.lock().unwrap_or_else(|p| p.into_inner()) = failure;
+        self.inner
+            .edges
+            .runner_ended(&self.inner, self.index, failure);
+    }
+
+    /// Hands every bind waiting on this connection back to the session, which gives it
+    /// to another connection (or to this one once it is back).
+    fn connection_ended(&mut self) {
+        self.inner.edges.set_connected(self.index, false);
+        self.bound_here.clear();
         for (_, pending) in self.pending.drain() {
             if let Pending::New(req) = pending {
-                let _ = req.reply.send(Err(reason.clone()));
+                let _ = req.reply.send(BindReply::Lost);
             }
         }
-        self.inner.endpoints().clear();
-        self.inner.stop.cancel();
     }
 
     /// Tells the disconnection hook; when it says stop, closes the session.
@@ -329,7 +180,7 @@ impl Runner {
             return true;
         }
         let hooks = self.settings.hooks.clone();
-        let addr = self.settings.addr.clone();
+        let addr = self.edge.addr.clone();
         let keep = run_hook(&self.inner.stop, move || {
             hooks.on_disconnection(&addr, &why)
         })
@@ -344,31 +195,38 @@ impl Runner {
 
     /// Reconnects with capped, jittered backoff; `Err(None)` when the session was
     /// closed meanwhile, `Err(Some(e))` when the edge refused in a way that repeats.
-    async fn reconnect(&mut self, resume: String) -> Result<Connected, Option<Error>> {
+    /// Binds asked of this runner meanwhile are handed back at once.
+    async fn reconnect(&mut self, resume: Option<String>) -> Result<Connected, Option<Error>> {
         let mut delay = BACKOFF_MIN;
         let mut attempt = 0u32;
         loop {
             // Jitter: wait between half and all of the current delay.
-            let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-            tokio::select! {
-                _ = self.inner.stop.cancelled() => return Err(None),
-                _ = sleep(jittered) => {}
+            let wake = Instant::now() + delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            loop {
+                tokio::select! {
+                    _ = self.inner.stop.cancelled() => return Err(None),
+                    _ = sleep_until(wake) => break,
+                    Some(request) = self.requests.recv() => {
+                        // Registered endpoints are bound by the reconnect itself.
+                        if let Request::Bind(req) = request {
+                            let _ = req.reply.send(BindReply::Lost);
+                        }
+                    }
+                }
             }
             attempt += 1;
-            match establish(
-                &self.settings,
-                Some(resume.clone()),
-                CancellationToken::new(),
-            )
-            .await
-            {
+            let ids = Ids {
+                resume: resume.clone(),
+                join: Some(self.inner.id()),
+            };
+            match establish(&self.settings, &self.edge, ids, CancellationToken::new()).await {
                 Ok(conn) => {
-                    tracing::info!(attempt, "tunnel re-established");
+                    tracing::info!(edge = %self.edge.addr, attempt, "tunnel established");
                     return Ok(conn);
                 }
                 Err(e) if repeats(e.code()) => return Err(Some(e)),
                 Err(e) => {
-                    tracing::warn!(attempt, error = %e, "reconnect failed");
+                    tracing::warn!(edge = %self.edge.addr, attempt, error = %e, "connecting failed");
                     if !self.keep_going(e.to_string()).await {
                         return Err(None);
                     }
@@ -379,7 +237,6 @@ impl Runner {
     }
 
     async fn serve(&mut self, mut conn: Connected) -> Ended {
-        *self.inner.id.lock().unwrap_or_else(|p| p.into_inner()) = conn.session_id.clone();
         let result = self.serve_inner(&mut conn).await;
         conn.stop.cancel();
         result
@@ -389,6 +246,7 @@ impl Runner {
         if let Err(e) = self.rebind_all(&mut conn.control).await {
             return Ended::Lost(e.to_string());
         }
+        self.inner.edges.set_connected(self.index, true);
         let mut ticker = interval(conn.heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let tolerance = self
@@ -477,46 +335,42 @@ impl Runner {
         id
     }
 
-    /// Re-sends binds for registered endpoints and for binds that were in flight.
+    /// Binds every registered endpoint on a new connection.
     async fn rebind_all(&mut self, control: &mut ControlChannel<MuxStream>) -> Result<()> {
-        let specs: Vec<BindSpec> = self
-            .inner
-            .endpoints()
-            .values()
-            .map(|r| r.spec.clone())
-            .collect();
-        for spec in specs {
-            let request_id = self.request_id();
-            self.pending.insert(
-                request_id,
-                Pending::Rebind {
-                    endpoint_id: spec.endpoint_id.clone(),
-                },
-            );
-            control
-                .send(&AgentMsg::Bind {
-                    request_id,
-                    spec: Box::new(spec),
-                })
-                .await?;
-        }
-        let in_flight: Vec<(u64, BindSpec)> = self
-            .pending
-            .iter()
-            .filter_map(|(id, p)| match p {
-                Pending::New(req) => Some((*id, req.spec.clone())),
-                Pending::Rebind { .. } => None,
-            })
-            .collect();
-        for (request_id, spec) in in_flight {
-            control
-                .send(&AgentMsg::Bind {
-                    request_id,
-                    spec: Box::new(spec),
-                })
-                .await?;
+        let ids: Vec<String> = self.inner.endpoints().keys().cloned().collect();
+        for endpoint_id in ids {
+            self.bind_registered(control, endpoint_id).await?;
         }
         Ok(())
+    }
+
+    /// Binds a registered endpoint on this connection, unless it is bound here already
+    /// or was closed meanwhile.
+    async fn bind_registered(
+        &mut self,
+        control: &mut ControlChannel<MuxStream>,
+        endpoint_id: String,
+    ) -> Result<()> {
+        let Some(spec) = self
+            .inner
+            .endpoints()
+            .get(&endpoint_id)
+            .map(|r| r.spec.clone())
+        else {
+            return Ok(());
+        };
+        if !self.bound_here.insert(endpoint_id.clone()) {
+            return Ok(());
+        }
+        let request_id = self.request_id();
+        self.pending
+            .insert(request_id, Pending::Rebind { endpoint_id });
+        control
+            .send(&AgentMsg::Bind {
+                request_id,
+                spec: Box::new(spec),
+            })
+            .await
     }
 
     async fn send_request(
@@ -534,17 +388,25 @@ impl Runner {
                 match control.send(&msg).await {
                     // Too large to send: nothing was written, only this bind fails.
                     Err(e) if e.code() == ErrorCode::LimitExceeded => {
-                        let _ = req.reply.send(Err(too_large(&req.spec, &e)));
+                        let _ = req.reply.send(BindReply::Refused(too_large(&req.spec, &e)));
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        let _ = req.reply.send(BindReply::Lost);
+                        Err(e)
+                    }
                     Ok(()) => {
+                        self.bound_here.insert(req.spec.endpoint_id.clone());
                         self.pending.insert(request_id, Pending::New(req));
                         Ok(())
                     }
                 }
             }
+            Request::Follow { endpoint_id } => self.bind_registered(control, endpoint_id).await,
             Request::Unbind { endpoint_id } => {
+                if !self.bound_here.remove(&endpoint_id) {
+                    return Ok(());
+                }
                 control.send(&AgentMsg::Unbind { endpoint_id }).await
             }
         }
@@ -622,10 +484,14 @@ impl Runner {
             } => {
                 match self.pending.remove(&id) {
                     Some(Pending::New(req)) => {
-                        let _ = req.reply.send(Err(Error::new(code, message)));
+                        self.bound_here.remove(&req.spec.endpoint_id);
+                        let _ = req
+                            .reply
+                            .send(BindReply::Refused(Error::new(code, message)));
                     }
                     Some(Pending::Rebind { endpoint_id }) => {
-                        tracing::error!(%endpoint_id, %code, %message, "could not rebind endpoint after reconnect; it stays closed until the next reconnect");
+                        self.bound_here.remove(&endpoint_id);
+                        tracing::warn!(edge = %self.edge.addr, %endpoint_id, %code, %message, "this edge refused to serve the endpoint: it is served through the session's other edges, if any, and asked for again when this connection is re-established");
                     }
                     None => {}
                 }
@@ -650,11 +516,12 @@ impl Runner {
                             Registered {
                                 spec,
                                 url: url.clone(),
+                                origin: self.index,
                                 conns,
                                 agent_tls,
                             },
                         );
-                        if reply.send(Ok(url)).is_err() {
+                        if reply.send(BindReply::Bound(url)).is_err() {
                             // The caller gave up (timeout): do not serve an endpoint nobody owns.
                             self.inner.endpoints().remove(&endpoint_id);
                             let _ = control.send(&AgentMsg::Unbind { endpoint_id }).await;
@@ -664,13 +531,16 @@ impl Runner {
                         let known = {
                             let mut endpoints = self.inner.endpoints();
                             match endpoints.get_mut(&endpoint_id) {
-                                Some(reg) if reg.url != url => {
+                                // Another edge's URL differs in its port at most (the
+                                // bind asks for the same name); only the URL the user
+                                // was given, by the edge that gave it, may move.
+                                Some(reg) if reg.url != url && reg.origin == self.index => {
                                     tracing::warn!(old = %reg.url, new = %url, "endpoint came back under a new URL");
                                     reg.url = url;
                                     true
                                 }
                                 Some(_) => {
-                                    tracing::info!(%url, "endpoint rebound");
+                                    tracing::info!(edge = %self.edge.addr, %url, "endpoint bound");
                                     true
                                 }
                                 None => false,

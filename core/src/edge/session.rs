@@ -80,7 +80,7 @@ async fn serve_agent(
     let first = timeout_at(deadline, control.recv::<AgentMsg>())
         .await
         .map_err(|_| Error::new(ErrorCode::Timeout, "agent sent no Auth message"))??;
-    let (authtoken, resume, hello) = match first {
+    let (authtoken, resume, join, hello) = match first {
         Some(AgentMsg::Auth {
             version,
             authtoken,
@@ -88,6 +88,7 @@ async fn serve_agent(
             metadata,
             client_info,
             heartbeat_ms,
+            join,
         }) => {
             if version != PROTOCOL_VERSION {
                 let err = Error::new(
@@ -102,7 +103,7 @@ async fn serve_agent(
                 metadata,
                 heartbeat_ms,
             };
-            (authtoken.map(|SecretPem(t)| t), resume, hello)
+            (authtoken.map(|SecretPem(t)| t), resume, join, hello)
         }
         _ => {
             let err = Error::protocol("the first control message must be Auth");
@@ -135,7 +136,7 @@ async fn serve_agent(
     if let Some(old) = resume {
         replace_session(&shared, &old, authtoken.as_deref());
     }
-    let session_id = crate::random_id();
+    let session_id = session_id_for(&shared, join.as_deref(), authtoken.as_deref()).await;
     if let Some(cluster) = &shared.cluster {
         // Recorded before anything is bound, and only while this edge holds its lease.
         if let Err(err) = cluster.add_session(&session_id, authtoken.as_deref()).await {
@@ -204,6 +205,39 @@ struct Hello {
 pub(crate) struct CommandRequest {
     pub(crate) command: Command,
     pub(crate) reply: oneshot::Sender<Result<()>>,
+}
+
+/// The id of the session an authenticated tunnel connection serves.
+///
+/// `join` is the session the agent says this connection belongs to (it holds that
+/// session at another edge too). A cluster edge gives the connection that id when no
+/// edge holds it for another token and this edge holds no live connection of it (a
+/// reconnect replaced its old one already): the session's binds through every edge
+/// then have one owner. A single edge knows nothing of other edges' sessions, so it
+/// gives every connection a fresh id.
+async fn session_id_for(shared: &Shared, join: Option<&str>, token: Option<&str>) -> String {
+    let (Some(join), Some(cluster)) = (join, &shared.cluster) else {
+        if let Some(join) = join {
+            tracing::debug!(%join, "the agent joins a session held at another edge; this edge is not in a cluster, so the connection gets a session of its own");
+        }
+        return crate::random_id();
+    };
+    let well_formed = join.len() == 32 && join.bytes().all(|b| b.is_ascii_hexdigit());
+    let held_here = shared.sessions().contains_key(join);
+    match cluster.may_join(join, token).await {
+        Ok(true) if well_formed && !held_here => {
+            tracing::info!(session_id = %join, "the agent joins its session held at another edge");
+            join.to_owned()
+        }
+        Ok(_) => {
+            tracing::info!(%join, "the agent cannot join that session here (another token holds it, or this edge already does); it gets a session of its own");
+            crate::random_id()
+        }
+        Err(e) => {
+            tracing::warn!(%join, error = %e, "cannot check the session to join; the connection gets a session of its own");
+            crate::random_id()
+        }
+    }
 }
 
 /// Ends an older session the reconnecting agent replaces (same token required).

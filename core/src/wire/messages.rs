@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 /// The protocol version carried in `Auth` and `AuthOk`; a mismatch is refused.
 ///
 /// 2 carried the endpoint spec (with its termination) in `bind`; 3 added client info,
-/// heartbeat sequence numbers and acks, and edge commands.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// heartbeat sequence numbers and acks, and edge commands; 4 added `join` in `auth`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// PEM text that must never be printed: private keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,11 @@ pub enum AgentMsg {
         /// three silent intervals of the longer of its own and this one).
         #[serde(default)]
         heartbeat_ms: Option<u64>,
+        /// The session this connection belongs to, which the agent also holds at
+        /// another edge (a session connected to several edges at once); `None` for
+        /// the session's first connection.
+        #[serde(default)]
+        join: Option<String>,
     },
     /// Ask the edge to serve an endpoint.
     Bind {

@@ -512,6 +512,7 @@ impl RawAgent {
                 resume: None,
                 client_info: Vec::new(),
                 heartbeat_ms: None,
+                join: None,
             })
             .await?;
         match control.recv::<EdgeMsg>().await? {

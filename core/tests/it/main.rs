@@ -12,6 +12,7 @@ mod hostile;
 mod lifecycle;
 mod load;
 mod modes;
+mod multi_edge;
 mod option_table;
 mod policy;
 mod readme;

@@ -51,7 +51,6 @@ impl Keys {
         format!("{}sessions/{session}/{edge}", self.prefix)
     }
 
-    #[allow(dead_code)]
     pub(crate) fn sessions_of(&self, session: &str) -> String {
         format!("{}sessions/{session}/", self.prefix)
     }

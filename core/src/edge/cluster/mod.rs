@@ -495,8 +495,6 @@ impl Cluster {
         Ok(())
     }
 
-    // Used once agents join one session through several edges (Auth's `join`).
-    #[allow(dead_code)]
     /// Whether an agent with `token` may use session id `session` here: no edge holds
     /// that id for another token.
     pub(crate) async fn may_join(&self, session: &str, token: Option<&str>) -> Result<bool> {
