@@ -547,3 +547,135 @@ async fn a_killed_edge_leaves_every_cache_within_its_lease_ttl() -> Result<()> {
     drop(session);
     Ok(())
 }
+/// Connections made one after another through `via` until `stop`, each echoing a
+/// little; counts successes and failures, with when each failure happened.
+struct ClientLoop {
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClientLoop {
+    fn start(via: SocketAddr, name: &'static str, ca: String) -> ClientLoop {
+        let ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (o, f, s) = (ok.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            while !s.is_cancelled() {
+                i += 1;
+                let attempt = async {
+                    let tls = tls_connect(via, name, &ca).await?;
+                    echo_check(tls, &pseudo_random(4096, i)).await
+                };
+                match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                    Ok(Ok(())) => {
+                        o.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => f
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((Instant::now(), format!("{e:#}"))),
+                    Err(_) => f
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((Instant::now(), "timed out".into())),
+                }
+            }
+        });
+        ClientLoop {
+            ok,
+            failures,
+            stop,
+            task,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> (u64, Vec<(Instant, String)>) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test]
+async fn an_agent_on_two_edges_keeps_every_url_when_one_edge_is_killed() -> Result<()> {
+    const NAME: &str = "ha.cluster.test";
+    let etcd = Etcd::start().await?;
+    let (mut a, a_tunnel, ca) = edge_process(&etcd, "a", 2, "/ha/").await?;
+    let b = Edge::start(edge_config(&etcd, "b", 3, "/ha/")?).await?;
+    let c = Edge::start(edge_config(&etcd, "c", 4, "/ha/")?).await?;
+    let pki = Pki::new("ha CA");
+    let service = tls_echo_server(&pki.leaf(&[NAME])).await;
+    let session = Session::builder()
+        .server_addrs([a_tunnel, b.tunnel_addr().to_string()])
+        .root_cas(ca.clone())
+        .connect()
+        .await?;
+    let listener = session
+        .tls_endpoint()
+        .domain(NAME)
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    let url = listener.url().to_owned();
+    // Both connections bound the name, for one session: one owner.
+    assert!(eventually(Duration::from_secs(10), || b.route(NAME).is_some()).await);
+    assert_eq!(b.route(NAME).map(|r| r.session_id), Some(session.id()));
+    assert!(sees(&c, NAME, "a").await && sees(&c, NAME, "b").await);
+
+    let through_b = ClientLoop::start(b.tls_addr(), NAME, pki.ca_pem.clone());
+    let through_c = ClientLoop::start(c.tls_addr(), NAME, pki.ca_pem.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || through_b.ok() >= 20
+            && through_c.ok() >= 20)
+        .await
+    );
+
+    a.child.start_kill()?; // SIGKILL
+    a.child.wait().await?;
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(6), || c.remote_edges(NAME) == ["b"]).await,
+        "c still lists the dead edge"
+    );
+    let switched = Instant::now();
+    let (b_then, c_then) = (through_b.ok(), through_c.ok());
+    assert!(
+        eventually(Duration::from_secs(20), || through_b.ok() >= b_then + 50
+            && through_c.ok() >= c_then + 50)
+        .await,
+        "the loops stalled after the switch"
+    );
+    let (b_ok, b_failed) = through_b.finish().await;
+    let (c_ok, c_failed) = through_c.finish().await;
+    let after = |f: &[(Instant, String)]| f.iter().filter(|(t, _)| *t > switched).count();
+    println!(
+        "SIGKILL of edge a ({:?} until c dropped it): through b {b_ok} ok, {} failed; through c {c_ok} ok, {} failed ({} after the switch)",
+        switched - killed,
+        b_failed.len(),
+        c_failed.len(),
+        after(&c_failed)
+    );
+    assert_eq!(
+        after(&b_failed) + after(&c_failed),
+        0,
+        "failures after the switch: b {b_failed:?} c {c_failed:?}"
+    );
+    assert!(
+        b_failed.is_empty(),
+        "b serves the name itself, yet: {b_failed:?}"
+    );
+    assert_eq!(listener.url(), url, "the URL changed");
+    Ok(())
+}

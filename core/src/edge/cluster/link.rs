@@ -110,7 +110,12 @@ impl Links {
                 return Ok(stream);
             }
         }
-        let dialing = self.peers().entry(edge.to_owned()).or_default().dialing.clone();
+        let dialing = self
+            .peers()
+            .entry(edge.to_owned())
+            .or_default()
+            .dialing
+            .clone();
         let _one_dial = dialing.lock().await;
         // Another connection may have dialed while this one waited.
         if let Some(link) = self.live(edge) {
