@@ -58,6 +58,11 @@ pub(crate) struct Shared {
 pub(crate) struct SessionEntry {
     pub(crate) token: Option<String>,
     pub(crate) kill: CancellationToken,
+    /// The tunnel connection serving the session (in a cluster a reconnecting agent
+    /// keeps its session id, so the id alone does not tell connections apart).
+    pub(crate) conn: u64,
+    /// Cancelled once the connection's session has let go of its routes.
+    pub(crate) done: CancellationToken,
     /// Commands for the session's control loop.
     pub(crate) commands: mpsc::UnboundedSender<session::CommandRequest>,
     pub(crate) info: SessionInfo,

@@ -64,6 +64,11 @@ async fn serve_agent(
     let kill = shared.stop.child_token();
     // However this function ends, the tunnel connection (its driver and socket) ends too.
     let _end_tunnel = kill.clone().drop_guard();
+    // This tunnel connection, among others that may serve the same session id in turn.
+    let conn: u64 = rand::random();
+    // Cancelled once this connection's session has let go of everything it held.
+    let done = CancellationToken::new();
+    let _done = done.clone().drop_guard();
     let mut mux = mux::start(
         tls,
         Side::Edge,
@@ -134,7 +139,11 @@ async fn serve_agent(
     };
     drop(pass);
     if let Some(old) = resume {
-        replace_session(&shared, &old, authtoken.as_deref());
+        if let Some(old_done) = replace_session(&shared, &old, authtoken.as_deref()) {
+            // The replaced connection lets go of its routes first: the session may keep
+            // its id (joined in a cluster), and its rebinds must not meet the old ones.
+            let _ = tokio::time::timeout(shared.config.handshake_timeout(), old_done.cancelled()).await;
+        }
     }
     let session_id = session_id_for(&shared, join.as_deref(), authtoken.as_deref()).await;
     if let Some(cluster) = &shared.cluster {
@@ -152,6 +161,8 @@ async fn serve_agent(
         SessionEntry {
             token: authtoken,
             kill: kill.clone(),
+            conn,
+            done: done.clone(),
             commands,
             info: SessionInfo {
                 id: session_id.clone(),
@@ -175,7 +186,13 @@ async fn serve_agent(
         .await;
     let freed = session.bound.len();
     session.release_all();
-    shared.sessions().remove(&session_id);
+    {
+        // Unless a newer connection of the session took the id over meanwhile.
+        let mut sessions = shared.sessions();
+        if sessions.get(&session_id).is_some_and(|e| e.conn == conn) {
+            sessions.remove(&session_id);
+        }
+    }
     if let Some(cluster) = shared.cluster.clone() {
         let id = session_id.clone();
         shared
@@ -240,18 +257,24 @@ async fn session_id_for(shared: &Shared, join: Option<&str>, token: Option<&str>
     }
 }
 
-/// Ends an older session the reconnecting agent replaces (same token required).
-fn replace_session(shared: &Shared, old_id: &str, token: Option<&str>) {
+/// Ends an older session the reconnecting agent replaces (same token required); returns
+/// what is cancelled once it has let go of its routes.
+fn replace_session(
+    shared: &Shared,
+    old_id: &str,
+    token: Option<&str>,
+) -> Option<CancellationToken> {
     let mut sessions = shared.sessions();
-    if sessions
+    if !sessions
         .get(old_id)
         .is_some_and(|old| old.token.as_deref() == token)
     {
-        if let Some(old) = sessions.remove(old_id) {
-            tracing::info!(session_id = %old_id, "replaced by a reconnecting agent");
-            old.kill.cancel();
-        }
+        return None;
     }
+    let old = sessions.remove(old_id)?;
+    tracing::info!(session_id = %old_id, "replaced by a reconnecting agent");
+    old.kill.cancel();
+    Some(old.done)
 }
 
 async fn refuse(control: &mut ControlChannel<MuxStream>, err: &Error) {
