@@ -50,7 +50,8 @@ test('builders in camelCase', async () => {
 test('errors carry .code, .errorCode and a message naming the problem', async () => {
   const cases = [
     [{ addr: 1, domian: 'x' }, 'INVALID_OPTION', 'domian'],
-    [{ addr: 1, pooling_enabled: true }, 'UNSUPPORTED', 'pooling_enabled'],
+    [{ addr: 1, pooling_enabled: 'yes' }, 'INVALID_OPTION', 'pooling_enabled must be true or false'],
+    [{ addr: 1, bindings: ['public'] }, 'UNSUPPORTED', 'bindings'],
     [{ addr: 1, proto: 'http' }, 'UNSUPPORTED', 'http'],
     [{ addr: 1, crt: 'x' }, 'INVALID_OPTION', 'Missing key for tls termination'],
     [{ addr: 1, domain: 'app.test', crt: 'not pem', key: 'nope' }, 'INVALID_PEM', 'crt'],

@@ -13,6 +13,7 @@ mod load;
 mod modes;
 mod option_table;
 mod policy;
+mod pools;
 mod readme;
 mod refusals;
 mod session_surface;
