@@ -32,6 +32,8 @@ export interface Config {
   remote_addr?: string
   verify_upstream_tls?: boolean
   upstream_root_cas?: Pem
+  /** Share the name with other sessions' endpoints that enable pooling too; the edge spreads connections across them. */
+  pooling_enabled?: boolean
 }
 
 /** Errors thrown by burrow carry the stable code. */
@@ -145,6 +147,8 @@ declare class EndpointBuilder {
   proxyProto(version: string): this
   allowCidr(cidr: string): this
   denyCidr(cidr: string): this
+  /** ngrok's pooling: share the name with other sessions' endpoints that enable it too. */
+  poolingEnabled(enabled: boolean): this
   listenAndForward(url: string | number): Promise<Listener>
   /** Binds without a forwarding target; see `Listener.forward`. */
   listen(): Promise<Listener>

@@ -232,6 +232,7 @@ class EndpointBuilder {
   proxyProto (v) { this._o.proxy_proto = v; return this }
   allowCidr (c) { (this._o.allow_cidr = this._o.allow_cidr || []).push(c); return this }
   denyCidr (c) { (this._o.deny_cidr = this._o.deny_cidr || []).push(c); return this }
+  poolingEnabled (enabled) { this._o.pooling_enabled = enabled; return this }
   async listenAndForward (url) {
     const opts = parse('endpoint', { ...this._o, addr: url })
     return new Listener(await call(() => this._session._native.forward(opts)), this._session._native)

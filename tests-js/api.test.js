@@ -47,10 +47,36 @@ test('builders in camelCase', async () => {
   await session.close()
 })
 
+// Endpoint pools: ngrok's pooling_enabled lets several sessions serve one name.
+test('pooled listeners share a domain; a listener that did not opt in is refused', async () => {
+  const domain = 'app.pool.js.test'
+  const options = { domain, terminate_at: 'edge', pooling_enabled: true, ...edge.options() }
+  // Two sessions (as two agents would be), both opting in: both get the name's URL.
+  const first = await burrow.forward({ addr: await serve(), ...options })
+  const second = await burrow.forward({ addr: await serve(), force_new_session: true, ...options })
+  expect(first.url()).toBe(`tls://${domain}:${edge.tlsPort}`)
+  expect(second.url()).toBe(first.url())
+  for (let i = 0; i < 4; i++) {
+    const s = await tlsConnect(portOf(first.url()), domain, edge.caPem)
+    await echoExact(s, Buffer.from(`pooled ${i}`))
+  }
+
+  // A third session without the option is refused, as for any name another session holds.
+  const refused = burrow.forward({ addr: await serve(), domain, force_new_session: true, ...edge.options() })
+  await expect(refused).rejects.toMatchObject({ code: 'DOMAIN_TAKEN', errorCode: 'ERR_NGROK_334' })
+
+  // The builder spells it as ngrok's does.
+  const session = await new burrow.SessionBuilder().serverAddr(edge.tunnelAddr).rootCas(edge.caPem).connect()
+  const third = await session.tlsEndpoint().domain(domain).poolingEnabled(true).listen()
+  expect(third.url()).toBe(first.url())
+  await session.close()
+})
+
 test('errors carry .code, .errorCode and a message naming the problem', async () => {
   const cases = [
     [{ addr: 1, domian: 'x' }, 'INVALID_OPTION', 'domian'],
-    [{ addr: 1, pooling_enabled: true }, 'UNSUPPORTED', 'pooling_enabled'],
+    [{ addr: 1, pooling_enabled: 'yes' }, 'INVALID_OPTION', 'pooling_enabled must be true or false'],
+    [{ addr: 1, bindings: ['public'] }, 'UNSUPPORTED', 'bindings'],
     [{ addr: 1, proto: 'http' }, 'UNSUPPORTED', 'http'],
     [{ addr: 1, crt: 'x' }, 'INVALID_OPTION', 'Missing key for tls termination'],
     [{ addr: 1, domain: 'app.test', crt: 'not pem', key: 'nope' }, 'INVALID_PEM', 'crt'],

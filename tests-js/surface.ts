@@ -6,7 +6,7 @@ async function main (): Promise<void> {
   const l: burrow.Listener = await burrow.forward({
     addr: 8080, proto: 'tls', domain: 'a.test', crt: 'pem', key: Buffer.from('pem'), terminate_at: 'agent',
     mutual_tls_cas: new Uint8Array(), traffic_policy: '', proxy_proto: '2', metadata: 'm', forwards_to: 'f',
-    allow_cidr: ['10.0.0.0/8'], deny_cidr: '1.2.3.4', authtoken_from_env: true, verify_upstream_tls: false, ...edge.options()
+    allow_cidr: ['10.0.0.0/8'], deny_cidr: '1.2.3.4', authtoken_from_env: true, verify_upstream_tls: false, pooling_enabled: true, ...edge.options()
   })
   const s: string = l.url() + l.id() + l.proto() + l.metadata() + l.forwardsTo() + l.terminateAt()
   l.unref()
@@ -23,7 +23,7 @@ async function main (): Promise<void> {
   await burrow.kill()
   const session: burrow.Session = await new burrow.SessionBuilder().authtokenFromEnv().serverAddr('h:1').rootCas('').metadata('m').connect()
   const l2 = await session.tlsEndpoint().domain('b.test').termination('', '').mutualTlsca('').trafficPolicy('').proxyProto('1').listenAndForward(80)
-  const l3 = await session.tcpEndpoint().remoteAddr('h:1').allowCidr('1.0.0.0/8').denyCidr('2.0.0.0/8').listenAndForward('localhost:80')
+  const l3 = await session.tcpEndpoint().remoteAddr('h:1').allowCidr('1.0.0.0/8').denyCidr('2.0.0.0/8').poolingEnabled(false).listenAndForward('localhost:80')
   const hooked: burrow.Session = await new burrow.SessionBuilder().caCert(Buffer.from('')).clientInfo('app', '1.0')
     .clientInfo('lib', '2', 'c').heartbeatInterval(10).heartbeatTolerance(0.5)
     .handleHeartbeat((latency: number) => { console.log(latency + 1) })

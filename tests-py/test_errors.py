@@ -135,7 +135,7 @@ def test_unknown_and_unsupported_options(edge: burrow.Edge) -> None:
     with pytest.raises(burrow.Error) as e:
         burrow.forward(8080, domian="typo.test", **edge.options())
     assert e.value.code == "INVALID_OPTION" and "domian" in e.value.message
-    for option in ("pooling_enabled", "basic_auth", "oauth.provider", "labels"):
+    for option in ("bindings", "basic_auth", "oauth.provider", "labels"):
         with pytest.raises(burrow.Error) as e:
             burrow.forward(8080, **{option: "x"}, **edge.options())
         assert e.value.code == "UNSUPPORTED" and option in e.value.message and "not supported" in e.value.message

@@ -19,7 +19,7 @@ def main(edge: burrow.Edge) -> None:
                                          deny_cidr="10.1.0.0/16", forwards_to="svc", verify_upstream_tls=False,
                                          upstream_root_cas="...", authtoken="t", authtoken_from_env=True,
                                          server_addr=edge.tunnel_addr, root_cas=edge.ca_pem,
-                                         session_metadata="s", force_new_session=True)
+                                         session_metadata="s", force_new_session=True, pooling_enabled=True)
     l1 = burrow.connect("tls://localhost:8443", hostname="b.test", policy="", session_ca_cert=Path("ca.pem"))
     l1 = burrow.forward(url="tcp://127.0.0.1:9000", remote_addr="127.0.0.1:9000", addr=22)
     print(l1.url(), l1.id(), l1.proto(), l1.metadata(), l1.forwards_to(), l1.terminate_at())
@@ -39,7 +39,8 @@ def main(edge: burrow.Edge) -> None:
     print(s.id())
     l2 = (s.tls_endpoint().domain("b.test").termination(b"", b"").agent_termination("", Path("k"))
           .mutual_tlsca(b"").traffic_policy("").proxy_proto("2").allow_cidr("a").deny_cidr("d")
-          .metadata("m").forwards_to("f").verify_upstream_tls(True).listen_and_forward(80))
+          .metadata("m").forwards_to("f").verify_upstream_tls(True).pooling_enabled(True)
+          .listen_and_forward(80))
     l3 = s.tcp_endpoint().remote_addr("h:1").listen_and_forward("localhost:80")
     with l2, l3, s:
         pass

@@ -206,6 +206,11 @@ class _EndpointBuilder:
         """Whether a ``tls://`` upstream's certificate is checked (default True)."""
         return self._set("verify_upstream_tls", verify)
 
+    def pooling_enabled(self, pooling_enabled: bool) -> Any:
+        """Share the name with other agents' endpoints that enable pooling too (ngrok's
+        ``pooling_enabled``): the edge spreads connections across them."""
+        return self._set("pooling_enabled", pooling_enabled)
+
     def listen_and_forward(self, url: Union[str, int]) -> Any:
         """Binds and forwards to ``url``: the :class:`Listener`, or an awaitable of it inside a loop."""
         opts = _parse("endpoint", {**self._opts, "addr": url})

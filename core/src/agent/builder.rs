@@ -144,6 +144,13 @@ impl<K> EndpointBuilder<K> {
         self
     }
 
+    /// ngrok's `pooling_enabled`: let other sessions that opt in too serve the same
+    /// name; the edge spreads connections across them (TLS endpoints).
+    pub fn pooling_enabled(mut self, enabled: bool) -> Self {
+        self.draft.pooling_enabled = enabled;
+        self
+    }
+
     /// Binds the endpoint and returns its connections.
     pub async fn listen(self) -> Result<Listener> {
         listener::listen(self.session, self.draft.resolve()?).await

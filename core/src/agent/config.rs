@@ -60,6 +60,7 @@ struct RawEndpoint {
     upstream: RawUpstream,
     traffic_policy: Option<Value>,
     agent_tls_termination: Option<RawAgentTls>,
+    pooling_enabled: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +259,11 @@ impl AgentConfig {
             Some(Value::String(s)) => push("proxy_proto", s.as_str().into()),
             Some(_) => return Err(config_err("upstream.proxy_protocol: must be 1 or 2")),
         }
+        match &ep.pooling_enabled {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => push("pooling_enabled", (*b).into()),
+            Some(_) => return Err(config_err("pooling_enabled: must be true or false")),
+        }
         match &ep.traffic_policy {
             None | Some(Value::Null) => {}
             Some(value) => {
@@ -383,6 +389,21 @@ mod tests {
         assert!(a.endpoints[0].spec.traffic_policy.is_some());
         let b = parse("version: 3\nendpoints:\n  - name: example\n    url: tls://app.example.com\n    upstream:\n      url: localhost:443\n").unwrap();
         assert!(b.endpoints[0].spec.traffic_policy.is_none());
+    }
+
+    #[test]
+    fn pooling_enabled_is_an_endpoint_key() {
+        let a = parse("version: 3\nendpoints:\n  - name: a\n    url: tls://a.test\n    pooling_enabled: true\n    upstream: {url: 1}\n  - name: b\n    url: tls://b.test\n    upstream: {url: 2}\n").unwrap();
+        assert!(a.endpoints[0].spec.pooling_enabled);
+        assert!(!a.endpoints[1].spec.pooling_enabled);
+        let e = parse("version: 3\nendpoints:\n  - name: a\n    pooling_enabled: yes please\n    upstream: {url: 1}\n").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Config);
+        assert!(
+            e.message().contains("line 3")
+                && e.message()
+                    .contains("pooling_enabled: must be true or false"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
         allow_cidrs: spec.allow_cidrs.clone(),
         deny_cidrs: spec.deny_cidrs.clone(),
         metadata: spec.metadata.clone(),
+        pooling_enabled: spec.pooling_enabled,
     };
     let (tx, rx) = mpsc::channel(session.max_pending());
     let url = session.bind(bind, agent_tls, tx).await?;

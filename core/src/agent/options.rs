@@ -140,6 +140,7 @@ enum Opt {
     MinVersion,
     MaxVersion,
     Alpn,
+    PoolingEnabled,
 }
 
 impl Opt {
@@ -188,6 +189,7 @@ const NAMES: &[(&str, Opt)] = &[
     ("min_version", Opt::MinVersion),
     ("max_version", Opt::MaxVersion),
     ("alpn", Opt::Alpn),
+    ("pooling_enabled", Opt::PoolingEnabled),
 ];
 
 const HTTP_OPTION: &str = "an ngrok HTTP endpoint option; burrow serves tls and tcp endpoints";
@@ -222,7 +224,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("deny_user_agent", HTTP_OPTION),
     ("verify_webhook_provider", HTTP_OPTION),
     ("verify_webhook_secret", HTTP_OPTION),
-    ("pooling_enabled", NOT_IMPLEMENTED),
     ("label", NOT_IMPLEMENTED),
     ("labels", NOT_IMPLEMENTED),
     ("binding", NOT_IMPLEMENTED),
@@ -448,6 +449,7 @@ impl Parsed {
             Opt::MinVersion => d.min_version = Some(text(name, v)?),
             Opt::MaxVersion => d.max_version = Some(text(name, v)?),
             Opt::Alpn => d.alpn = list(name, v)?,
+            Opt::PoolingEnabled => d.pooling_enabled = boolean(name, v)?,
         }
         Ok(())
     }

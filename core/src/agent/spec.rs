@@ -228,6 +228,10 @@ pub struct EndpointSpec {
     /// True when the traffic policy has a `terminate-tls` action (decided when the
     /// spec was resolved, so the policy is not parsed again).
     pub policy_terminates: bool,
+    /// ngrok's `pooling_enabled`: other sessions that opt in too may serve the same
+    /// name, and the edge spreads connections across them.
+    #[serde(default)]
+    pub pooling_enabled: bool,
 }
 
 impl EndpointSpec {
@@ -263,6 +267,16 @@ pub(crate) struct EndpointDraft {
     pub(crate) allow_cidrs: Vec<String>,
     pub(crate) deny_cidrs: Vec<String>,
     pub(crate) proxy_proto: Option<ProxyProto>,
+    pub(crate) pooling_enabled: bool,
+}
+
+/// Pools are names on the TLS listener; a TCP endpoint has a port of its own (refused
+/// by the agent and, for agents that skip the check, by the edge).
+pub(crate) fn tcp_pooling_refused() -> Error {
+    Error::new(
+        ErrorCode::Unsupported,
+        "pooling_enabled is not supported yet for tcp endpoints (each gets a port of its own); tls endpoints can be pooled",
+    )
 }
 
 /// PEM input as text: strictly UTF-8, or an `INVALID_PEM` naming the input.
@@ -368,6 +382,9 @@ impl EndpointDraft {
                 }
             }
             Proto::Tcp => {
+                if self.pooling_enabled {
+                    return Err(tcp_pooling_refused());
+                }
                 if self.domain.is_some() {
                     return Err(Error::option(
                         "domain applies to tls endpoints; a tcp endpoint is reached by its port (remote_addr)",
@@ -389,6 +406,7 @@ impl EndpointDraft {
             metadata: self.metadata,
             forwards_to: self.forwards_to,
             description: self.description,
+            pooling_enabled: self.pooling_enabled,
         })
     }
 }

@@ -145,6 +145,10 @@ struct TlsArgs {
     /// Endpoint hostname (older spelling of --url).
     #[arg(long)]
     domain: Option<String>,
+    /// Share the name with other agents that pool it too (ngrok's pooling_enabled):
+    /// the edge spreads connections across them.
+    #[arg(long)]
+    pooling_enabled: bool,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -243,6 +247,11 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
             let mut options = vec![("proto", "tls".into())];
             push(&mut options, "url", args.url);
             push(&mut options, "domain", args.domain);
+            push(
+                &mut options,
+                "pooling_enabled",
+                args.pooling_enabled.then_some(true),
+            );
             run_agent(args.agent, options, signals).await
         }
         Command::Tcp(args) => {

@@ -186,7 +186,26 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
         tunnel: owner.tunnel.clone(),
         edge_tls: edge_tls.map(Arc::new),
         policy,
+        pooled: prepared.spec.pooling_enabled,
+        handling: handling(&prepared.spec),
     })
+}
+
+/// A digest of what decides how a connection is treated: pool members that agree on it
+/// admit and terminate connections alike.
+fn handling(spec: &BindSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let what = (
+        &spec.termination,
+        &spec.traffic_policy,
+        &spec.allow_cidrs,
+        &spec.deny_cidrs,
+    );
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&what)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Random names are one label under the edge's suffix; any session may rebind them.
@@ -273,6 +292,9 @@ async fn bind_port(
     remote_port: Option<u16>,
 ) -> Result<(Bound, String)> {
     let shared = owner.shared;
+    if prepared.spec.pooling_enabled {
+        return Err(crate::agent::tcp_pooling_refused());
+    }
     let Some([lo, hi]) = shared.config.tcp_ports else {
         return Err(Error::new(
             ErrorCode::Unsupported,

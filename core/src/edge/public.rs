@@ -2,7 +2,7 @@
 
 use super::acme::ACME_TLS_ALPN;
 use super::cluster::link::{LinkHeader, MAX_HOPS};
-use super::routes::{lookup, Route};
+use super::routes::{lookup, lookup_stand_in, Route, Routes};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
@@ -12,6 +12,7 @@ use crate::tls::{
 };
 use crate::wire::mux::MuxStream;
 use crate::wire::{read_header, write_header, StreamHeader};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,7 +236,8 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
         send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
         return;
     };
-    let target = Target::new(&shared, &route, client, Some(sni.clone()));
+    let target = Target::new(&shared, &route, client, Some(sni.clone()))
+        .pooled_in(shared.routes.as_ref());
     let termination = match route.decide(&target.conn_info()) {
         Ok(t) => t,
         Err(reason) => {
@@ -370,9 +372,15 @@ async fn serve_tcp_conn(
     proxy_terminated(Target { sni, ..target }, tls).await
 }
 
+/// How many members of a pool may stand in, one after the other, for a connection
+/// whose endpoint's tunnel has just ended.
+const MAX_STAND_INS: usize = 8;
+
 /// Where a public connection goes, and what the agent is told about it.
 struct Target<'a> {
     route: &'a Route,
+    /// The table to find a stand-in in, for a connection routed by SNI.
+    routes: Option<&'a dyn Routes>,
     peer: SocketAddr,
     server_addr: Option<SocketAddr>,
     sni: Option<String>,
@@ -383,11 +391,45 @@ impl<'a> Target<'a> {
     fn new(shared: &Shared, route: &'a Route, client: Client, sni: Option<String>) -> Self {
         Target {
             route,
+            routes: None,
             peer: client.peer,
             server_addr: client.server_addr,
             sni,
             idle: shared.config.idle_timeout(),
         }
+    }
+
+    /// Lets another member of the route's pool take the connection if the route's
+    /// tunnel fails as it opens.
+    fn pooled_in(self, routes: &'a dyn Routes) -> Self {
+        Target {
+            routes: Some(routes),
+            ..self
+        }
+    }
+
+    /// Opens a proxy stream on the route's tunnel; when that tunnel has just ended (the
+    /// edge has not dropped the agent yet) and the route is pooled, on a member that
+    /// handles connections alike, so the client never hears of the dead agent.
+    async fn open_stream(&self) -> Result<(Cow<'a, Route>, crate::wire::mux::MuxStream)> {
+        let mut route = Cow::Borrowed(self.route);
+        for _ in 0..MAX_STAND_INS {
+            let error = match route.tunnel.open().await {
+                Ok(stream) => return Ok((route, stream)),
+                Err(e) => e,
+            };
+            let stand_in = match (self.routes, &self.sni) {
+                (Some(routes), Some(host)) => lookup_stand_in(routes, host, &route),
+                _ => None,
+            };
+            let Some(stand_in) = stand_in else {
+                return Err(error);
+            };
+            tracing::info!(reason = %error, endpoint = %route.endpoint_id, stand_in = %stand_in.endpoint_id, "pool member unreachable; another takes the connection");
+            route = Cow::Owned(stand_in);
+        }
+        let stream = route.tunnel.open().await?;
+        Ok((route, stream))
     }
 
     /// What the traffic policy may look at.
@@ -408,9 +450,9 @@ impl<'a> Target<'a> {
         client_cert_subject: Option<String>,
         first_bytes: &[u8],
     ) -> Result<crate::wire::mux::MuxStream> {
-        let mut stream = self.route.tunnel.open().await?;
+        let (route, mut stream) = self.open_stream().await?;
         let header = StreamHeader {
-            endpoint_id: self.route.endpoint_id.clone(),
+            endpoint_id: route.endpoint_id.clone(),
             client_addr: self.peer,
             edge_terminated,
             sni: self.sni,
@@ -489,6 +531,68 @@ fn end_abnormally_on_error<T>(result: &Result<T>, client: &impl PublicIo) {
     if let Err(e) = result {
         if e.code() != ErrorCode::Timeout {
             client.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::routes::tests::route;
+    use crate::edge::routes::MemoryRoutes;
+    use crate::wire::mux::{self, Side};
+    use crate::wire::read_header;
+    use tokio::io::AsyncReadExt;
+
+    /// The window no lookup can close: a member chosen while its tunnel was up, which
+    /// ends before the stream opens. Another member takes the connection.
+    #[tokio::test]
+    async fn a_pool_member_stands_in_when_the_chosen_tunnel_will_not_open() {
+        let routes = MemoryRoutes::default();
+        let (dead, _peer, stop) = route("dead", true);
+        let (edge_io, agent_io) = tokio::io::duplex(64 * 1024);
+        let live = Route {
+            session_id: "live".into(),
+            endpoint_id: "live-e".into(),
+            tunnel: mux::start(edge_io, Side::Edge, CancellationToken::new(), 16).handle,
+            ..dead.clone()
+        };
+        let mut agent = mux::start(agent_io, Side::Agent, CancellationToken::new(), 16);
+        routes.claim("app.test", dead.clone()).unwrap();
+        routes.claim("app.test", live).unwrap();
+        stop.cancel();
+        dead.tunnel.closed().await;
+
+        let _stream = target(&dead, Some(&routes))
+            .open(false, None, None, b"hello")
+            .await
+            .expect("a stand-in takes the connection");
+        let mut inbound = agent
+            .inbound
+            .recv()
+            .await
+            .expect("a stream on the live tunnel");
+        let header: StreamHeader = read_header(&mut inbound).await.unwrap();
+        assert_eq!(header.endpoint_id, "live-e");
+        let mut first = [0u8; 5];
+        inbound.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"hello");
+
+        // With nowhere to look for a stand-in (a tcp endpoint), the failure is the caller's.
+        match target(&dead, None).open(false, None, None, b"").await {
+            Ok(_) => panic!("a dead tunnel opened a stream"),
+            Err(e) => assert_eq!(e.code(), ErrorCode::Closed),
+        }
+    }
+
+    fn target<'a>(route: &'a Route, routes: Option<&'a dyn Routes>) -> Target<'a> {
+        Target {
+            route,
+            routes,
+            peer: "127.0.0.1:9".parse().unwrap(),
+            server_addr: None,
+            sni: Some("app.test".into()),
+            idle: None,
         }
     }
 }

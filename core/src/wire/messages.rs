@@ -208,6 +208,9 @@ pub struct BindSpec {
     pub deny_cidrs: Vec<String>,
     /// Free-form metadata.
     pub metadata: String,
+    /// Other sessions that opt in too may serve the same name (ngrok's `pooling_enabled`).
+    #[serde(default)]
+    pub pooling_enabled: bool,
 }
 
 impl BindSpec {

@@ -141,6 +141,29 @@ pub async fn echo_server() -> Echo {
 
 /// TLS echo with `leaf` (the upstream terminates TLS itself).
 pub async fn tls_echo_server(leaf: &Leaf) -> Echo {
+    tls_server(leaf, echo_io).await
+}
+
+/// A TLS service with `leaf` that answers every connection with `name`, then closes
+/// (tells which of several upstreams a connection reached).
+pub async fn tls_name_server(leaf: &Leaf, name: &str) -> Echo {
+    let name = Arc::<str>::from(name);
+    tls_server(leaf, move |mut tls| {
+        let name = name.clone();
+        async move {
+            let _ = tls.write_all(name.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// A TLS server with `leaf` that hands each accepted connection to `serve`.
+async fn tls_server<F, Fut>(leaf: &Leaf, serve: F) -> Echo
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let certs = vec![leaf.der()];
     let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key");
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -152,12 +175,13 @@ pub async fn tls_echo_server(leaf: &Leaf) -> Echo {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let serve = Arc::new(serve);
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(s).await {
-                    echo_io(tls).await;
+                    serve(tls).await;
                 }
             });
         }
@@ -332,10 +356,12 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 
 pub const MIB: usize = 1024 * 1024;
 
-/// Relays TCP to `target`; `freeze` stops moving bytes on existing connections without closing them.
+/// Relays TCP to `target`; `freeze` stops moving bytes on existing connections without
+/// closing them, `cut` resets them (both ends), as a dead host or a broken path would.
 pub struct FreezingProxy {
     pub addr: SocketAddr,
     pub frozen: Arc<tokio::sync::Notify>,
+    pub cut: Arc<tokio::sync::Notify>,
 }
 
 impl FreezingProxy {
@@ -343,10 +369,11 @@ impl FreezingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let frozen = Arc::new(tokio::sync::Notify::new());
-        let freeze = frozen.clone();
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (freeze, reset) = (frozen.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let freeze = freeze.clone();
+                let (freeze, reset) = (freeze.clone(), reset.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
@@ -357,11 +384,16 @@ impl FreezingProxy {
                             // Hold both sockets open, silently, until the test ends.
                             tokio::time::sleep(Duration::from_secs(60)).await;
                         }
+                        _ = reset.notified() => {
+                            // Dropped with a zero linger: both peers get a reset.
+                            let _ = inbound.set_zero_linger();
+                            let _ = outbound.set_zero_linger();
+                        }
                     }
                 });
             }
         });
-        Ok(FreezingProxy { addr, frozen })
+        Ok(FreezingProxy { addr, frozen, cut })
     }
 }
 

@@ -252,3 +252,46 @@ async fn seed_cloud_service_cli_with_a_traffic_policy_file() -> Result<()> {
     let ca = std::fs::read_to_string(ca.ok_or_else(|| anyhow!("-CAfile"))?)?;
     echo_check(tls_connect(addr, &name, &ca).await?, b"seed cli").await
 }
+
+#[tokio::test]
+async fn pooling_enabled_in_the_file_lets_two_agents_serve_one_endpoint() -> Result<()> {
+    let edge = open_edge().await;
+    let edge_ca = temp_file("pool-config-ca.pem", edge.ca_pem())?;
+    let pki = Pki::new("pooled service");
+    let leaf = pki.leaf(&["pooled.example.com"]);
+    let mut forwarders = Vec::new();
+    for name in ["first", "second"] {
+        let service = tls_name_server(&leaf, name).await;
+        let text = format!(
+            "version: 3
+agent:
+  connect_url: {tunnel}
+  root_cas: {edge_ca}
+endpoints:
+  - name: pooled
+    url: tls://pooled.example.com
+    pooling_enabled: true
+    upstream:
+      url: {upstream}
+",
+            tunnel = edge.tunnel_addr(),
+            edge_ca = edge_ca.display(),
+            upstream = service.addr,
+        );
+        let config = AgentConfig::from_yaml(&text, std::path::Path::new("/"))?;
+        assert!(config.endpoints[0].spec.pooling_enabled);
+        let session = config.session_builder().connect().await?;
+        let fwd = config.select(&[])?[0].start(&session).await?;
+        forwarders.push((service, session, fwd));
+    }
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let mut tls = tls_connect(edge.tls_addr(), "pooled.example.com", &pki.ca_pem).await?;
+        let mut got = String::new();
+        tls.read_to_string(&mut got).await?;
+        answers.push(got);
+    }
+    answers.sort();
+    assert_eq!(answers, ["first", "second"]);
+    Ok(())
+}

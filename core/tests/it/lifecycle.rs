@@ -20,6 +20,7 @@ fn tls_spec(domain: &str) -> BindSpec {
         allow_cidrs: Vec::new(),
         deny_cidrs: Vec::new(),
         metadata: String::new(),
+        pooling_enabled: false,
     }
 }
 

@@ -15,6 +15,7 @@ mod modes;
 mod multi_edge;
 mod option_table;
 mod policy;
+mod pools;
 mod readme;
 mod refusals;
 mod session_surface;
