@@ -1,6 +1,7 @@
 //! Turning a `Bind` request into a served endpoint.
 
 use super::auth::Grant;
+use super::cluster::RouteValue;
 use super::public;
 use super::routes::{EdgePolicy, Route};
 use super::Shared;
@@ -20,8 +21,8 @@ use tracing::Instrument;
 
 /// Something a session holds until it unbinds or ends.
 pub(crate) enum Bound {
-    /// A hostname on the TLS listener.
-    Name(String),
+    /// A hostname on the TLS listener, and how the cluster (if any) knows the claim.
+    Name(String, RouteValue),
     /// A TCP listener of its own.
     Port(CancellationToken),
 }
@@ -29,14 +30,12 @@ pub(crate) enum Bound {
 impl Bound {
     pub(crate) fn release(self, shared: &Shared, session_id: &str, endpoint_id: &str) {
         match self {
-            Bound::Name(name) => {
+            Bound::Name(name, claim) => {
                 shared.routes.release(&name, session_id, endpoint_id);
                 if let Some(cluster) = shared.cluster.clone() {
-                    let (session_id, endpoint_id) = (session_id.to_owned(), endpoint_id.to_owned());
+                    let session_id = session_id.to_owned();
                     shared.tasks.spawn(async move {
-                        cluster
-                            .release(&name, &session_id, &endpoint_id, false)
-                            .await;
+                        cluster.release(&name, &session_id, &claim).await;
                     });
                 }
             }
@@ -71,6 +70,8 @@ pub(crate) struct Owner<'a> {
     pub(crate) session_id: &'a str,
     pub(crate) grant: &'a Grant,
     pub(crate) tunnel: &'a MuxHandle,
+    /// The tunnel connection (see `SessionEntry::conn`).
+    pub(crate) conn: u64,
 }
 
 /// Serves a prepared bind for `owner`; returns what the session must hold until the
@@ -131,31 +132,33 @@ async fn bind_name(
         None => format!("{:016x}.{suffix}", rand::random::<u64>()),
     };
     let route = route(owner, prepared, &name)?;
-    claim(owner, &name, route).await?;
+    let claim = claim(owner, &name, route).await?;
     let url = match shared.tls_port {
         443 => format!("tls://{name}"),
         port => format!("tls://{name}:{port}"),
     };
-    Ok((Bound::Name(name), url))
+    Ok((Bound::Name(name, claim), url))
 }
 
 /// Gives `name` to the route: across the cluster first (when there is one), then here.
-async fn claim(owner: &Owner<'_>, name: &str, route: Route) -> Result<()> {
+/// Returns how the cluster knows the claim, for its release.
+async fn claim(owner: &Owner<'_>, name: &str, route: Route) -> Result<RouteValue> {
     let shared = owner.shared;
-    let Some(cluster) = &shared.cluster else {
-        return shared.routes.claim(name, route);
+    let claim = RouteValue {
+        endpoint: route.endpoint_id.clone(),
+        pooled: route.pooled,
+        conn: owner.conn,
     };
-    let endpoint_id = route.endpoint_id.clone();
-    cluster
-        .claim(name, owner.session_id, &endpoint_id, false)
-        .await?;
+    let Some(cluster) = &shared.cluster else {
+        shared.routes.claim(name, route)?;
+        return Ok(claim);
+    };
+    cluster.claim(name, owner.session_id, &claim).await?;
     if let Err(e) = shared.routes.claim(name, route) {
-        cluster
-            .release(name, owner.session_id, &endpoint_id, false)
-            .await;
+        cluster.release(name, owner.session_id, &claim).await;
         return Err(e);
     }
-    Ok(())
+    Ok(claim)
 }
 
 /// The route for a prepared bind, served under `name`: edge TLS and policy built and checked.

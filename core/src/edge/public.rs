@@ -221,8 +221,11 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
     let Some(route) = lookup(shared.routes.as_ref(), &sni) else {
         if client.hops == 0 {
             if let Some(cluster) = &shared.cluster {
-                let edges = cluster.remote(&sni);
+                let mut edges = cluster.remote(&sni);
                 if !edges.is_empty() {
+                    // A different first edge each time: a name several edges serve is spread.
+                    let start = rand::random::<u32>() as usize % edges.len();
+                    edges.rotate_left(start);
                     let raw = hello.info.raw;
                     drop(hello.info.accepted);
                     if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
@@ -236,8 +239,19 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
         send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
         return;
     };
-    let target = Target::new(&shared, &route, client, Some(sni.clone()))
-        .pooled_in(shared.routes.as_ref());
+    // A pool spanning several edges takes turns across all of its members.
+    if route.pooled && client.hops == 0 {
+        if let Some(edges) = shared.cluster.as_ref().and_then(|c| c.pool_turn(&sni)) {
+            let raw = hello.info.raw;
+            drop(hello.info.accepted);
+            if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
+                tracing::info!(%sni, reason = %e, "forwarded connection ended");
+            }
+            return;
+        }
+    }
+    let target =
+        Target::new(&shared, &route, client, Some(sni.clone())).pooled_in(shared.routes.as_ref());
     let termination = match route.decide(&target.conn_info()) {
         Ok(t) => t,
         Err(reason) => {
@@ -271,7 +285,7 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
     }
 }
 
-/// Carries a connection to the first of `edges` that takes it, then splices.
+/// Carries a connection to the first of `edges` (in order) that takes it, then splices.
 async fn forward<IO: PublicIo>(
     shared: &Shared,
     mut io: IO,
@@ -289,11 +303,8 @@ async fn forward<IO: PublicIo>(
         server_addr: client.server_addr,
         hops: client.hops + 1,
     };
-    // Start at a different edge each time, so that a name several edges serve is spread.
-    let start = rand::random::<u32>() as usize % edges.len();
     let mut last = None;
-    for i in 0..edges.len() {
-        let (edge, addr) = &edges[(start + i) % edges.len()];
+    for (edge, addr) in edges {
         let opened = async {
             let mut stream = links.open(edge, *addr).await?;
             write_header(&mut stream, &header, raw).await?;

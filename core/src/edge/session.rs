@@ -142,7 +142,8 @@ async fn serve_agent(
         if let Some(old_done) = replace_session(&shared, &old, authtoken.as_deref()) {
             // The replaced connection lets go of its routes first: the session may keep
             // its id (joined in a cluster), and its rebinds must not meet the old ones.
-            let _ = tokio::time::timeout(shared.config.handshake_timeout(), old_done.cancelled()).await;
+            let _ =
+                tokio::time::timeout(shared.config.handshake_timeout(), old_done.cancelled()).await;
         }
     }
     let session_id = session_id_for(&shared, join.as_deref(), authtoken.as_deref()).await;
@@ -178,6 +179,7 @@ async fn serve_agent(
         id: session_id.clone(),
         grant,
         tunnel: mux.handle,
+        conn,
         bound: HashMap::new(),
     };
     let agent_heartbeat = hello.heartbeat_ms.map(Duration::from_millis);
@@ -313,6 +315,8 @@ pub(crate) struct AgentSession {
     pub(crate) id: String,
     pub(crate) grant: Grant,
     pub(crate) tunnel: MuxHandle,
+    /// This tunnel connection (see `SessionEntry::conn`).
+    pub(crate) conn: u64,
     pub(crate) bound: HashMap<String, Bound>,
 }
 
@@ -436,6 +440,7 @@ impl AgentSession {
             session_id: &self.id,
             grant: &self.grant,
             tunnel: &self.tunnel,
+            conn: self.conn,
         };
         let (bound, url) = bind::bind(&owner, &prepared).await?;
         let endpoint_id = prepared.endpoint_id().to_owned();

@@ -679,3 +679,110 @@ async fn an_agent_on_two_edges_keeps_every_url_when_one_edge_is_killed() -> Resu
     assert_eq!(listener.url(), url, "the URL changed");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pool_spans_edges_loses_a_frozen_agent_and_refuses_one_that_did_not_opt_in() -> Result<()>
+{
+    const NAME: &str = "pool.cluster.test";
+    let etcd = Etcd::start().await?;
+    let [a, b, c] = three_edges(&etcd, "/pool/").await?;
+    let pki = Pki::new("pool CA");
+    let leaf = pki.leaf(&[NAME]);
+    let mut services = Vec::new();
+    let mut proxies = Vec::new();
+    let mut agents = Vec::new();
+    // One pooled agent per edge, each answering with its own name, each through a proxy
+    // that can freeze its tunnel.
+    for (id, edge) in [("a", &a), ("b", &b), ("c", &c)] {
+        let service = tls_name_server(&leaf, id).await;
+        let proxy = FreezingProxy::start(edge.tunnel_addr()).await?;
+        // "localhost": the proxy is on 127.0.0.1, and the tunnel certificate names it.
+        let session = Session::builder()
+            .server_addr(format!("localhost:{}", proxy.addr.port()))
+            .root_cas(edge.ca_pem())
+            .handle_disconnection(|_, _| false)
+            .connect()
+            .await?;
+        let listener = session
+            .tls_endpoint()
+            .domain(NAME)
+            .pooling_enabled(true)
+            .listen_and_forward(service.addr.to_string().parse()?)
+            .await?;
+        services.push(service);
+        proxies.push(proxy);
+        agents.push((session, listener));
+    }
+    for (via, edge) in [("a", &a), ("b", &b), ("c", &c)] {
+        let others: Vec<&str> = ["a", "b", "c"].into_iter().filter(|e| *e != via).collect();
+        for other in others {
+            assert!(
+                sees(edge, NAME, other).await,
+                "{via} never learned that {other} pools {NAME}"
+            );
+        }
+    }
+    let answer = |edge: SocketAddr| {
+        let ca = pki.ca_pem.clone();
+        async move {
+            let attempt = async {
+                let mut tls = tls_connect(edge, NAME, &ca).await?;
+                let mut got = String::new();
+                tls.read_to_string(&mut got).await?;
+                anyhow::Ok(got)
+            };
+            tokio::time::timeout(Duration::from_secs(5), attempt)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        }
+    };
+    // Connections through any one edge reach every member.
+    for (via, edge) in [("a", &a), ("c", &c)] {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..30 {
+            *seen.entry(answer(edge.tls_addr()).await?).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 3, "through {via}: {seen:?}");
+    }
+    // An agent that did not opt in is refused, on any edge.
+    let outsider = session_on(&b).await?;
+    let err = outsider
+        .tls_endpoint()
+        .domain(NAME)
+        .listen_and_forward(services[0].addr.to_string().parse()?)
+        .await
+        .err()
+        .context("a non-pooled agent must be refused")?;
+    assert_eq!(err.code(), ErrorCode::DomainTaken, "{err}");
+
+    // b's agent freezes (no FIN, nothing): b drops it within its heartbeat tolerance
+    // (3 x 500 ms), and every edge's cache forgets it.
+    proxies[1].frozen.notify_waiters();
+    let frozen = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || b.route(NAME).is_none()
+            && !a.remote_edges(NAME).contains(&"b".to_owned())
+            && !c.remote_edges(NAME).contains(&"b".to_owned()))
+        .await,
+        "the frozen member never left the pool"
+    );
+    println!(
+        "the frozen member left every edge's pool {:?} after it froze",
+        frozen.elapsed()
+    );
+    let mut failures = Vec::new();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..60 {
+        let via = [&a, &b, &c][i % 3].tls_addr();
+        match answer(via).await {
+            Ok(who) => *seen.entry(who).or_default() += 1,
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failures after the member left: {failures:?}"
+    );
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["a", "c"], "{seen:?}");
+    Ok(())
+}

@@ -122,12 +122,17 @@ pub(crate) struct EdgeValue {
     pub(crate) link_addr: std::net::SocketAddr,
 }
 
-/// The value of `routes/<name>/<edge>/<session>`.
+/// The value of `routes/<name>/<edge>/<session>`: which endpoint serves the name, over
+/// which tunnel connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RouteValue {
     pub(crate) endpoint: String,
     #[serde(default)]
     pub(crate) pooled: bool,
+    /// The tunnel connection that bound it: a reconnect of the same session writes the
+    /// same key, and the old connection's release must not delete the new claim.
+    #[serde(default)]
+    pub(crate) conn: u64,
 }
 
 /// The value of `certs/<name>`.
@@ -200,6 +205,30 @@ impl Cache {
             }
             // Certificates go to the edge's certificate store, not here.
             Some(Parsed::Cert(_)) | None => {}
+        }
+    }
+
+    /// The members of the pool serving `host` (exactly, else by wildcard), in a stable
+    /// order; empty when the name is not pooled.
+    pub(crate) fn pool(&self, host: &str) -> Vec<&Member> {
+        let members = |name: &str| -> Vec<&Member> {
+            let mut found: Vec<&Member> = self
+                .routes
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.value.pooled)
+                .collect();
+            found.sort_by(|a, b| (&a.edge, &a.session).cmp(&(&b.edge, &b.session)));
+            found
+        };
+        let exact = members(host);
+        if !exact.is_empty() || self.routes.contains_key(host) {
+            return exact;
+        }
+        match host.split_once('.') {
+            Some((_, parent)) => members(&format!("*.{parent}")),
+            None => Vec::new(),
         }
     }
 
@@ -281,6 +310,7 @@ mod tests {
         let route = serde_json::to_vec(&RouteValue {
             endpoint: "e".into(),
             pooled: false,
+            conn: 1,
         })
         .unwrap();
         cache.apply(&keys, "/b/edges/a", Some(&addr(1)));

@@ -11,6 +11,7 @@ mod keys;
 pub(crate) mod link;
 
 pub use config::ClusterConfig;
+pub(crate) use keys::RouteValue;
 
 use super::certs::{CertStore, Issued};
 use crate::error::{Error, ErrorCode, Result};
@@ -20,7 +21,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use keys::{Cache, CertValue, EdgeValue, Keys, Parsed, RouteValue, SessionValue};
+use keys::{Cache, CertValue, EdgeValue, Keys, Parsed, SessionValue};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub(crate) struct Cluster {
     /// come from (`None`: this edge uses no ACME, and takes none).
     certs: Arc<CertStore>,
     directory: Option<String>,
+    /// Turns taken across the members of pools that span several edges.
+    pool_turns: std::sync::atomic::AtomicUsize,
 }
 
 /// A failure talking to etcd, as the edge reports it.
@@ -118,6 +121,7 @@ impl Cluster {
             cache: RwLock::new(Cache::default()),
             certs,
             directory,
+            pool_turns: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -465,6 +469,38 @@ impl Cluster {
         cache.remote(host, &self.config.edge_id)
     }
 
+    /// For a pooled name this edge serves too: when the round robin over every member
+    /// in the cluster falls on a member of another edge, that edge (then the pool's
+    /// other edges, should it be unreachable); `None` when this edge takes the turn.
+    pub(crate) fn pool_turn(&self, host: &str) -> Option<Vec<(String, SocketAddr)>> {
+        if !self.is_serving() {
+            return None;
+        }
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let pool = cache.pool(host);
+        if pool.iter().all(|m| m.edge == self.config.edge_id) {
+            return None;
+        }
+        let turn = self
+            .pool_turns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % pool.len();
+        let chosen = &pool[turn].edge;
+        if *chosen == self.config.edge_id {
+            return None;
+        }
+        let mut edges: Vec<(String, SocketAddr)> = Vec::new();
+        for edge in std::iter::once(chosen).chain(pool.iter().map(|m| &m.edge)) {
+            if *edge == self.config.edge_id || edges.iter().any(|(e, _)| e == edge) {
+                continue;
+            }
+            if let Some(v) = cache.edges.get(edge) {
+                edges.push((edge.clone(), v.link_addr));
+            }
+        }
+        (!edges.is_empty()).then_some(edges)
+    }
+
     /// How many names the cache holds (for diagnostics and the bench).
     pub(crate) fn cached_names(&self) -> usize {
         self.cache
@@ -519,16 +555,11 @@ impl Cluster {
         }
     }
 
-    /// Gives `name` to endpoint `endpoint` of `session` across the cluster, in one
+    /// Gives `name` to `route` (an endpoint of `session`) across the cluster, in one
     /// transaction; `DOMAIN_TAKEN` when another session holds it or a name it overlaps
     /// (a pool is shared only by sessions that all opted in).
-    pub(crate) async fn claim(
-        &self,
-        name: &str,
-        session: &str,
-        endpoint: &str,
-        pooled: bool,
-    ) -> Result<()> {
+    pub(crate) async fn claim(&self, name: &str, session: &str, route: &RouteValue) -> Result<()> {
+        let pooled = route.pooled;
         let mut ranges = Vec::new();
         match name.strip_prefix("*.") {
             // The wildcard itself, the names it covers (and deeper ones, skipped below).
@@ -540,11 +571,7 @@ impl Cluster {
                 }
             }
         }
-        let value = serde_json::to_vec(&RouteValue {
-            endpoint: endpoint.to_owned(),
-            pooled,
-        })
-        .map_err(|e| etcd_error("encoding", e))?;
+        let value = serde_json::to_vec(route).map_err(|e| etcd_error("encoding", e))?;
         let key = self.keys.route(name, &self.config.edge_id, session);
         for _ in 0..CLAIM_ATTEMPTS {
             let lease = self.lease_id()?;
@@ -603,14 +630,11 @@ impl Cluster {
         ))
     }
 
-    /// Frees `name` for endpoint `endpoint` of `session` (a newer endpoint of the same
-    /// session that took the name over keeps it).
-    pub(crate) async fn release(&self, name: &str, session: &str, endpoint: &str, pooled: bool) {
+    /// Frees `name` for `session` if `route` still holds it (a newer endpoint or
+    /// connection of the same session that took the name over keeps it).
+    pub(crate) async fn release(&self, name: &str, session: &str, route: &RouteValue) {
         let key = self.keys.route(name, &self.config.edge_id, session);
-        let Ok(value) = serde_json::to_vec(&RouteValue {
-            endpoint: endpoint.to_owned(),
-            pooled,
-        }) else {
+        let Ok(value) = serde_json::to_vec(route) else {
             return;
         };
         let txn = Txn::new()
