@@ -124,9 +124,12 @@ async fn pooled_agents_share_a_name_in_turns_and_a_dead_one_leaves_the_pool() ->
         "the frozen agent's session ends"
     );
     let took = frozen.elapsed();
+    // Silence is checked once per interval: the drop comes at most one interval after the
+    // tolerance has run out (plus scheduling on a busy machine).
     let tolerance = Duration::from_millis(3 * heartbeat_ms);
+    let bound = tolerance + Duration::from_millis(heartbeat_ms + 1_000);
     assert!(
-        took <= tolerance + Duration::from_millis(heartbeat_ms),
+        took <= bound,
         "dropped after {took:?}, tolerance {tolerance:?}"
     );
     let (answers, errors) = spread(&edge, &pki.ca_pem, 30).await;
