@@ -241,7 +241,8 @@ impl Edge {
         self.shared.ca.cert_pem()
     }
 
-    /// The route serving `host` right now, if any (for tests and diagnostics).
+    /// The route serving `host` right now, if any (for tests and diagnostics); for a pool,
+    /// the member whose turn it is (which takes that turn).
     pub fn route(&self, host: &str) -> Option<Route> {
         lookup(self.shared.routes.as_ref(), host)
     }

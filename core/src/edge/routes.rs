@@ -78,9 +78,9 @@ pub trait Routes: Send + Sync {
     /// endpoint of the same session that took the name over keeps it); other members
     /// of a pool keep serving it.
     fn release(&self, name: &str, session_id: &str, endpoint_id: &str);
-    /// Another member of the pool serving `name` that `failed` belongs to, whose tunnel
-    /// is up and which handles connections as `failed` does; `None` when there is none
-    /// (or this table keeps no pools).
+    /// A member of the pool serving `name`, other than `failed`, whose tunnel is up and
+    /// which handles connections as `failed` does; `None` when there is none (or this
+    /// table keeps no pools).
     fn stand_in(&self, _name: &str, _failed: &Route) -> Option<Route> {
         None
     }
@@ -94,15 +94,18 @@ pub fn lookup(routes: &dyn Routes, host: &str) -> Option<Route> {
     routes.get(&wildcard_of(host)?)
 }
 
-/// For a connection to `host` that `failed` could not take (its tunnel just ended):
-/// another member of `failed`'s pool, under the exact name or the wildcard.
+/// For a connection to `host` that `failed` could not take (its tunnel just ended, and
+/// the edge may have released it already): another member of the pool a connection to
+/// `host` goes to now (the exact name's, else the wildcard's) that handles it alike.
 pub fn lookup_stand_in(routes: &dyn Routes, host: &str, failed: &Route) -> Option<Route> {
     if !failed.pooled {
         return None;
     }
-    routes
-        .stand_in(host, failed)
-        .or_else(|| routes.stand_in(&wildcard_of(host)?, failed))
+    let name = match routes.get(host) {
+        Some(_) => host.to_owned(),
+        None => wildcard_of(host)?,
+    };
+    routes.stand_in(&name, failed)
 }
 
 /// `*.parent` for `label.parent`.
@@ -227,11 +230,8 @@ impl Routes for MemoryRoutes {
 
     fn stand_in(&self, name: &str, failed: &Route) -> Option<Route> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        let pool = table.get(name)?;
-        if !pool.members.iter().any(|m| m.same_endpoint(failed)) {
-            return None;
-        }
-        let stand_in = pool
+        let stand_in = table
+            .get(name)?
             .rotation()
             .find(|m| {
                 !m.same_endpoint(failed) && m.handling == failed.handling && !m.tunnel.is_closed()

@@ -37,6 +37,22 @@ async fn agent(
     Ok((session, forwarder))
 }
 
+/// The error a bind that must be refused failed with; `what` says what went wrong if it was not.
+fn refusal<T>(result: burrow_core::Result<T>, what: &str) -> Result<burrow_core::Error> {
+    match result {
+        Ok(_) => Err(anyhow!("{what}")),
+        Err(e) => Ok(e),
+    }
+}
+
+/// An edge and one upstream answering `name`, with the CA of the upstream's certificate.
+async fn edge_and_service(name: &str) -> (Edge, Pki, Echo) {
+    let edge = open_edge().await;
+    let pki = Pki::new("pool upstreams");
+    let service = tls_name_server(&pki.leaf(&[NAME]), name).await;
+    (edge, pki, service)
+}
+
 /// Which upstream answered one connection to the pooled name.
 async fn answer(edge: &Edge, ca: &str) -> Result<String> {
     let mut tls = tls_connect(edge.tls_addr(), NAME, ca).await?;
@@ -108,9 +124,12 @@ async fn pooled_agents_share_a_name_in_turns_and_a_dead_one_leaves_the_pool() ->
         "the frozen agent's session ends"
     );
     let took = frozen.elapsed();
+    // Silence is checked once per interval: the drop comes at most one interval after the
+    // tolerance has run out (plus scheduling on a busy machine).
     let tolerance = Duration::from_millis(3 * heartbeat_ms);
+    let bound = tolerance + Duration::from_millis(heartbeat_ms + 1_000);
     assert!(
-        took <= tolerance + Duration::from_millis(heartbeat_ms),
+        took <= bound,
         "dropped after {took:?}, tolerance {tolerance:?}"
     );
     let (answers, errors) = spread(&edge, &pki.ca_pem, 30).await;
@@ -122,17 +141,12 @@ async fn pooled_agents_share_a_name_in_turns_and_a_dead_one_leaves_the_pool() ->
 
 #[tokio::test]
 async fn a_pool_never_takes_in_an_agent_that_did_not_opt_in() -> Result<()> {
-    let edge = open_edge().await;
-    let pki = Pki::new("pool upstreams");
-    let leaf = pki.leaf(&[NAME]);
-    let service = tls_name_server(&leaf, "pooled").await;
+    let (edge, pki, service) = edge_and_service("pooled").await;
     let via = edge.tunnel_addr();
     let _first = agent(&edge, via, &service, true).await?;
     let _second = agent(&edge, via, &service, true).await?;
-    let err = agent(&edge, via, &service, false)
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("a non-pooled agent joined the pool"))?;
+    let joined = agent(&edge, via, &service, false).await;
+    let err = refusal(joined, "a non-pooled agent joined the pool")?;
     assert_eq!(err.code(), ErrorCode::DomainTaken);
     assert!(err.message().contains(NAME), "{err}");
     let (answers, errors) = spread(&edge, &pki.ca_pem, 4).await;
@@ -143,37 +157,36 @@ async fn a_pool_never_takes_in_an_agent_that_did_not_opt_in() -> Result<()> {
 
 #[tokio::test]
 async fn a_name_held_without_pooling_refuses_pooled_agents() -> Result<()> {
-    let edge = open_edge().await;
-    let pki = Pki::new("pool upstreams");
-    let leaf = pki.leaf(&[NAME]);
-    let service = tls_name_server(&leaf, "alone").await;
+    let (edge, pki, service) = edge_and_service("alone").await;
     let via = edge.tunnel_addr();
     let (owner, _held) = agent(&edge, via, &service, false).await?;
-    let err = agent(&edge, via, &service, true)
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("a pooled agent took a name held without pooling"))?;
+    let took = agent(&edge, via, &service, true).await;
+    let err = refusal(took, "a pooled agent took a name held without pooling")?;
     assert_eq!(err.code(), ErrorCode::DomainTaken);
     assert_eq!(edge.route(NAME).context("route")?.session_id, owner.id());
+    let (answers, errors) = spread(&edge, &pki.ca_pem, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        answers.get("alone"),
+        Some(&2),
+        "the holder still serves the name"
+    );
     // Pooling shares one name, never a wildcard over another session's name.
     let session = session_for(&edge).await;
-    let err = session
+    let wildcard = session
         .tls_endpoint()
         .domain("*.pool.test")
         .pooling_enabled(true)
         .listen()
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("a pooled wildcard overlapped another session's name"))?;
+        .await;
+    let err = refusal(
+        wildcard,
+        "a pooled wildcard overlapped another session's name",
+    )?;
     assert_eq!(err.code(), ErrorCode::DomainTaken);
     // tcp endpoints each get a port: pooling them is refused by name.
-    let err = session
-        .tcp_endpoint()
-        .pooling_enabled(true)
-        .listen()
-        .await
-        .err()
-        .ok_or_else(|| anyhow!("a pooled tcp endpoint was bound"))?;
+    let tcp = session.tcp_endpoint().pooling_enabled(true).listen().await;
+    let err = refusal(tcp, "a pooled tcp endpoint was bound")?;
     assert_eq!(err.code(), ErrorCode::Unsupported);
     assert!(err.message().contains("pooling_enabled"), "{err}");
     Ok(())
