@@ -10,7 +10,7 @@ export interface Config {
   proto?: 'tls' | 'tcp'
   authtoken?: string
   authtoken_from_env?: boolean
-  server_addr?: string
+  server_addr?: string | string[]
   root_cas?: Pem
   session_ca_cert?: Pem
   session_metadata?: string
@@ -118,7 +118,7 @@ export interface UpdateRequest {
 export declare class SessionBuilder {
   authtoken(token: string): this
   authtokenFromEnv(): this
-  serverAddr(addr: string): this
+  serverAddr(addr: string | string[]): this
   rootCas(pem: Pem): this
   /** ngrok's name for `rootCas`. */
   caCert(pem: Pem): this

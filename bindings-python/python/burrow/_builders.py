@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _burrow
 from ._listener import Listener, _open_listeners
@@ -79,8 +79,10 @@ class SessionBuilder:
         self._opts["authtoken_from_env"] = True
         return self
 
-    def server_addr(self, addr: str) -> "SessionBuilder":
-        """The edge's tunnel address; without one an embedded edge starts in-process."""
+    def server_addr(self, addr: Union[str, Sequence[str]]) -> "SessionBuilder":
+        """The edge's tunnel address, or several (a list, or separated by commas): the
+        session then holds a connection to each edge; without one an embedded edge
+        starts in-process."""
         self._opts["server_addr"] = addr
         return self
 

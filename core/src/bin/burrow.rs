@@ -78,7 +78,8 @@ struct SessionArgs {
     /// Authtoken presented to the edge.
     #[arg(long, env = "BURROW_AUTHTOKEN", hide_env_values = true)]
     authtoken: Option<String>,
-    /// The edge's tunnel address (host:port); without it an embedded edge runs in this process.
+    /// The edge's tunnel address (host:port), or several separated by commas (one tunnel
+    /// connection to each edge); without it an embedded edge runs in this process.
     #[arg(long, env = "BURROW_SERVER_ADDR")]
     server_addr: Option<String>,
     /// CA bundle (PEM file) that the edge's tunnel certificate chains to.

@@ -282,3 +282,51 @@ async fn an_edge_down_at_connect_is_connected_later_and_bad_lists_are_refused() 
     std::fs::remove_dir_all(&state)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cli_takes_edges_separated_by_commas() -> Result<()> {
+    let (a, b) = (
+        Edge::start(open_config(None)).await?,
+        Edge::start(open_config(None)).await?,
+    );
+    let ca = crate::cli::temp_file(
+        "multi-edge-cas.pem",
+        &format!("{}\n{}", a.ca_pem(), b.ca_pem()),
+    )?;
+    let service = echo_server().await;
+    let (upstream, edges, ca) = (
+        service.addr.to_string(),
+        format!("{},{}", a.tunnel_addr(), b.tunnel_addr()),
+        ca.display().to_string(),
+    );
+    let args = [
+        "tls",
+        &upstream,
+        "--url",
+        "tls://cli.multi.test",
+        "--terminate-at",
+        "edge",
+        "--server-addr",
+        &edges,
+        "--root-cas",
+        &ca,
+    ];
+    let mut agent = crate::cli::Proc::spawn(&args, &[])?;
+    agent.line_with("Forwarding").await?;
+    for edge in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || edge
+                .route("cli.multi.test")
+                .is_some())
+            .await,
+            "bound at {}",
+            edge.tunnel_addr()
+        );
+        echo_check(
+            tls_connect(edge.tls_addr(), "cli.multi.test", edge.ca_pem()).await?,
+            b"through the CLI",
+        )
+        .await?;
+    }
+    Ok(())
+}
