@@ -27,6 +27,13 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Result<Etcd> {
+        let mut etcd = Etcd::new()?;
+        etcd.run().await?;
+        Ok(etcd)
+    }
+
+    /// An etcd with its ports and data dir chosen, not started yet.
+    pub fn new() -> Result<Etcd> {
         if !std::path::Path::new(ETCD).exists() {
             bail!(
                 "{ETCD} is missing: the cluster tests need etcd. Install it with \
@@ -34,16 +41,14 @@ impl Etcd {
             );
         }
         let [client_port, peer_port] = distinct_free_ports::<2>(&[])?;
-        let mut etcd = Etcd {
+        Ok(Etcd {
             url: format!("http://127.0.0.1:{client_port}"),
             client_port,
             peer_port,
             dir: TempDir::new("etcd")?,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
-        };
-        etcd.run().await?;
-        Ok(etcd)
+        })
     }
 
     /// Starts (or starts again, on the same data and ports) and waits until it answers.
@@ -784,5 +789,63 @@ async fn a_pool_spans_edges_loses_a_frozen_agent_and_refuses_one_that_did_not_op
         "failures after the member left: {failures:?}"
     );
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["a", "c"], "{seen:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edge_started_before_etcd_waits_for_it_and_then_serves() -> Result<()> {
+    let mut etcd = Etcd::new()?;
+    let starting = tokio::spawn(Edge::start(edge_config(&etcd, "a", 2, "/late/")?));
+    // etcd comes up a second later: the edge keeps trying meanwhile (and says so).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!starting.is_finished(), "the edge started without etcd");
+    etcd.run().await?;
+    let edge = tokio::time::timeout(Duration::from_secs(20), starting)
+        .await
+        .context("the edge never joined once etcd was up")???;
+    let pki = Pki::new("late CA");
+    let service = tls_echo_server(&pki.leaf(&["late.cluster.test"])).await;
+    let session = session_on(&edge).await?;
+    let _l = session
+        .tls_endpoint()
+        .domain("late.cluster.test")
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    let tls = tls_connect(edge.tls_addr(), "late.cluster.test", &pki.ca_pem).await?;
+    echo_check(tls, &pseudo_random(64 * 1024, 13)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_cluster_section_is_refused_with_its_key() -> Result<()> {
+    let etcd = Etcd::new()?;
+    let mut config = edge_config(&etcd, "a", 2, "/bad/")?;
+    let cluster = config.cluster.as_mut().context("cluster")?;
+    cluster.edge_id = "not an id".into();
+    let err = Edge::start(config.clone())
+        .await
+        .err()
+        .context("a bad edge_id must fail")?;
+    assert!(err.message().contains("cluster.edge_id"), "{err}");
+    let toml = format!(
+        "open = true\n[cluster]\netcd = [\"{}\"]\nedge_id = \"a\"\nlink_addr = \"127.0.0.2:0\"\n",
+        etcd.url
+    );
+    let err = EdgeConfig::from_toml(&toml)
+        .err()
+        .context("link_addr port 0 must fail")?;
+    assert!(err.message().contains("cluster.link_addr"), "{err}");
+    let err = EdgeConfig::from_toml(
+        "[cluster]\netcd = [\"127.0.0.1:2379\"]\nedge_id = \"a\"\nlink_addr = \"127.0.0.2:7443\"\n",
+    )
+    .err()
+    .context("an etcd address without a scheme must fail")?;
+    assert!(err.message().contains("cluster.etcd"), "{err}");
+    let err = EdgeConfig::from_toml(
+        "[cluster]\netcd = []\nedge_id = \"a\"\nlink_addr = \"127.0.0.2:7443\"\nfoo = 1\n",
+    )
+    .err()
+    .context("an unknown key must fail")?;
+    assert!(err.message().contains("foo"), "{err}");
     Ok(())
 }
