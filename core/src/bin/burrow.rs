@@ -391,7 +391,13 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
         }
     };
     let cluster = config.cluster.clone();
-    let edge = Edge::start(config).await?;
+    // In a cluster the edge waits for etcd at start: a signal meanwhile stops it.
+    let Some(edge) = signals
+        .unless_stopped(async { Ok(Edge::start(config).await?) })
+        .await?
+    else {
+        return Ok(());
+    };
     println!("tunnel: {}", edge.tunnel_addr());
     println!("tls:    {}", edge.tls_addr());
     // Without a state_dir the CA lives in memory, and a cluster's CA lives in etcd:

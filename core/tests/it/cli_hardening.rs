@@ -654,3 +654,31 @@ async fn a_url_with_a_port_the_edge_does_not_serve_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_edge_waiting_for_etcd_stops_at_once_on_a_signal() -> Result<()> {
+    // An "etcd" that accepts TCP and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let link = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let config = temp_file(
+        "cluster-silent-etcd.toml",
+        &format!(
+            "open = true\n[cluster]\netcd = [\"http://{}\"]\nedge_id = \"a\"\nlink_addr = \"{link}\"\n",
+            silent.local_addr()?
+        ),
+    )?;
+    let path = config.display().to_string();
+    let proc = Proc::spawn(&["edge", "--config", &path], &[])?;
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await??;
+    let start = Instant::now();
+    signal(&proc, "TERM")?;
+    let (code, err) = exit_of(proc, Duration::from_secs(8)).await?;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited for etcd ({:?})",
+        start.elapsed()
+    );
+    assert!(err.contains("stopped while starting"), "{err}");
+    Ok(())
+}
