@@ -2,7 +2,7 @@
 
 use super::acme::ACME_TLS_ALPN;
 use super::cluster::link::{LinkHeader, MAX_HOPS};
-use super::routes::{lookup, lookup_stand_in, Route, Routes};
+use super::routes::{find, lookup_stand_in, Found, Route, Routes};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::ConnInfo;
@@ -218,30 +218,9 @@ struct Client {
 async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, client: Client) {
     let sni = hello.sni;
     let deadline = shared.config.handshake_timeout();
-    let Some(route) = lookup(shared.routes.as_ref(), &sni) else {
-        if client.hops == 0 {
-            if let Some(cluster) = &shared.cluster {
-                let mut edges = cluster.remote(&sni);
-                if !edges.is_empty() {
-                    // A different first edge each time: a name several edges serve is spread.
-                    let start = rand::random::<u32>() as usize % edges.len();
-                    edges.rotate_left(start);
-                    let raw = hello.info.raw;
-                    drop(hello.info.accepted);
-                    if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
-                        tracing::info!(%sni, reason = %e, "forwarded connection ended");
-                    }
-                    return;
-                }
-            }
-        }
-        tracing::info!(%sni, "refused: no endpoint serves this SNI");
-        send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
-        return;
-    };
-    // A pool spanning several edges takes turns across all of its members.
-    if route.pooled && client.hops == 0 {
-        if let Some(edges) = shared.cluster.as_ref().and_then(|c| c.pool_turn(&sni)) {
+    let route = match find(&shared, &sni, client.hops) {
+        Some(Found::Local(route)) => route,
+        Some(Found::Remote(edges)) => {
             let raw = hello.info.raw;
             drop(hello.info.accepted);
             if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
@@ -249,7 +228,12 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             }
             return;
         }
-    }
+        None => {
+            tracing::info!(%sni, "refused: no endpoint serves this SNI");
+            send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
+            return;
+        }
+    };
     let target =
         Target::new(&shared, &route, client, Some(sni.clone())).pooled_in(shared.routes.as_ref());
     let termination = match route.decide(&target.conn_info()) {

@@ -1,7 +1,8 @@
 //! Who serves which hostname: the seam between the public listener and the sessions.
 //!
-//! The first implementation lives in memory. A scale-out edge replaces it with one
-//! backed by a shared store, where `claim` is a compare-and-set.
+//! The `Routes` table lives in memory and holds this edge's own routes. In a cluster,
+//! `Cluster` (etcd) claims a name before the table does, and [`find`] answers Local or
+//! Remote (the other edges serving the name).
 //!
 //! A name is served by one endpoint, or by a pool of endpoints of several sessions
 //! that all opted in (ngrok's `pooling_enabled`); connections go round robin across
@@ -83,6 +84,43 @@ pub trait Routes: Send + Sync {
     /// table keeps no pools).
     fn stand_in(&self, _name: &str, _failed: &Route) -> Option<Route> {
         None
+    }
+}
+
+/// Where a connection for a name goes.
+pub(crate) enum Found {
+    /// An endpoint of a session connected to this edge.
+    Local(Route),
+    /// Other edges of the cluster (their ids and link addresses), to try in order.
+    Remote(Vec<(String, std::net::SocketAddr)>),
+}
+
+/// Where a connection for `host` goes: this edge's own route (exact name, then
+/// wildcard), else the cluster's other edges serving it. A pooled name takes turns over
+/// its members on every edge. A connection another edge forwarded (`hops > 0`) is
+/// served here or not at all.
+pub(crate) fn find(shared: &super::Shared, host: &str, hops: u8) -> Option<Found> {
+    let local = lookup(shared.routes.as_ref(), host);
+    let cluster = shared.cluster.as_ref().filter(|_| hops == 0);
+    let Some(cluster) = cluster else {
+        return local.map(Found::Local);
+    };
+    match local {
+        Some(route) if route.pooled => match cluster.pool_turn(host) {
+            Some(edges) => Some(Found::Remote(edges)),
+            None => Some(Found::Local(route)),
+        },
+        Some(route) => Some(Found::Local(route)),
+        None => {
+            let mut edges = cluster.remote(host);
+            if edges.is_empty() {
+                return None;
+            }
+            // A different first edge each time: a name several edges serve is spread.
+            let start = rand::random::<u32>() as usize % edges.len();
+            edges.rotate_left(start);
+            Some(Found::Remote(edges))
+        }
     }
 }
 
