@@ -574,12 +574,14 @@ async fn what_the_cli_prints_is_true() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_signal_while_connecting_stops_at_once() -> Result<()> {
-    // An "edge" that accepts the tunnel's TCP connection and never answers its TLS.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = silent.local_addr()?.to_string();
-    let proc = Proc::spawn(&["tls", "8080", "--server-addr", &addr], &[])?;
+/// Spawns `burrow args` (which connects to `silent` while starting), and once `silent`
+/// has the connection, sends SIGTERM: burrow must stop at once, cleanly, saying so.
+async fn stops_at_once_while_starting(
+    args: &[&str],
+    silent: tokio::net::TcpListener,
+    waited_for: &str,
+) -> Result<()> {
+    let proc = Proc::spawn(args, &[])?;
     let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await??;
     let start = Instant::now();
     signal(&proc, "TERM")?;
@@ -587,11 +589,24 @@ async fn a_signal_while_connecting_stops_at_once() -> Result<()> {
     assert_eq!(code, Some(0), "{err}");
     assert!(
         start.elapsed() < Duration::from_secs(3),
-        "SIGTERM waited for the connect timeout ({:?})",
+        "SIGTERM waited for {waited_for} ({:?})",
         start.elapsed()
     );
     assert!(err.contains("stopped while starting"), "{err}");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_signal_while_connecting_stops_at_once() -> Result<()> {
+    // An "edge" that accepts the tunnel's TCP connection and never answers its TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?.to_string();
+    stops_at_once_while_starting(
+        &["tls", "8080", "--server-addr", &addr],
+        silent,
+        "the connect timeout",
+    )
+    .await
 }
 
 #[tokio::test]
@@ -668,17 +683,5 @@ async fn an_edge_waiting_for_etcd_stops_at_once_on_a_signal() -> Result<()> {
         ),
     )?;
     let path = config.display().to_string();
-    let proc = Proc::spawn(&["edge", "--config", &path], &[])?;
-    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await??;
-    let start = Instant::now();
-    signal(&proc, "TERM")?;
-    let (code, err) = exit_of(proc, Duration::from_secs(8)).await?;
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "SIGTERM waited for etcd ({:?})",
-        start.elapsed()
-    );
-    assert!(err.contains("stopped while starting"), "{err}");
-    Ok(())
+    stops_at_once_while_starting(&["edge", "--config", &path], silent, "etcd").await
 }
