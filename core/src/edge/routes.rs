@@ -147,7 +147,7 @@ pub fn lookup_stand_in(routes: &dyn Routes, host: &str, failed: &Route) -> Optio
 }
 
 /// `*.parent` for `label.parent`.
-fn wildcard_of(host: &str) -> Option<String> {
+pub(crate) fn wildcard_of(host: &str) -> Option<String> {
     let (_, parent) = host.split_once('.')?;
     Some(format!("*.{parent}"))
 }

@@ -14,6 +14,7 @@
 //! `com.example.app`, `*.example.com` is `com.example.*`), so the names a wildcard
 //! covers and the wildcard covering a name are each one prefix range away.
 
+use crate::edge::routes::wildcard_of;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -226,10 +227,7 @@ impl Cache {
         if !exact.is_empty() || self.routes.contains_key(host) {
             return exact;
         }
-        match host.split_once('.') {
-            Some((_, parent)) => members(&format!("*.{parent}")),
-            None => Vec::new(),
-        }
+        wildcard_of(host).map_or_else(Vec::new, |w| members(&w))
     }
 
     /// The edge other than `me` answering a challenge for `name`, and its link address.
@@ -262,10 +260,7 @@ impl Cache {
         if !exact.is_empty() {
             return exact;
         }
-        match host.split_once('.') {
-            Some((_, parent)) => found(&format!("*.{parent}")),
-            None => Vec::new(),
-        }
+        wildcard_of(host).map_or_else(Vec::new, |w| found(&w))
     }
 }
 

@@ -14,6 +14,7 @@ pub use config::ClusterConfig;
 pub(crate) use keys::RouteValue;
 
 use super::certs::{CertStore, Issued};
+use super::routes::wildcard_of;
 use crate::error::{Error, ErrorCode, Result};
 use crate::tls::CertAuthority;
 use crate::tls::CertKey;
@@ -79,14 +80,14 @@ pub(crate) fn token_hash(token: Option<&str>) -> String {
 }
 
 impl Cluster {
-    /// Connects to etcd, retrying (and saying so) until it answers or `stop`.
+    /// Connects to etcd, retrying (and saying so) until it answers or `stop`. The config
+    /// was validated with the edge's.
     pub(crate) async fn connect(
         config: ClusterConfig,
         certs: Arc<CertStore>,
         directory: Option<String>,
         stop: &CancellationToken,
     ) -> Result<Self> {
-        config.validate()?;
         let options = connect_options(&config)?;
         let mut delay = Duration::from_millis(100);
         let client = loop {
@@ -131,34 +132,41 @@ impl Cluster {
 
     /// The cluster's CA: the one in etcd, or a new one this edge puts there first.
     pub(crate) async fn shared_ca(&self) -> Result<CertAuthority> {
+        if let Some(ca) = self.stored_ca().await? {
+            return Ok(ca);
+        }
         let key = self.keys.ca();
-        let mut client = self.client();
         let fresh = CertAuthority::generate()?;
         let value =
             serde_json::json!({"cert": fresh.cert_pem(), "key": fresh.key_pem()}).to_string();
+        // Create-if-absent: of edges starting at once, the first one's CA is everyone's.
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value, None)]);
-        call("storing the cluster CA", client.txn(txn)).await?;
-        let got = call("reading the cluster CA", client.get(key, None)).await?;
-        let kv = got
-            .kvs()
-            .first()
-            .ok_or_else(|| etcd_error("reading the cluster CA", "it vanished"))?;
+            .and_then([TxnOp::put(key, value, None)]);
+        call("storing the cluster CA", self.client().txn(txn)).await?;
+        self.stored_ca()
+            .await?
+            .ok_or_else(|| etcd_error("reading the cluster CA", "it vanished"))
+    }
+
+    /// The CA stored in etcd, if any.
+    async fn stored_ca(&self) -> Result<Option<CertAuthority>> {
+        let got = call(
+            "reading the cluster CA",
+            self.client().get(self.keys.ca(), None),
+        )
+        .await?;
+        let Some(kv) = got.kvs().first() else {
+            return Ok(None);
+        };
         let stored: serde_json::Value = serde_json::from_slice(kv.value()).map_err(|e| {
             Error::new(
                 ErrorCode::Config,
                 format!("the cluster CA in etcd is unreadable: {e}"),
             )
         })?;
-        let field = |name: &str| {
-            stored
-                .get(name)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned()
-        };
-        CertAuthority::from_pem(&field("cert"), &field("key"))
+        let field = |name: &str| stored.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        CertAuthority::from_pem(field("cert"), field("key")).map(Some)
     }
 
     /// Whether this edge serves right now.
@@ -566,8 +574,8 @@ impl Cluster {
             Some(parent) => ranges.push(self.keys.names_under(parent)),
             None => {
                 ranges.push(self.keys.members_of(name));
-                if let Some((_, parent)) = name.split_once('.') {
-                    ranges.push(self.keys.members_of(&format!("*.{parent}")));
+                if let Some(wildcard) = wildcard_of(name) {
+                    ranges.push(self.keys.members_of(&wildcard));
                 }
             }
         }
