@@ -96,11 +96,7 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
     let Some(hello) = read_hello(&shared, &mut tcp).await else {
         return;
     };
-    let client = Client {
-        peer,
-        server_addr: tcp.local_addr().ok(),
-        hops: 0,
-    };
+    let client = Client::direct(&tcp, peer);
     let Some((tcp, hello)) = answer_challenge(&shared, tcp, hello).await else {
         return;
     };
@@ -211,6 +207,17 @@ struct Client {
     server_addr: Option<SocketAddr>,
     /// Edges it crossed before reaching this one.
     hops: u8,
+}
+
+impl Client {
+    /// A client connected to this edge's own listener.
+    fn direct(tcp: &TcpStream, peer: SocketAddr) -> Self {
+        Client {
+            peer,
+            server_addr: tcp.local_addr().ok(),
+            hops: 0,
+        }
+    }
 }
 
 /// Routes a connection by its SNI: to a local endpoint, or (when another edge of the
@@ -337,11 +344,7 @@ async fn serve_tcp_conn(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<()> {
-    let client = Client {
-        peer,
-        server_addr: tcp.local_addr().ok(),
-        hops: 0,
-    };
+    let client = Client::direct(&tcp, peer);
     let target = Target::new(&shared, &route, client, None);
     let termination = route.decide(&target.conn_info()).map_err(|reason| {
         Error::new(
