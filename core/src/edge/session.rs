@@ -241,10 +241,17 @@ async fn session_id_for(shared: &Shared, join: Option<&str>, token: Option<&str>
         }
         return crate::random_id();
     };
+    // Checked here before etcd is asked: the id comes from the agent, and a key built
+    // from it must be one of ours.
     let well_formed = join.len() == 32 && join.bytes().all(|b| b.is_ascii_hexdigit());
     let held_here = shared.sessions().contains_key(join);
-    match cluster.may_join(join, token).await {
-        Ok(true) if well_formed && !held_here => {
+    let may_join = if well_formed && !held_here {
+        cluster.may_join(join, token).await
+    } else {
+        Ok(false)
+    };
+    match may_join {
+        Ok(true) => {
             tracing::info!(session_id = %join, "the agent joins its session held at another edge");
             join.to_owned()
         }
