@@ -114,12 +114,9 @@ impl Listener {
         &self.url
     }
 
-    /// `"tls"` or `"tcp"`.
+    /// `"http"`, `"tls"` or `"tcp"`.
     pub fn proto(&self) -> &'static str {
-        match self.proto {
-            Proto::Tls => "tls",
-            Proto::Tcp => "tcp",
-        }
+        super::spec::proto_name(self.proto)
     }
 
     /// Where TLS is terminated for this endpoint.

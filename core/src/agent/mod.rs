@@ -4,6 +4,7 @@ mod builder;
 pub mod config;
 mod conn;
 mod edges;
+pub mod http;
 mod hooks;
 mod listener;
 pub mod options;

@@ -6,8 +6,9 @@
 //! every refusal message. Bindings only turn their language's values into
 //! [`OptionValue`]s (bytes, `Path` and `Buffer` become [`OptionValue::Bytes`]).
 
+use super::http::{self, Scheme, WebhookProvider, WebhookVerification};
 use super::proxy_proto::ProxyProto;
-use super::spec::{EndpointDraft, EndpointSpec, Termination};
+use super::spec::{proto_name, EndpointDraft, EndpointSpec, Termination};
 use super::upstream::Upstream;
 use super::{SessionBuilder, AUTHTOKEN_ENV, NGROK_AUTHTOKEN_ENV};
 use crate::error::{Error, ErrorCode, Result};
@@ -141,9 +142,48 @@ enum Opt {
     MaxVersion,
     Alpn,
     PoolingEnabled,
+    Schemes,
+    BasicAuth,
+    CircuitBreaker,
+    Compression,
+    RequestHeaderAdd,
+    RequestHeaderRemove,
+    ResponseHeaderAdd,
+    ResponseHeaderRemove,
+    WebsocketTcpConverter,
+    AppProtocol,
+    AllowUserAgent,
+    DenyUserAgent,
+    VerifyWebhookProvider,
+    VerifyWebhookSecret,
+    HostHeader,
+    ForwardedHeaders,
 }
 
 impl Opt {
+    /// Options that only an http endpoint takes.
+    fn is_http(self) -> bool {
+        matches!(
+            self,
+            Opt::Schemes
+                | Opt::BasicAuth
+                | Opt::CircuitBreaker
+                | Opt::Compression
+                | Opt::RequestHeaderAdd
+                | Opt::RequestHeaderRemove
+                | Opt::ResponseHeaderAdd
+                | Opt::ResponseHeaderRemove
+                | Opt::WebsocketTcpConverter
+                | Opt::AppProtocol
+                | Opt::AllowUserAgent
+                | Opt::DenyUserAgent
+                | Opt::VerifyWebhookProvider
+                | Opt::VerifyWebhookSecret
+                | Opt::HostHeader
+                | Opt::ForwardedHeaders
+        )
+    }
+
     fn is_session(self) -> bool {
         matches!(
             self,
@@ -182,7 +222,9 @@ const NAMES: &[(&str, Opt)] = &[
     ("forwards_to", Opt::ForwardsTo),
     ("description", Opt::Description),
     ("allow_cidr", Opt::AllowCidr),
+    ("ip_restriction_allow_cidrs", Opt::AllowCidr),
     ("deny_cidr", Opt::DenyCidr),
+    ("ip_restriction_deny_cidrs", Opt::DenyCidr),
     ("remote_addr", Opt::RemoteAddr),
     ("verify_upstream_tls", Opt::VerifyUpstreamTls),
     ("upstream_root_cas", Opt::UpstreamRootCas),
@@ -190,46 +232,49 @@ const NAMES: &[(&str, Opt)] = &[
     ("max_version", Opt::MaxVersion),
     ("alpn", Opt::Alpn),
     ("pooling_enabled", Opt::PoolingEnabled),
+    ("schemes", Opt::Schemes),
+    ("scheme", Opt::Schemes),
+    ("basic_auth", Opt::BasicAuth),
+    ("auth", Opt::BasicAuth),
+    ("circuit_breaker", Opt::CircuitBreaker),
+    ("compression", Opt::Compression),
+    ("request_header_add", Opt::RequestHeaderAdd),
+    ("request_header_remove", Opt::RequestHeaderRemove),
+    ("response_header_add", Opt::ResponseHeaderAdd),
+    ("response_header_remove", Opt::ResponseHeaderRemove),
+    ("websocket_tcp_converter", Opt::WebsocketTcpConverter),
+    ("app_protocol", Opt::AppProtocol),
+    ("allow_user_agent", Opt::AllowUserAgent),
+    ("deny_user_agent", Opt::DenyUserAgent),
+    ("verify_webhook_provider", Opt::VerifyWebhookProvider),
+    ("verify_webhook_secret", Opt::VerifyWebhookSecret),
+    ("host_header", Opt::HostHeader),
+    ("forwarded_headers", Opt::ForwardedHeaders),
 ];
 
-const HTTP_OPTION: &str = "an ngrok HTTP endpoint option; burrow serves tls and tcp endpoints";
+const IDENTITY_PROVIDER: &str =
+    "OAuth and OIDC need an identity provider on the internet, which burrow's edge does not reach; use basic_auth or a traffic policy's basic-auth action";
 const NOT_IMPLEMENTED: &str = "an ngrok option burrow does not implement";
 
 /// ngrok options burrow knows and refuses, each with the reason given to the user.
 /// The one place to switch an option off (add it here) or on (move it to [`NAMES`]).
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("basic_auth", HTTP_OPTION),
-    ("circuit_breaker", HTTP_OPTION),
-    ("compression", HTTP_OPTION),
-    ("oauth_provider", HTTP_OPTION),
-    ("oauth_allow_domains", HTTP_OPTION),
-    ("oauth_allow_emails", HTTP_OPTION),
-    ("oauth_scopes", HTTP_OPTION),
-    ("oauth_client_id", HTTP_OPTION),
-    ("oauth_client_secret", HTTP_OPTION),
-    ("oidc_issuer_url", HTTP_OPTION),
-    ("oidc_client_id", HTTP_OPTION),
-    ("oidc_client_secret", HTTP_OPTION),
-    ("oidc_allow_domains", HTTP_OPTION),
-    ("oidc_allow_emails", HTTP_OPTION),
-    ("oidc_scopes", HTTP_OPTION),
-    ("request_header_add", HTTP_OPTION),
-    ("request_header_remove", HTTP_OPTION),
-    ("response_header_add", HTTP_OPTION),
-    ("response_header_remove", HTTP_OPTION),
-    ("schemes", HTTP_OPTION),
-    ("websocket_tcp_converter", HTTP_OPTION),
-    ("app_protocol", HTTP_OPTION),
-    ("allow_user_agent", HTTP_OPTION),
-    ("deny_user_agent", HTTP_OPTION),
-    ("verify_webhook_provider", HTTP_OPTION),
-    ("verify_webhook_secret", HTTP_OPTION),
+    ("oauth_provider", IDENTITY_PROVIDER),
+    ("oauth_allow_domains", IDENTITY_PROVIDER),
+    ("oauth_allow_emails", IDENTITY_PROVIDER),
+    ("oauth_scopes", IDENTITY_PROVIDER),
+    ("oauth_client_id", IDENTITY_PROVIDER),
+    ("oauth_client_secret", IDENTITY_PROVIDER),
+    ("oidc_issuer_url", IDENTITY_PROVIDER),
+    ("oidc_client_id", IDENTITY_PROVIDER),
+    ("oidc_client_secret", IDENTITY_PROVIDER),
+    ("oidc_allow_domains", IDENTITY_PROVIDER),
+    ("oidc_allow_emails", IDENTITY_PROVIDER),
+    ("oidc_scopes", IDENTITY_PROVIDER),
     ("label", NOT_IMPLEMENTED),
     ("labels", NOT_IMPLEMENTED),
     ("binding", NOT_IMPLEMENTED),
     ("bindings", NOT_IMPLEMENTED),
-    ("ip_restriction_allow_cidrs", NOT_IMPLEMENTED),
-    ("ip_restriction_deny_cidrs", NOT_IMPLEMENTED),
     ("policy_file", NOT_IMPLEMENTED),
     ("session_ca_certs", NOT_IMPLEMENTED),
     ("on_status_change", NOT_IMPLEMENTED),
@@ -400,11 +445,18 @@ struct Parsed {
     url: Option<(String, String)>,
     verify_upstream_tls: Option<bool>,
     upstream_root_cas: Option<Vec<u8>>,
+    webhook_provider: Option<WebhookProvider>,
+    webhook_secret: Option<SecretPem>,
+    schemes_given: bool,
 }
 
 impl Parsed {
     fn apply(&mut self, key: Opt, name: &str, v: OptionValue) -> Result<()> {
         let d = &mut self.draft;
+        if key.is_http() && d.http_option_given.is_none() {
+            d.http_option_given = Some(name.to_owned());
+        }
+        let h = &mut d.http;
         match key {
             Opt::Authtoken => self.session.authtoken = Some(SecretPem(text(name, v)?)),
             Opt::AuthtokenFromEnv => self.from_env = boolean(name, v)?,
@@ -418,10 +470,11 @@ impl Parsed {
             Opt::Url => {
                 let url = text(name, v)?;
                 let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-                self.url = Some((scheme.to_ascii_lowercase(), rest.to_owned()));
-                if !matches!(scheme, "tls" | "tcp") || rest.is_empty() {
+                let scheme = scheme.to_ascii_lowercase();
+                if !matches!(scheme.as_str(), "tls" | "tcp" | "http" | "https") || rest.is_empty() {
                     return Err(url_error(&url));
                 }
+                self.url = Some((scheme, rest.to_owned()));
             }
             Opt::Crt => d.crt = Some(pem(name, v)?),
             Opt::Key => d.key = Some(pem(name, v)?),
@@ -450,6 +503,37 @@ impl Parsed {
             Opt::MaxVersion => d.max_version = Some(text(name, v)?),
             Opt::Alpn => d.alpn = list(name, v)?,
             Opt::PoolingEnabled => d.pooling_enabled = boolean(name, v)?,
+            Opt::Schemes => {
+                let mut schemes = Vec::new();
+                for s in list(name, v)? {
+                    let scheme: Scheme = s.parse()?;
+                    if !schemes.contains(&scheme) {
+                        schemes.push(scheme);
+                    }
+                }
+                h.schemes = schemes;
+                self.schemes_given = true;
+            }
+            Opt::BasicAuth => {
+                h.basic_auth = list(name, v)?
+                    .iter()
+                    .map(|c| http::credential(c))
+                    .collect::<Result<_>>()?
+            }
+            Opt::CircuitBreaker => h.circuit_breaker = Some(number(name, v)?),
+            Opt::Compression => h.compression = boolean(name, v)?,
+            Opt::RequestHeaderAdd => h.request_header_add = header_pairs(name, v)?,
+            Opt::RequestHeaderRemove => h.request_header_remove = list(name, v)?,
+            Opt::ResponseHeaderAdd => h.response_header_add = header_pairs(name, v)?,
+            Opt::ResponseHeaderRemove => h.response_header_remove = list(name, v)?,
+            Opt::WebsocketTcpConverter => h.websocket_tcp_converter = boolean(name, v)?,
+            Opt::AppProtocol => h.app_protocol = text(name, v)?.parse()?,
+            Opt::AllowUserAgent => h.allow_user_agent = list(name, v)?,
+            Opt::DenyUserAgent => h.deny_user_agent = list(name, v)?,
+            Opt::VerifyWebhookProvider => self.webhook_provider = Some(text(name, v)?.parse()?),
+            Opt::VerifyWebhookSecret => self.webhook_secret = Some(SecretPem(text(name, v)?)),
+            Opt::HostHeader => h.host_header = Some(text(name, v)?),
+            Opt::ForwardedHeaders => h.forwarded_headers = boolean(name, v)?,
         }
         Ok(())
     }
@@ -467,8 +551,11 @@ impl Parsed {
                 _ => self.draft.proto = Some(scheme_proto),
             }
             match scheme_proto {
-                Proto::Tls => {
-                    let (host, port) = tls_url(&format!("tls://{rest}"))?;
+                Proto::Tls | Proto::Http => {
+                    let (host, port) = name_url(&scheme, &rest)?;
+                    if scheme == "http" && !self.schemes_given {
+                        self.draft.http.schemes = vec![Scheme::Http];
+                    }
                     if self.draft.domain.as_deref().is_some_and(|d| d != host) {
                         return Err(invalid(
                             "domain and url name different hosts; give one of them",
@@ -483,6 +570,22 @@ impl Parsed {
                     }
                     self.draft.remote_port = Some(remote_port(&rest)?);
                 }
+            }
+        }
+        match (self.webhook_provider.take(), self.webhook_secret.take()) {
+            (Some(provider), Some(secret)) => {
+                self.draft.http.verify_webhook = Some(WebhookVerification { provider, secret })
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "verify_webhook_provider needs verify_webhook_secret, the secret the provider signs with",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "verify_webhook_secret needs verify_webhook_provider (\"github\", \"stripe\" or \"slack\")",
+                ))
             }
         }
         if self.from_env && self.session.authtoken.is_none() {
@@ -510,24 +613,18 @@ impl Parsed {
     }
 }
 
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tls => "tls",
-        Proto::Tcp => "tcp",
-    }
-}
-
 /// Parses a `proto` value.
 pub(crate) fn proto(s: &str) -> Result<Proto> {
     match s.trim().to_ascii_lowercase().as_str() {
         "tls" => Ok(Proto::Tls),
         "tcp" => Ok(Proto::Tcp),
-        p @ ("http" | "https" | "labeled") => Err(Error::new(
+        "http" | "https" => Ok(Proto::Http),
+        p @ "labeled" => Err(Error::new(
             ErrorCode::Unsupported,
-            format!("proto {p:?} is not supported yet: burrow serves tls and tcp endpoints"),
+            format!("proto {p:?} is not supported yet: burrow serves http, tls and tcp endpoints"),
         )),
         p => Err(invalid(format!(
-            "proto {p:?} is not one of \"tls\", \"tcp\""
+            "proto {p:?} is not one of \"http\", \"tls\", \"tcp\""
         ))),
     }
 }
@@ -535,25 +632,31 @@ pub(crate) fn proto(s: &str) -> Result<Proto> {
 fn url_error(url: &str) -> Error {
     Error::new(
         ErrorCode::InvalidUrl,
-        format!("url {url:?} must be tls://NAME or tcp://HOST:PORT"),
+        format!("url {url:?} must be https://NAME, http://NAME, tls://NAME or tcp://HOST:PORT"),
     )
 }
 
 /// The host (and port, if one is given) of a `tls://NAME[:PORT]` URL.
 pub(crate) fn tls_url(url: &str) -> Result<(String, Option<u16>)> {
-    let rest = url
-        .strip_prefix("tls://")
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::InvalidUrl,
-                format!("url {url:?} must start with tls:// for a TLS endpoint"),
-            )
-        })?
-        .trim_end_matches('/');
+    let rest = url.strip_prefix("tls://").ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidUrl,
+            format!("url {url:?} must start with tls:// for a TLS endpoint"),
+        )
+    })?;
+    name_url("tls", rest)
+}
+
+/// The host (and port, if one is given) of a `SCHEME://NAME[:PORT]` URL, `rest` being
+/// what follows `://`.
+pub(crate) fn name_url(scheme: &str, rest: &str) -> Result<(String, Option<u16>)> {
+    let url = format!("{scheme}://{rest}");
+    let url = url.as_str();
+    let rest = rest.trim_end_matches('/');
     if rest.contains(['/', '?', '#', '@']) {
         return Err(Error::new(
             ErrorCode::InvalidUrl,
-            format!("url {url:?}: a tls:// url is a hostname, with no path, query or user"),
+            format!("url {url:?}: a {scheme}:// url is a hostname, with no path, query or user"),
         ));
     }
     let (host, port) = match rest.rsplit_once(':') {
@@ -645,6 +748,25 @@ fn text(name: &str, v: OptionValue) -> Result<String> {
             other.type_name()
         ))),
     }
+}
+
+fn number(name: &str, v: OptionValue) -> Result<f64> {
+    match v {
+        OptionValue::Float(f) => Ok(f),
+        OptionValue::Int(i) => Ok(i as f64),
+        other => Err(invalid(format!(
+            "{name} must be a number, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// ngrok's `"Name:Value"` headers, one or a list.
+fn header_pairs(name: &str, v: OptionValue) -> Result<Vec<(String, String)>> {
+    list(name, v)?
+        .iter()
+        .map(|h| http::header_pair(name, h))
+        .collect()
 }
 
 fn boolean(name: &str, v: OptionValue) -> Result<bool> {

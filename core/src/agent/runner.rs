@@ -609,7 +609,9 @@ fn pin_to_url(spec: &mut BindSpec, url: &str) {
         None => (rest, None),
     };
     match &mut spec.kind {
-        EndpointKind::Tls { domain, .. } => *domain = Some(host.to_owned()),
+        EndpointKind::Tls { domain, .. } | EndpointKind::Http { domain, .. } => {
+            *domain = Some(host.to_owned())
+        }
         EndpointKind::Tcp { remote_port } => *remote_port = port,
     }
 }

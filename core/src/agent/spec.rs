@@ -2,6 +2,7 @@
 //! the option parser behind Python, Node, the CLI and the config file) produces, and
 //! the one place where the termination rule and its refusals live.
 
+use super::http::HttpOptions;
 use super::proxy_proto::ProxyProto;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
@@ -192,6 +193,18 @@ pub enum EndpointKind {
         /// The port; `None` asks for any port of the edge's range.
         remote_port: Option<u16>,
     },
+    /// A name served over HTTPS (and/or HTTP) by the edge's reverse proxy, routed by
+    /// SNI and `Host`.
+    Http {
+        /// The hostname; `None` asks for a random name.
+        domain: Option<String>,
+        /// A port the user named in the url; the edge refuses it unless it is its own.
+        #[serde(default)]
+        port: Option<u16>,
+        /// What the edge does to requests and responses.
+        #[serde(default)]
+        http: HttpOptions,
+    },
 }
 
 impl EndpointKind {
@@ -200,6 +213,7 @@ impl EndpointKind {
         match self {
             EndpointKind::Tls { .. } => Proto::Tls,
             EndpointKind::Tcp { .. } => Proto::Tcp,
+            EndpointKind::Http { .. } => Proto::Http,
         }
     }
 }
@@ -268,6 +282,18 @@ pub(crate) struct EndpointDraft {
     pub(crate) deny_cidrs: Vec<String>,
     pub(crate) proxy_proto: Option<ProxyProto>,
     pub(crate) pooling_enabled: bool,
+    pub(crate) http: HttpOptions,
+    /// The first HTTP-only option given (for the refusal on a tls or tcp endpoint).
+    pub(crate) http_option_given: Option<String>,
+}
+
+/// The user-facing name of a protocol.
+pub(crate) fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tls => "tls",
+        Proto::Tcp => "tcp",
+        Proto::Http => "http",
+    }
 }
 
 /// Pools are names on the TLS listener; a TCP endpoint has a port of its own (refused
@@ -294,7 +320,20 @@ impl EndpointDraft {
     /// crt+key alone mean edge termination, `terminate_at` overrides, a policy's
     /// `terminate-tls` makes the edge terminate.
     pub(crate) fn resolve(self) -> Result<EndpointSpec> {
-        let proto = self.proto.unwrap_or(Proto::Tls);
+        // HTTP is the default, as in ngrok; agent or upstream termination exist only
+        // for tls endpoints, so asking for them without a proto means tls.
+        let proto = self.proto.unwrap_or(match self.terminate_at {
+            Some(TerminateAt::Agent | TerminateAt::Upstream) => Proto::Tls,
+            _ => Proto::Http,
+        });
+        if proto != Proto::Http {
+            if let Some(name) = &self.http_option_given {
+                return Err(Error::option(format!(
+                    "{name} applies to http endpoints, not to a {} endpoint",
+                    proto_name(proto)
+                )));
+            }
+        }
         let mut policy = match &self.traffic_policy {
             Some(text) => TrafficPolicy::parse(text)?,
             None => TrafficPolicy::default(),
@@ -310,11 +349,24 @@ impl EndpointDraft {
         let has_cert = self.crt.is_some() || self.key.is_some();
         let at = self
             .terminate_at
-            .unwrap_or(if has_cert || self.mutual_tls_cas.is_some() {
+            .unwrap_or(if has_cert || self.mutual_tls_cas.is_some() || proto == Proto::Http {
                 TerminateAt::Edge
             } else {
                 TerminateAt::Upstream
             });
+        if proto == Proto::Http {
+            if at != TerminateAt::Edge {
+                return Err(Error::option(format!(
+                    "terminate_at=\"{at}\": an http endpoint is always terminated at the edge; agent and upstream termination are for tls endpoints (proto=\"tls\")"
+                )));
+            }
+            if !policy.terminations().is_empty() {
+                return Err(Error::option(
+                    "the traffic policy's terminate-tls action applies to tls endpoints; an http endpoint is always terminated at the edge",
+                ));
+            }
+            self.http.check()?;
+        }
         let cert = match (&self.crt, &self.key) {
             (Some(c), Some(k)) => Some(CertPem {
                 crt: pem_text(c, "crt")?,
@@ -369,13 +421,19 @@ impl EndpointDraft {
                 Termination::Agent(material)
             }
         };
+        if proto != Proto::Tcp && self.remote_port.is_some() {
+            return Err(Error::option(format!(
+                "remote_addr applies to tcp endpoints; a {} endpoint is routed by its domain",
+                proto_name(proto)
+            )));
+        }
         let kind = match proto {
+            Proto::Http => EndpointKind::Http {
+                domain: self.domain,
+                port: self.tls_port,
+                http: self.http,
+            },
             Proto::Tls => {
-                if self.remote_port.is_some() {
-                    return Err(Error::option(
-                        "remote_addr applies to tcp endpoints; a tls endpoint is routed by its domain",
-                    ));
-                }
                 EndpointKind::Tls {
                     domain: self.domain,
                     port: self.tls_port,
@@ -387,7 +445,7 @@ impl EndpointDraft {
                 }
                 if self.domain.is_some() {
                     return Err(Error::option(
-                        "domain applies to tls endpoints; a tcp endpoint is reached by its port (remote_addr)",
+                        "domain applies to tls and http endpoints; a tcp endpoint is reached by its port (remote_addr)",
                     ));
                 }
                 EndpointKind::Tcp {

@@ -20,12 +20,15 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// blocking thread pool; a failed dial forgets the addresses at once.
 const RESOLVE_TTL: Duration = Duration::from_secs(5);
 
-/// An upstream service address: `8080`, `host:port`, `tcp://host:port` or `tls://host:port`.
+/// An upstream service address: `8080`, `host:port`, `tcp://host:port`,
+/// `tls://host:port`, `http://host:port`, `https://host:port` or `unix:/path`.
 #[derive(Clone)]
 pub struct Upstream {
     host: String,
     port: u16,
     tls: Option<UpstreamTls>,
+    /// A Unix socket path instead of a host and port.
+    unix: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -42,6 +45,9 @@ impl fmt::Debug for Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(path) = &self.unix {
+            return write!(f, "unix:{}", path.display());
+        }
         let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
         if self.host.contains(':') {
             write!(f, "{scheme}://[{}]:{}", self.host, self.port)
@@ -54,7 +60,7 @@ impl fmt::Display for Upstream {
 fn bad(input: &str, why: &str) -> Error {
     Error::new(
         ErrorCode::InvalidUrl,
-        format!("upstream address {input:?} {why} (expected 8080, host:port, tcp://host:port or tls://host:port)"),
+        format!("upstream address {input:?} {why} (expected 8080, host:port, tcp://host:port, tls://host:port, http://host:port, https://host:port or unix:/path)"),
     )
 }
 
@@ -66,6 +72,18 @@ impl FromStr for Upstream {
         if let Ok(port) = s.parse::<u16>() {
             return Upstream::new("localhost", port);
         }
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(bad(input, "names no socket path"));
+            }
+            return Ok(Upstream {
+                host: String::new(),
+                port: 0,
+                tls: None,
+                unix: Some(path.into()),
+            });
+        }
         let (scheme, rest) = match s.split_once("://") {
             Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
             None => ("tcp".to_owned(), s),
@@ -73,13 +91,8 @@ impl FromStr for Upstream {
         let rest = rest.trim_end_matches('/');
         let default_port = match scheme.as_str() {
             "tcp" => None,
-            "tls" => Some(443),
-            "http" | "https" => {
-                return Err(Error::new(
-                    ErrorCode::Unsupported,
-                    format!("upstream {input:?}: http(s) upstreams are not supported yet; use tcp:// or tls://"),
-                ))
-            }
+            "http" => Some(80),
+            "tls" | "https" => Some(443),
             _ => return Err(bad(input, &format!("has unknown scheme {scheme:?}"))),
         };
         if rest.contains('/') {
@@ -88,7 +101,7 @@ impl FromStr for Upstream {
         let (host, port) =
             split_host_port(rest, default_port).ok_or_else(|| bad(input, "is not host:port"))?;
         let mut up = Upstream::new(host, port)?;
-        if scheme == "tls" {
+        if scheme == "tls" || scheme == "https" {
             up.tls = Some(UpstreamTls {
                 verify: true,
                 root_cas: None,
@@ -129,6 +142,7 @@ impl Upstream {
             host,
             port,
             tls: None,
+            unix: None,
         })
     }
 
@@ -247,6 +261,18 @@ impl Dialer {
                 format!("cannot reach upstream {up}: {e}"),
             )
         };
+        if let Some(path) = &up.unix {
+            let unix = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorCode::Timeout,
+                        format!("upstream {up} did not answer within {DIAL_TIMEOUT:?}"),
+                    )
+                })?
+                .map_err(failed)?;
+            return Ok(UpstreamStream::Unix(unix));
+        }
         let tcp = tokio::time::timeout(DIAL_TIMEOUT, self.connect())
             .await
             .map_err(|_| {
@@ -278,6 +304,7 @@ impl Dialer {
 /// A connection to the upstream.
 pub(crate) enum UpstreamStream {
     Plain(TcpStream),
+    Unix(tokio::net::UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -303,7 +330,7 @@ macro_rules! delegate_io {
 }
 pub(crate) use delegate_io;
 
-delegate_io!(UpstreamStream { Plain, Tls });
+delegate_io!(UpstreamStream { Plain, Unix, Tls });
 
 impl UpstreamStream {
     /// Makes closing this connection send a TCP reset: the proxied client's end was
@@ -312,6 +339,8 @@ impl UpstreamStream {
         let tcp = match self {
             UpstreamStream::Plain(tcp) => tcp,
             UpstreamStream::Tls(tls) => tls.get_ref().0,
+            // A Unix socket has no reset; the close is all the upstream sees.
+            UpstreamStream::Unix(_) => return,
         };
         let _ = tcp.set_zero_linger();
     }
@@ -342,13 +371,24 @@ mod tests {
             "[::1]:5".parse::<Upstream>().unwrap().to_string(),
             "tcp://[::1]:5"
         );
-        for bad in ["", "host", "ftp://h:1", "h:99999", "h:0", "tcp://h:1/x"] {
+        for bad in ["", "host", "ftp://h:1", "h:99999", "h:0", "tcp://h:1/x", "unix:"] {
             let e = bad.parse::<Upstream>().unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidUrl, "{bad}: {e}");
         }
         assert_eq!(
-            "http://h:1".parse::<Upstream>().unwrap_err().code(),
-            ErrorCode::Unsupported
+            "http://h:1".parse::<Upstream>().unwrap().to_string(),
+            "tcp://h:1"
+        );
+        assert_eq!(
+            "http://h".parse::<Upstream>().unwrap().to_string(),
+            "tcp://h:80"
+        );
+        let https = "https://h".parse::<Upstream>().unwrap();
+        assert!(https.is_tls());
+        assert_eq!(https.to_string(), "tls://h:443");
+        assert_eq!(
+            "unix:/tmp/app.sock".parse::<Upstream>().unwrap().to_string(),
+            "unix:/tmp/app.sock"
         );
     }
 

@@ -28,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Expose a local web app on an https:// endpoint (the edge's reverse proxy).
+    Http(HttpArgs),
     /// Expose a local service on a tls:// endpoint, routed by SNI.
     Tls(TlsArgs),
     /// Expose a local service on a tcp:// endpoint with a port of its own.
@@ -155,6 +157,72 @@ struct TlsArgs {
 }
 
 #[derive(Args)]
+struct HttpArgs {
+    /// Endpoint URL: https://NAME (or http://NAME for plain HTTP only).
+    #[arg(long, conflicts_with = "domain")]
+    url: Option<String>,
+    /// Endpoint hostname.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Schemes to serve: HTTPS (default), HTTP, or both (repeat the flag).
+    #[arg(long = "scheme")]
+    schemes: Vec<String>,
+    /// Require HTTP basic auth: user:password (repeat for several users).
+    #[arg(long)]
+    basic_auth: Vec<String>,
+    /// Compress responses with gzip or brotli, as the client accepts.
+    #[arg(long)]
+    compression: bool,
+    /// Answer 503 for a while once this fraction of responses are 5xx (e.g. 0.5).
+    #[arg(long)]
+    circuit_breaker: Option<f64>,
+    /// Add a header to requests: "Name: value" (repeatable).
+    #[arg(long)]
+    request_header_add: Vec<String>,
+    /// Remove a header from requests (repeatable).
+    #[arg(long)]
+    request_header_remove: Vec<String>,
+    /// Add a header to responses: "Name: value" (repeatable).
+    #[arg(long)]
+    response_header_add: Vec<String>,
+    /// Remove a header from responses (repeatable).
+    #[arg(long)]
+    response_header_remove: Vec<String>,
+    /// Only User-Agents matching this regex (repeatable).
+    #[arg(long)]
+    allow_user_agent: Vec<String>,
+    /// Refuse User-Agents matching this regex (repeatable).
+    #[arg(long)]
+    deny_user_agent: Vec<String>,
+    /// Allow only clients in this CIDR range (repeatable).
+    #[arg(long)]
+    allow_cidr: Vec<String>,
+    /// Refuse clients in this CIDR range (repeatable).
+    #[arg(long)]
+    deny_cidr: Vec<String>,
+    /// Accept websockets at the edge and give the upstream a plain byte stream.
+    #[arg(long)]
+    websocket_tcp_converter: bool,
+    /// Speak to the upstream in http1 (default) or http2 (h2c).
+    #[arg(long)]
+    app_protocol: Option<String>,
+    /// Verify webhook signatures of this provider (github, stripe, slack).
+    #[arg(long, requires = "verify_webhook_secret")]
+    verify_webhook_provider: Option<String>,
+    /// The secret the webhook provider signs with.
+    #[arg(long, env = "BURROW_WEBHOOK_SECRET", hide_env_values = true)]
+    verify_webhook_secret: Option<String>,
+    /// The Host header sent upstream instead of the client's.
+    #[arg(long)]
+    host_header: Option<String>,
+    /// Share the name with other agents that pool it too.
+    #[arg(long)]
+    pooling_enabled: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Args)]
 struct TcpArgs {
     /// Ask for this public address (host:port; only the port is used).
     #[arg(long)]
@@ -166,7 +234,8 @@ struct TcpArgs {
 /// What `burrow tls` and `burrow tcp` share: the upstream, termination and session.
 #[derive(Args)]
 struct AgentArgs {
-    /// The local service: 8080, host:port, tcp://host:port or tls://host:port.
+    /// The local service: 8080, host:port, tcp://host:port, tls://host:port,
+    /// http://host:port, https://host:port or unix:/path.
     upstream: String,
     #[command(flatten)]
     termination: TerminationArgs,
@@ -243,6 +312,50 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
                 names.join(", ")
             );
             Ok(())
+        }
+        Command::Http(args) => {
+            let mut options = vec![("proto", "http".into())];
+            push(&mut options, "url", args.url);
+            push(&mut options, "domain", args.domain);
+            let lists = [
+                ("schemes", args.schemes),
+                ("basic_auth", args.basic_auth),
+                ("request_header_add", args.request_header_add),
+                ("request_header_remove", args.request_header_remove),
+                ("response_header_add", args.response_header_add),
+                ("response_header_remove", args.response_header_remove),
+                ("allow_user_agent", args.allow_user_agent),
+                ("deny_user_agent", args.deny_user_agent),
+                ("allow_cidr", args.allow_cidr),
+                ("deny_cidr", args.deny_cidr),
+            ];
+            for (name, values) in lists {
+                if !values.is_empty() {
+                    let list = values.into_iter().map(OptionValue::Str).collect();
+                    options.push((name, OptionValue::List(list)));
+                }
+            }
+            push(&mut options, "compression", args.compression.then_some(true));
+            push(
+                &mut options,
+                "circuit_breaker",
+                args.circuit_breaker.map(OptionValue::Float),
+            );
+            push(
+                &mut options,
+                "websocket_tcp_converter",
+                args.websocket_tcp_converter.then_some(true),
+            );
+            push(&mut options, "app_protocol", args.app_protocol);
+            push(&mut options, "verify_webhook_provider", args.verify_webhook_provider);
+            push(&mut options, "verify_webhook_secret", args.verify_webhook_secret);
+            push(&mut options, "host_header", args.host_header);
+            push(
+                &mut options,
+                "pooling_enabled",
+                args.pooling_enabled.then_some(true),
+            );
+            run_agent(args.agent, options, signals).await
         }
         Command::Tls(args) => {
             let mut options = vec![("proto", "tls".into())];
@@ -568,6 +681,8 @@ async fn serve_until_signal(
 fn mode_words(fwd: &Forwarder) -> String {
     match (fwd.proto(), fwd.terminate_at()) {
         ("tcp", TerminateAt::Upstream) => "TCP: bytes are forwarded as they are".to_owned(),
+        ("http", _) if fwd.url().starts_with("http://") => "plain HTTP, reverse proxy at the edge".to_owned(),
+        ("http", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
         (_, at) => format!("TLS terminated at {at}"),
     }
 }
@@ -630,6 +745,24 @@ fn print_hint(edge: &Edge, fwd: &Forwarder, run_dir: &mut Option<RunDir>) -> Res
         Ok(format!(" -CAfile {}", path.display()))
     };
     let line = match (scheme, fwd.terminate_at()) {
+        ("https", _) => {
+            let port = edge.tls_addr().port();
+            let path = RunDir::file(run_dir, "embedded-edge-ca.pem", edge.ca_pem())?;
+            format!(
+                "curl --cacert {} --resolve {host}:{port}:{} https://{host}:{port}/",
+                path.display(),
+                edge.tls_addr().ip()
+            )
+        }
+        ("http", _) => match edge.http_addr() {
+            Some(addr) => format!(
+                "curl --resolve {host}:{}:{} http://{host}:{}/",
+                addr.port(),
+                addr.ip(),
+                addr.port()
+            ),
+            None => format!("curl {url}"),
+        },
         ("tcp", TerminateAt::Upstream) => format!(
             "nc {} {}   (plain TCP; or curl, psql, ... at {rest})",
             host,

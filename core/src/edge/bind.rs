@@ -5,6 +5,7 @@ use super::cluster::RouteValue;
 use super::public;
 use super::routes::{EdgePolicy, Route};
 use super::Shared;
+use crate::agent::http::Scheme;
 use crate::agent::{EndpointKind, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
@@ -81,7 +82,7 @@ pub(crate) async fn bind(owner: &Owner<'_>, prepared: &Prepared) -> Result<(Boun
         return Err(Error::protocol("endpoint_id must be 1 to 128 characters"));
     }
     match &prepared.spec.kind {
-        EndpointKind::Tls { domain, port } => {
+        EndpointKind::Tls { domain, port } | EndpointKind::Http { domain, port, .. } => {
             bind_name(owner, prepared, domain.as_deref(), *port).await
         }
         EndpointKind::Tcp { remote_port } => bind_port(owner, prepared, *remote_port).await,
@@ -107,12 +108,12 @@ async fn bind_name(
     port: Option<u16>,
 ) -> Result<(Bound, String)> {
     let shared = owner.shared;
-    if let Some(port) = port.filter(|p| *p != shared.tls_port) {
+    let (scheme, own_port) = public_scheme(shared, &prepared.spec.kind)?;
+    if let Some(port) = port.filter(|p| *p != own_port) {
         return Err(Error::new(
             ErrorCode::InvalidUrl,
             format!(
-                "port {port} in the url: this edge serves tls:// endpoints on port {} only (leave the port out)",
-                shared.tls_port
+                "port {port} in the url: this edge serves {scheme}:// endpoints on port {own_port} only (leave the port out)"
             ),
         ));
     }
@@ -133,11 +134,30 @@ async fn bind_name(
     };
     let route = route(owner, prepared, &name)?;
     let claim = claim(owner, &name, route).await?;
-    let url = match shared.tls_port {
-        443 => format!("tls://{name}"),
-        port => format!("tls://{name}:{port}"),
+    let url = match (scheme, own_port) {
+        ("tls" | "https", 443) | ("http", 80) => format!("{scheme}://{name}"),
+        (_, port) => format!("{scheme}://{name}:{port}"),
     };
     Ok((Bound::Name(name, claim), url))
+}
+
+/// The scheme and port of a named endpoint's public URL: `tls://` on the TLS listener,
+/// `https://` there for an http endpoint, `http://` on the HTTP listener for an
+/// http endpoint served over plain HTTP only.
+fn public_scheme(shared: &Shared, kind: &EndpointKind) -> Result<(&'static str, u16)> {
+    let EndpointKind::Http { http, .. } = kind else {
+        return Ok(("tls", shared.tls_port));
+    };
+    if http.serves(Scheme::Https) {
+        return Ok(("https", shared.tls_port));
+    }
+    match shared.http_port {
+        Some(port) => Ok(("http", port)),
+        None => Err(Error::new(
+            ErrorCode::Unsupported,
+            "schemes=[\"HTTP\"]: this edge has no plain HTTP listener (http_addr); serve the endpoint over HTTPS",
+        )),
+    }
 }
 
 /// Gives `name` to the route: across the cluster first (when there is one), then here.
@@ -164,10 +184,25 @@ async fn claim(owner: &Owner<'_>, name: &str, route: Route) -> Result<RouteValue
 /// The route for a prepared bind, served under `name`: edge TLS and policy built and checked.
 fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
     let shared = owner.shared;
+    let http = match &prepared.spec.kind {
+        EndpointKind::Http { http, .. } => Some(Arc::new(super::http::HttpRoute::new(
+            http,
+            &prepared.policy,
+        )?)),
+        _ => None,
+    };
     let edge_tls = prepared
         .spec
         .edge_tls()
-        .map(|t| edge_server_config(shared, name, t))
+        .map(|t| match &http {
+            // Browsers and curl negotiate h2 or HTTP/1.1 with the edge's proxy.
+            Some(_) if t.alpn.is_empty() => {
+                let mut t = t.clone();
+                t.alpn = vec!["h2".into(), "http/1.1".into()];
+                edge_server_config(shared, name, &t)
+            }
+            _ => edge_server_config(shared, name, t),
+        })
         .transpose()?;
     let policy = if prepared.policy.is_empty() {
         None
@@ -191,6 +226,7 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
         policy,
         pooled: prepared.spec.pooling_enabled,
         handling: handling(&prepared.spec),
+        http,
     })
 }
 
@@ -198,7 +234,12 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
 /// admit and terminate connections alike.
 fn handling(spec: &BindSpec) -> u64 {
     use std::hash::{Hash, Hasher};
+    let http = match &spec.kind {
+        EndpointKind::Http { http, .. } => Some(http),
+        _ => None,
+    };
     let what = (
+        http,
         &spec.termination,
         &spec.traffic_policy,
         &spec.allow_cidrs,
@@ -260,7 +301,9 @@ pub(crate) fn pending_cert(
     let name = match &spec.kind {
         EndpointKind::Tcp { .. } => shared.config.public_host.to_ascii_lowercase(),
         // Random names are under the suffix: the own CA serves them.
-        EndpointKind::Tls { domain, .. } => normalize_domain(domain.as_deref()?).ok()?,
+        EndpointKind::Tls { domain, .. } | EndpointKind::Http { domain, .. } => {
+            normalize_domain(domain.as_deref()?).ok()?
+        }
     };
     if name.starts_with("*.") || !super::certs::needs_acme_order(shared, &name) {
         return None;

@@ -13,8 +13,10 @@ use std::time::Duration;
 pub struct EdgeConfig {
     /// Where agents connect (TLS 1.3).
     pub tunnel_addr: SocketAddr,
-    /// The public TLS listener (SNI-routed).
+    /// The public TLS listener (SNI-routed; https endpoints too).
     pub tls_addr: SocketAddr,
+    /// The plain HTTP listener for http endpoints (routed by `Host`); `None`: none.
+    pub http_addr: Option<SocketAddr>,
     /// Host name or address put in public URLs of TCP endpoints.
     pub public_host: String,
     /// Address TCP endpoint listeners bind to.
@@ -45,6 +47,13 @@ pub struct EdgeConfig {
     pub idle_timeout_ms: u64,
     /// Most bytes read from a public client while waiting for a complete ClientHello.
     pub max_client_hello_bytes: usize,
+    /// Most bytes of an HTTP request's head (request line and headers).
+    pub max_request_header_bytes: usize,
+    /// Most header fields in an HTTP request.
+    pub max_request_headers: usize,
+    /// Deadline for an HTTP request's head, from the moment the connection is ready
+    /// for it (so also how long an idle keep-alive connection is kept), in milliseconds.
+    pub http_header_timeout_ms: u64,
     /// Failed authentications allowed per client IP and token prefix per minute (ten
     /// times as many per client IP in all) before refusing outright.
     pub auth_failures_per_minute: u32,
@@ -66,6 +75,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             tunnel_addr: loopback(0),
             tls_addr: loopback(0),
+            http_addr: None,
             public_host: "127.0.0.1".into(),
             tcp_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             tcp_ports: None,
@@ -81,6 +91,9 @@ impl Default for EdgeConfig {
             max_endpoints_per_session: 1_000,
             idle_timeout_ms: 15 * 60 * 1000,
             max_client_hello_bytes: crate::tls::MAX_HELLO_BYTES,
+            max_request_header_bytes: 64 * 1024,
+            max_request_headers: 100,
+            http_header_timeout_ms: 30_000,
             auth_failures_per_minute: 10,
             max_unauthenticated_per_ip: 64,
             max_unauthenticated: 1024,
@@ -97,6 +110,7 @@ impl EdgeConfig {
         EdgeConfig {
             open: true,
             tcp_ports: Some([0, 0]),
+            http_addr: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
             ..Default::default()
         }
     }

@@ -8,6 +8,7 @@ pub(crate) mod certs;
 pub(crate) mod cluster;
 mod config;
 mod gate;
+pub(crate) mod http;
 mod public;
 mod routes;
 pub(crate) mod session;
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     /// Live sessions: id → token that opened it and the switch that ends it.
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
     pub(crate) tls_port: u16,
+    /// The plain HTTP listener's port, when there is one.
+    pub(crate) http_port: Option<u16>,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) auth_limiter: auth::AuthLimiter,
     /// Tunnel connections that have not authenticated yet.
@@ -95,6 +98,7 @@ pub struct Edge {
     shared: Arc<Shared>,
     tunnel_addr: SocketAddr,
     tls_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
 }
 
 impl Edge {
@@ -161,6 +165,11 @@ impl Edge {
         let tls_listener = bind(config.tls_addr, "tls_addr").await?;
         let tunnel_addr = local_addr(&tunnel_listener)?;
         let tls_addr = local_addr(&tls_listener)?;
+        let http_listener = match config.http_addr {
+            Some(addr) => Some(bind(addr, "http_addr").await?),
+            None => None,
+        };
+        let http_addr = http_listener.as_ref().map(local_addr).transpose()?;
 
         let mut names = vec!["localhost".to_owned(), tunnel_addr.ip().to_string()];
         names.extend(config.tunnel_names.iter().cloned());
@@ -183,6 +192,7 @@ impl Edge {
             links,
             sessions: Mutex::new(HashMap::new()),
             tls_port: tls_addr.port(),
+            http_port: http_addr.map(|a| a.port()),
             tasks,
             stop,
         });
@@ -212,11 +222,18 @@ impl Edge {
             public::accept_tls(shared.clone(), tls_listener)
                 .instrument(tracing::info_span!("public", addr = %tls_addr)),
         );
-        tracing::info!(%tunnel_addr, %tls_addr, "edge listening");
+        if let (Some(listener), Some(addr)) = (http_listener, http_addr) {
+            shared.tasks.spawn(
+                http::accept_http(shared.clone(), listener)
+                    .instrument(tracing::info_span!("http", addr = %addr)),
+            );
+        }
+        tracing::info!(%tunnel_addr, %tls_addr, http_addr = ?http_addr, "edge listening");
         Ok(Edge {
             shared,
             tunnel_addr,
             tls_addr,
+            http_addr,
         })
     }
 
@@ -233,6 +250,11 @@ impl Edge {
     /// The public TLS listener.
     pub fn tls_addr(&self) -> SocketAddr {
         self.tls_addr
+    }
+
+    /// The plain HTTP listener, when `http_addr` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The edge CA certificate (PEM): agents trust it for the tunnel, clients for

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 /// Accepts on `listener` until `stop`, handing each connection to `serve` under the
 /// edge's connection limit.
-async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
     stop: CancellationToken,
@@ -241,6 +241,13 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             return;
         }
     };
+    if route.http.is_some() {
+        let hello = Hello {
+            sni,
+            info: hello.info,
+        };
+        return serve_http(shared, io, hello, client, route).await;
+    }
     let target =
         Target::new(&shared, &route, client, Some(sni.clone())).pooled_in(shared.routes.as_ref());
     let termination = match route.decide(&target.conn_info()) {
@@ -273,6 +280,50 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
     };
     if let Err(e) = result {
         tracing::info!(reason = %e, "connection ended");
+    }
+}
+
+/// An http endpoint: terminate TLS here, then serve requests (a client the connection
+/// policy refuses gets 403 on every request, so it learns why).
+async fn serve_http<IO: PublicIo + 'static>(
+    shared: Arc<Shared>,
+    io: IO,
+    hello: Hello,
+    client: Client,
+    route: Route,
+) {
+    let Some(config) = route.edge_tls.clone() else {
+        return tracing::warn!(sni = %hello.sni, "http endpoint without an edge TLS config");
+    };
+    let conn_info = ConnInfo {
+        client: client.peer,
+        server_port: client.server_addr.map_or(0, |a| a.port()),
+        sni: Some(hello.sni.clone()),
+    };
+    let denied = route.decide(&conn_info).err();
+    let start = StartHandshake::from_parts(*hello.info.accepted, io);
+    let tls = match timeout(shared.config.handshake_timeout(), start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::info!(reason = %e, "edge TLS handshake failed"),
+        Err(_) => return tracing::info!("edge TLS handshake timed out"),
+    };
+    let subject = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|c| cert_subject(c));
+    tracing::info!(sni = %hello.sni, mode = "http", "connection");
+    let ctx = super::http::ConnCtx {
+        peer: client.peer,
+        server_addr: client.server_addr,
+        sni: Some(hello.sni),
+        scheme: crate::agent::http::Scheme::Https,
+        client_cert_subject: subject,
+    };
+    let fixed = super::http::Fixed { route, denied };
+    if let Err(e) = super::http::serve(shared, tls, ctx, Some(fixed)).await {
+        tracing::debug!(reason = %e, "http connection ended");
     }
 }
 
@@ -320,7 +371,7 @@ async fn forward<IO: PublicIo>(
 
 /// A public connection's byte stream: a client's TCP socket, or a stream on a link
 /// from another edge.
-pub(crate) trait PublicIo: AsyncRead + AsyncWrite + Unpin + Send {
+pub(crate) trait PublicIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Makes the close the client sees abnormal (a TCP reset), where the stream can.
     fn abort(&self);
 }

@@ -36,6 +36,8 @@ pub struct Route {
     /// bound): pool members with the same one may stand in for each other once a
     /// connection has been admitted and terminated by one of them.
     pub handling: u64,
+    /// Set for an http endpoint: the edge serves its requests as a reverse proxy.
+    pub http: Option<Arc<super::http::HttpRoute>>,
 }
 
 /// A traffic policy ready to run at the edge.
@@ -300,6 +302,7 @@ pub(crate) mod tests {
             policy: None,
             pooled,
             handling: 7,
+            http: None,
         };
         (route, peer, stop)
     }

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 /// The protocol version carried in `Auth` and `AuthOk`; a mismatch is refused.
 ///
 /// 2 carried the endpoint spec (with its termination) in `bind`; 3 added client info,
-/// heartbeat sequence numbers and acks, and edge commands; 4 added `join` in `auth`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// heartbeat sequence numbers and acks, and edge commands; 4 added `join` in `auth`;
+/// 5 added http endpoints.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// PEM text that must never be printed: private keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +186,8 @@ pub enum Proto {
     Tls,
     /// A TCP port of its own.
     Tcp,
+    /// HTTPS (and/or HTTP) served by the edge's reverse proxy, routed by SNI and `Host`.
+    Http,
 }
 
 /// What an agent asks the edge to serve: the endpoint's spec less what stays with the
