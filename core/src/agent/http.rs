@@ -194,7 +194,9 @@ impl HttpOptions {
     /// and values, regexes, the breaker's fraction, credentials.
     pub fn check(&self) -> Result<()> {
         if self.schemes.is_empty() {
-            return Err(Error::option("schemes is empty: give \"HTTPS\", \"HTTP\" or both"));
+            return Err(Error::option(
+                "schemes is empty: give \"HTTPS\", \"HTTP\" or both",
+            ));
         }
         for c in &self.basic_auth {
             check_credential(&c.username, &c.password.0)?;
@@ -216,7 +218,9 @@ impl HttpOptions {
             for (k, v) in list {
                 header_name(name, k)?;
                 http::HeaderValue::from_str(v).map_err(|_| {
-                    Error::option(format!("{name}: the value of {k:?} is not a valid header value"))
+                    Error::option(format!(
+                        "{name}: the value of {k:?} is not a valid header value"
+                    ))
                 })?;
             }
         }
@@ -273,9 +277,9 @@ fn check_credential(username: &str, password: &str) -> Result<()> {
 
 /// Splits ngrok's `"Name:Value"` header form on the first `:`.
 pub(crate) fn header_pair(option: &str, text: &str) -> Result<(String, String)> {
-    let (name, value) = text.split_once(':').ok_or_else(|| {
-        Error::option(format!("{option} {text:?} must be \"Name:Value\""))
-    })?;
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| Error::option(format!("{option} {text:?} must be \"Name:Value\"")))?;
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
@@ -297,13 +301,17 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug() {
         let mut o = HttpOptions::default();
-        o.basic_auth.push(credential("ann:hunter2-hunter2").unwrap());
+        o.basic_auth
+            .push(credential("ann:hunter2-hunter2").unwrap());
         o.verify_webhook = Some(WebhookVerification {
             provider: WebhookProvider::Github,
             secret: SecretPem("whsec-123".into()),
         });
         let text = format!("{o:?}");
-        assert!(!text.contains("hunter2") && !text.contains("whsec"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("whsec"),
+            "{text}"
+        );
         assert!(text.contains("ann"), "{text}");
     }
 

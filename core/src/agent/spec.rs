@@ -203,7 +203,7 @@ pub enum EndpointKind {
         port: Option<u16>,
         /// What the edge does to requests and responses.
         #[serde(default)]
-        http: HttpOptions,
+        http: Box<HttpOptions>,
     },
 }
 
@@ -347,13 +347,13 @@ impl EndpointDraft {
             }
         }
         let has_cert = self.crt.is_some() || self.key.is_some();
-        let at = self
-            .terminate_at
-            .unwrap_or(if has_cert || self.mutual_tls_cas.is_some() || proto == Proto::Http {
+        let at = self.terminate_at.unwrap_or(
+            if has_cert || self.mutual_tls_cas.is_some() || proto == Proto::Http {
                 TerminateAt::Edge
             } else {
                 TerminateAt::Upstream
-            });
+            },
+        );
         if proto == Proto::Http {
             if at != TerminateAt::Edge {
                 return Err(Error::option(format!(
@@ -431,14 +431,12 @@ impl EndpointDraft {
             Proto::Http => EndpointKind::Http {
                 domain: self.domain,
                 port: self.tls_port,
-                http: self.http,
+                http: Box::new(self.http),
             },
-            Proto::Tls => {
-                EndpointKind::Tls {
-                    domain: self.domain,
-                    port: self.tls_port,
-                }
-            }
+            Proto::Tls => EndpointKind::Tls {
+                domain: self.domain,
+                port: self.tls_port,
+            },
             Proto::Tcp => {
                 if self.pooling_enabled {
                     return Err(tcp_pooling_refused());

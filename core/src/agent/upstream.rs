@@ -371,7 +371,15 @@ mod tests {
             "[::1]:5".parse::<Upstream>().unwrap().to_string(),
             "tcp://[::1]:5"
         );
-        for bad in ["", "host", "ftp://h:1", "h:99999", "h:0", "tcp://h:1/x", "unix:"] {
+        for bad in [
+            "",
+            "host",
+            "ftp://h:1",
+            "h:99999",
+            "h:0",
+            "tcp://h:1/x",
+            "unix:",
+        ] {
             let e = bad.parse::<Upstream>().unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidUrl, "{bad}: {e}");
         }
@@ -387,7 +395,10 @@ mod tests {
         assert!(https.is_tls());
         assert_eq!(https.to_string(), "tls://h:443");
         assert_eq!(
-            "unix:/tmp/app.sock".parse::<Upstream>().unwrap().to_string(),
+            "unix:/tmp/app.sock"
+                .parse::<Upstream>()
+                .unwrap()
+                .to_string(),
             "unix:/tmp/app.sock"
         );
     }

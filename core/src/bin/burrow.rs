@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Expose a local web app on an https:// endpoint (the edge's reverse proxy).
-    Http(HttpArgs),
+    Http(Box<HttpArgs>),
     /// Expose a local service on a tls:// endpoint, routed by SNI.
     Tls(TlsArgs),
     /// Expose a local service on a tcp:// endpoint with a port of its own.
@@ -335,7 +335,11 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
                     options.push((name, OptionValue::List(list)));
                 }
             }
-            push(&mut options, "compression", args.compression.then_some(true));
+            push(
+                &mut options,
+                "compression",
+                args.compression.then_some(true),
+            );
             push(
                 &mut options,
                 "circuit_breaker",
@@ -347,8 +351,16 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
                 args.websocket_tcp_converter.then_some(true),
             );
             push(&mut options, "app_protocol", args.app_protocol);
-            push(&mut options, "verify_webhook_provider", args.verify_webhook_provider);
-            push(&mut options, "verify_webhook_secret", args.verify_webhook_secret);
+            push(
+                &mut options,
+                "verify_webhook_provider",
+                args.verify_webhook_provider,
+            );
+            push(
+                &mut options,
+                "verify_webhook_secret",
+                args.verify_webhook_secret,
+            );
             push(&mut options, "host_header", args.host_header);
             push(
                 &mut options,
@@ -681,7 +693,9 @@ async fn serve_until_signal(
 fn mode_words(fwd: &Forwarder) -> String {
     match (fwd.proto(), fwd.terminate_at()) {
         ("tcp", TerminateAt::Upstream) => "TCP: bytes are forwarded as they are".to_owned(),
-        ("http", _) if fwd.url().starts_with("http://") => "plain HTTP, reverse proxy at the edge".to_owned(),
+        ("http", _) if fwd.url().starts_with("http://") => {
+            "plain HTTP, reverse proxy at the edge".to_owned()
+        }
         ("http", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
         (_, at) => format!("TLS terminated at {at}"),
     }

@@ -103,7 +103,11 @@ mod tests {
         assert!(!b.admit(), "9 of 10 failed");
         let healthy = Breaker::new(0.5);
         for i in 0..100 {
-            healthy.record(if i % 3 == 0 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK });
+            healthy.record(if i % 3 == 0 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            });
         }
         assert!(healthy.admit(), "a third failing stays under one half");
     }

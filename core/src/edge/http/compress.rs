@@ -24,7 +24,11 @@ pub(crate) fn choose(accept: &HeaderMap, allowed: &[&str]) -> Option<&'static st
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = parts
-                .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
                 .unwrap_or(1.0);
             (name, q)
         })
@@ -58,14 +62,25 @@ fn compressible(method: &Method, res: &Response<Body>) -> bool {
         .unwrap_or("")
         .to_ascii_lowercase();
     let textual = kind.starts_with("text/") && !kind.starts_with("text/event-stream")
-        || ["json", "javascript", "xml", "svg", "wasm", "x-www-form-urlencoded"]
-            .iter()
-            .any(|t| kind.contains(t));
+        || [
+            "json",
+            "javascript",
+            "xml",
+            "svg",
+            "wasm",
+            "x-www-form-urlencoded",
+        ]
+        .iter()
+        .any(|t| kind.contains(t));
     textual && !small
 }
 
 /// Compresses `res` with `encoding` when it is worth it.
-pub(crate) fn apply(method: &Method, encoding: &'static str, res: Response<Body>) -> Response<Body> {
+pub(crate) fn apply(
+    method: &Method,
+    encoding: &'static str,
+    res: Response<Body>,
+) -> Response<Body> {
     if !compressible(method, &res) {
         return res;
     }
@@ -90,7 +105,12 @@ fn stream_body<S>(stream: S) -> Body
 where
     S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static,
 {
-    StreamBody::new(stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError)).boxed()
+    StreamBody::new(
+        stream
+            .map_ok(Frame::data)
+            .map_err(|e| Box::new(e) as BoxError),
+    )
+    .boxed()
 }
 
 #[cfg(test)]

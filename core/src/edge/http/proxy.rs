@@ -178,7 +178,10 @@ fn basic_auth_ok(o: &crate::agent::http::HttpOptions, headers: &HeaderMap) -> bo
     let Some(encoded) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
     else {
         return false;
     };
@@ -247,7 +250,14 @@ async fn proxy(
     let req = Request::from_parts(parts, body);
     let res = state
         .upstreams
-        .send(&state.shared, route, &state.ctx, host, req, upgrade.is_none())
+        .send(
+            &state.shared,
+            route,
+            &state.ctx,
+            host,
+            req,
+            upgrade.is_none(),
+        )
         .await;
     let mut res = match res {
         Ok(res) => res,
@@ -283,10 +293,12 @@ fn prepare_request(
 ) {
     let o = &http.options;
     let headers = &mut parts.headers;
-    let original_host = headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     strip_hop_by_hop(headers, upgrade);
     let path = parts
         .uri
@@ -296,14 +308,12 @@ fn prepare_request(
     parts.uri = match o.app_protocol {
         crate::agent::http::AppProtocol::Http1 => Uri::from(path),
         // h2 to the upstream needs a scheme and authority (h2c: http).
-        crate::agent::http::AppProtocol::Http2 => {
-            Uri::builder()
-                .scheme("http")
-                .authority(host)
-                .path_and_query(path.clone())
-                .build()
-                .unwrap_or_else(|_| Uri::from(path))
-        }
+        crate::agent::http::AppProtocol::Http2 => Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query(path.clone())
+            .build()
+            .unwrap_or_else(|_| Uri::from(path)),
     };
     parts.version = http::Version::HTTP_11;
     if o.forwarded_headers {
@@ -322,7 +332,10 @@ fn prepare_request(
         headers.remove(name.as_str());
     }
     for (k, v) in &o.request_header_add {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             headers.append(k, v);
         }
     }
@@ -387,7 +400,10 @@ fn finish(
         headers.remove(name.as_str());
     }
     for (k, v) in &o.response_header_add {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             headers.append(k, v);
         }
     }

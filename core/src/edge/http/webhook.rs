@@ -107,7 +107,10 @@ pub(crate) mod tests {
         };
         let mut map = HeaderMap::new();
         for (k, val) in headers {
-            map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), val.parse().unwrap());
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                val.parse().unwrap(),
+            );
         }
         verify(&v, &map, body)
     }
@@ -116,18 +119,40 @@ pub(crate) mod tests {
     fn each_provider_accepts_its_signature_and_nothing_else() {
         let body = b"{\"ok\":true}";
         let gh = format!("sha256={}", sign("s3cret", body));
-        assert!(check(WebhookProvider::Github, &[("x-hub-signature-256", gh.clone())], body));
-        assert!(!check(WebhookProvider::Github, &[("x-hub-signature-256", gh)], b"tampered"));
+        assert!(check(
+            WebhookProvider::Github,
+            &[("x-hub-signature-256", gh.clone())],
+            body
+        ));
+        assert!(!check(
+            WebhookProvider::Github,
+            &[("x-hub-signature-256", gh)],
+            b"tampered"
+        ));
         assert!(!check(WebhookProvider::Github, &[], body));
 
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let signed = [now.to_string().as_bytes(), b".", body].concat();
         let stripe = format!("t={now},v1={}", sign("s3cret", &signed));
-        assert!(check(WebhookProvider::Stripe, &[("stripe-signature", stripe)], body));
+        assert!(check(
+            WebhookProvider::Stripe,
+            &[("stripe-signature", stripe)],
+            body
+        ));
         let old = now - 3600;
         let signed = [old.to_string().as_bytes(), b".", body].concat();
         let stale = format!("t={old},v1={}", sign("s3cret", &signed));
-        assert!(!check(WebhookProvider::Stripe, &[("stripe-signature", stale)], body), "replayed");
+        assert!(
+            !check(
+                WebhookProvider::Stripe,
+                &[("stripe-signature", stale)],
+                body
+            ),
+            "replayed"
+        );
 
         let base = [b"v0:", now.to_string().as_bytes(), b":", body].concat();
         let slack = vec![

@@ -90,7 +90,8 @@ pub(crate) async fn convert(
                 Ok(u) => u,
                 Err(e) => return tracing::info!(reason = %e, "websocket upgrade failed"),
             };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             relay(ws, stream).await;
         };
         tokio::select! {
