@@ -24,9 +24,9 @@ pub mod wire;
 
 pub use agent::config;
 pub use agent::{
-    Conn, EndpointSpec, ForwardOptions, Forwarder, Listener, OptionValue, ProxyProto, Scope,
-    Session, SessionBuilder, SessionOptions, TcpEndpointBuilder, TerminateAt, Termination,
-    TlsEndpointBuilder, Upstream,
+    Conn, EndpointSpec, ForwardOptions, Forwarder, HttpEndpointBuilder, Listener, OptionValue,
+    ProxyProto, Scope, Session, SessionBuilder, SessionOptions, TcpEndpointBuilder, TerminateAt,
+    Termination, TlsEndpointBuilder, Upstream,
 };
 pub use edge::{Edge, EdgeConfig, SessionInfo};
 pub use error::{Error, ErrorCode, ErrorKind, Result};

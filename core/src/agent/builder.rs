@@ -1,6 +1,7 @@
 //! Endpoint builders, as ngrok's Rust SDK spells them: `session.tls_endpoint()
 //! .domain(d).termination(crt, key).listen_and_forward(upstream)`.
 
+use super::http::{AppProtocol, Credential, Scheme, WebhookProvider, WebhookVerification};
 use super::listener::{self, Forwarder, Listener};
 use super::options;
 use super::proxy_proto::ProxyProto;
@@ -8,7 +9,7 @@ use super::spec::{EndpointDraft, TerminateAt};
 use super::upstream::Upstream;
 use super::Session;
 use crate::error::Result;
-use crate::wire::Proto;
+use crate::wire::{Proto, SecretPem};
 use std::marker::PhantomData;
 
 /// Marks a builder of TLS (SNI-routed) endpoints.
@@ -18,6 +19,13 @@ pub struct TlsKind;
 /// Marks a builder of TCP endpoints.
 #[derive(Debug)]
 pub struct TcpKind;
+
+/// Marks a builder of HTTP endpoints.
+#[derive(Debug)]
+pub struct HttpKind;
+
+/// Builds an HTTP endpoint: `https://NAME`, served by the edge's reverse proxy.
+pub type HttpEndpointBuilder = EndpointBuilder<HttpKind>;
 
 /// Builds a TLS endpoint, routed by SNI on the edge's TLS port.
 pub type TlsEndpointBuilder = EndpointBuilder<TlsKind>;
@@ -29,6 +37,8 @@ pub type TcpEndpointBuilder = EndpointBuilder<TcpKind>;
 pub struct EndpointBuilder<K> {
     session: Session,
     draft: EndpointDraft,
+    /// Set once `scheme()` replaced the default scheme list.
+    schemes_chosen: bool,
     kind: PhantomData<K>,
 }
 
@@ -40,6 +50,7 @@ impl<K> EndpointBuilder<K> {
                 proto: Some(proto),
                 ..EndpointDraft::default()
             },
+            schemes_chosen: false,
             kind: PhantomData,
         }
     }
@@ -196,5 +207,128 @@ impl TcpEndpointBuilder {
     /// `host:port` or `tcp://host:port` as ngrok spells `remote_addr`; only the port is used.
     pub fn remote_addr(self, addr: &str) -> Result<Self> {
         Ok(self.remote_port(options::remote_port(addr)?))
+    }
+}
+
+impl HttpEndpointBuilder {
+    pub(crate) fn new(session: Session) -> Self {
+        Self::with_proto(session, Proto::Http)
+    }
+
+    /// The hostname to serve; without one the edge picks a random name.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.draft.domain = Some(domain.into());
+        self
+    }
+
+    /// Serve this scheme; call twice for both (the first call replaces the default, HTTPS).
+    pub fn scheme(mut self, scheme: Scheme) -> Self {
+        if !std::mem::replace(&mut self.schemes_chosen, true) {
+            self.draft.http.schemes.clear();
+        }
+        if !self.draft.http.schemes.contains(&scheme) {
+            self.draft.http.schemes.push(scheme);
+        }
+        self
+    }
+
+    /// Require HTTP basic auth with this user and password (may be given several times).
+    pub fn basic_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.draft.http.basic_auth.push(Credential {
+            username: username.into(),
+            password: SecretPem(password.into()),
+        });
+        self
+    }
+
+    /// Only User-Agents matching this regex (may be given several times).
+    pub fn allow_user_agent(mut self, regex: impl Into<String>) -> Self {
+        self.draft.http.allow_user_agent.push(regex.into());
+        self
+    }
+
+    /// Refuse User-Agents matching this regex (may be given several times).
+    pub fn deny_user_agent(mut self, regex: impl Into<String>) -> Self {
+        self.draft.http.deny_user_agent.push(regex.into());
+        self
+    }
+
+    /// Add a header to every request sent upstream.
+    pub fn request_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.draft
+            .http
+            .request_header_add
+            .push((name.into(), value.into()));
+        self
+    }
+
+    /// Add a header to every response.
+    pub fn response_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.draft
+            .http
+            .response_header_add
+            .push((name.into(), value.into()));
+        self
+    }
+
+    /// Remove a header from every request sent upstream.
+    pub fn remove_request_header(mut self, name: impl Into<String>) -> Self {
+        self.draft.http.request_header_remove.push(name.into());
+        self
+    }
+
+    /// Remove a header from every response.
+    pub fn remove_response_header(mut self, name: impl Into<String>) -> Self {
+        self.draft.http.response_header_remove.push(name.into());
+        self
+    }
+
+    /// Compress responses (gzip or brotli, as the client accepts).
+    pub fn compression(mut self) -> Self {
+        self.draft.http.compression = true;
+        self
+    }
+
+    /// Answer 503 for a while once this fraction of responses are 5xx.
+    pub fn circuit_breaker(mut self, fraction: f64) -> Self {
+        self.draft.http.circuit_breaker = Some(fraction);
+        self
+    }
+
+    /// Accept websockets at the edge and give the upstream a plain byte stream.
+    pub fn websocket_tcp_conversion(mut self) -> Self {
+        self.draft.http.websocket_tcp_converter = true;
+        self
+    }
+
+    /// Verify this provider's webhook signatures with `secret`.
+    pub fn webhook_verification(
+        mut self,
+        provider: WebhookProvider,
+        secret: impl Into<String>,
+    ) -> Self {
+        self.draft.http.verify_webhook = Some(WebhookVerification {
+            provider,
+            secret: SecretPem(secret.into()),
+        });
+        self
+    }
+
+    /// The `Host` header sent upstream instead of the client's.
+    pub fn host_header(mut self, host: impl Into<String>) -> Self {
+        self.draft.http.host_header = Some(host.into());
+        self
+    }
+
+    /// How the edge speaks to the upstream (HTTP/1.1 or h2c).
+    pub fn app_protocol(mut self, protocol: AppProtocol) -> Self {
+        self.draft.http.app_protocol = protocol;
+        self
+    }
+
+    /// Whether to add `X-Forwarded-For`, `-Proto` and `-Host` (default true).
+    pub fn forwarded_headers(mut self, enabled: bool) -> Self {
+        self.draft.http.forwarded_headers = enabled;
+        self
     }
 }

@@ -251,7 +251,7 @@ impl AgentConfig {
             .map_err(|e| Error::new(e.code(), format!("upstream.url: {}", e.message())))?;
         push("addr", addr.into());
         if let Some(p) = &ep.upstream.protocol {
-            return Err(Error::new(ErrorCode::Unsupported, format!("upstream.protocol: {p:?} applies to http endpoints, which burrow does not support yet")));
+            push("app_protocol", p.as_str().into());
         }
         match &ep.upstream.proxy_protocol {
             None | Some(Value::Null) => {}

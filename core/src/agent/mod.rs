@@ -14,7 +14,10 @@ mod spec;
 mod tunnel;
 mod upstream;
 
-pub use builder::{EndpointBuilder, TcpEndpointBuilder, TcpKind, TlsEndpointBuilder, TlsKind};
+pub use builder::{
+    EndpointBuilder, HttpEndpointBuilder, HttpKind, TcpEndpointBuilder, TcpKind,
+    TlsEndpointBuilder, TlsKind,
+};
 pub use conn::Conn;
 pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRequest};
 pub use listener::{Forwarder, Listener};
@@ -376,6 +379,11 @@ impl Session {
     /// A TLS (SNI-routed) endpoint.
     pub fn tls_endpoint(&self) -> TlsEndpointBuilder {
         TlsEndpointBuilder::new(self.clone())
+    }
+
+    /// An HTTP endpoint (`https://NAME`), served by the edge's reverse proxy.
+    pub fn http_endpoint(&self) -> HttpEndpointBuilder {
+        HttpEndpointBuilder::new(self.clone())
     }
 
     /// A TCP endpoint on a port of its own.

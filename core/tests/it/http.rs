@@ -632,3 +632,49 @@ async fn a_client_that_stops_reading_stalls_the_app_instead_of_filling_the_edge(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_rust_builder_and_the_config_file_make_http_endpoints() -> Result<()> {
+    let edge = open_edge().await;
+    let app = web_app().await;
+    let session = session_for(&edge).await;
+    let built = session
+        .http_endpoint()
+        .domain("built.example")
+        .basic_auth("ann", "correct-horse")
+        .request_header("X-Via", "builder")
+        .listen_and_forward(app.addr.to_string().parse()?)
+        .await?;
+    assert!(
+        built.url().starts_with("https://built.example:"),
+        "{}",
+        built.url()
+    );
+    let got = curl(
+        &edge,
+        &format!("{}/headers", built.url()),
+        &["-u", "ann:correct-horse"],
+    )
+    .await?;
+    let seen: serde_json::Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(seen["headers"]["x-via"], serde_json::json!(["builder"]));
+
+    let yaml = format!(
+        "version: 3\nendpoints:\n  - name: web\n    url: https://cfg.example\n    upstream:\n      url: {}\n      protocol: http2\n",
+        app.addr
+    );
+    let config = burrow_core::config::AgentConfig::from_yaml(&yaml, std::path::Path::new("."))?;
+    let fwd = config.endpoints[0].start(&session).await?;
+    assert!(
+        fwd.url().starts_with("https://cfg.example:"),
+        "{}",
+        fwd.url()
+    );
+    let got = curl(&edge, &format!("{}/headers", fwd.url()), &[]).await?;
+    let seen: serde_json::Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(
+        seen["version"], "HTTP/2.0",
+        "upstream.protocol: http2 reaches the app as h2c"
+    );
+    Ok(())
+}
