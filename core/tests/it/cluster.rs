@@ -236,6 +236,41 @@ async fn an_agent_on_one_edge_is_reached_byte_exact_through_every_other_edge() -
     Ok(())
 }
 
+/// An http endpoint is reached through every edge: the edge that takes the connection
+/// forwards the TLS bytes to the owner, which terminates and runs the endpoint's options.
+#[tokio::test]
+async fn an_http_endpoint_on_one_edge_is_served_through_the_others() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let [a, b, c] = three_edges(&etcd, "/web/").await?;
+    let app = crate::web::web_app().await;
+    let session = session_on(&a).await?;
+    let fwd = session
+        .http_endpoint()
+        .domain("web.cluster.test")
+        .basic_auth("ann", "correct-horse")
+        .listen_and_forward(app.addr.to_string().parse()?)
+        .await?;
+    for (via, edge) in [("a", &a), ("b", &b), ("c", &c)] {
+        assert!(
+            via == "a" || sees(edge, "web.cluster.test", "a").await,
+            "{via} never learned that a serves the name"
+        );
+        let addr = edge.tls_addr();
+        let url = format!("https://web.cluster.test:{}/headers", addr.port());
+        for version in ["--http1.1", "--http2"] {
+            let args = [version, "-u", "ann:correct-horse"];
+            let got = crate::web::curl_via(edge.ca_pem(), addr.ip(), &url, &args).await?;
+            assert_eq!(got.status, 200, "through {via} {version}");
+            let seen: serde_json::Value = serde_json::from_slice(&got.body)?;
+            assert_eq!(seen["headers"]["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "through {via}");
+            let refused = crate::web::curl_via(edge.ca_pem(), addr.ip(), &url, &[version]).await?;
+            assert_eq!(refused.status, 401, "through {via} {version}");
+        }
+    }
+    drop(fwd);
+    Ok(())
+}
+
 #[tokio::test]
 async fn two_agents_on_two_edges_claiming_one_name_at_once_one_wins_every_time() -> Result<()> {
     let etcd = Etcd::start().await?;

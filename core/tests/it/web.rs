@@ -269,13 +269,17 @@ impl Got {
 /// Runs curl against `url` (an https:// URL of `edge`, or http:// on its HTTP listener),
 /// trusting the edge's CA and resolving the name to the edge.
 pub async fn curl(edge: &Edge, url: &str, args: &[&str]) -> Result<Got> {
+    curl_via(edge.ca_pem(), edge.tls_addr().ip(), url, args).await
+}
+
+/// Runs curl against `url`, trusting `ca_pem` and resolving the name to `ip`.
+pub async fn curl_via(ca_pem: &str, ip: std::net::IpAddr, url: &str, args: &[&str]) -> Result<Got> {
     let dir = TempDir::new("curl")?;
     let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, edge.ca_pem())?;
+    std::fs::write(&ca, ca_pem)?;
     let headers = dir.path().join("headers");
     let body = dir.path().join("body");
     let (host, port) = host_port(url);
-    let ip = edge.tls_addr().ip();
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "30", "--cacert"])
         .arg(&ca)
