@@ -227,6 +227,12 @@ impl EdgeConfig {
         }
         if let Some(acme) = &self.acme {
             acme.validate()?;
+            if acme.challenge == super::acme::ChallengeKind::Http01 && self.http_addr.is_none() {
+                return Err(Error::new(
+                    ErrorCode::Config,
+                    "acme.challenge: \"http-01\" is answered on the plain HTTP listener: set http_addr (the directory connects to port 80)",
+                ));
+            }
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

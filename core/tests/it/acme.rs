@@ -59,6 +59,16 @@ impl Pebble {
 
     /// Like [`Pebble::start`], validating on `tls_port` of `ip` (every name resolves to it).
     async fn start_at(ip: &str, tls_port: u16, validity_secs: Option<u64>) -> Result<Pebble> {
+        Self::start_with(ip, tls_port, None, validity_secs).await
+    }
+
+    /// Like [`Pebble::start_at`], validating HTTP-01 on `http_port` when given.
+    async fn start_with(
+        ip: &str,
+        tls_port: u16,
+        http_port: Option<u16>,
+        validity_secs: Option<u64>,
+    ) -> Result<Pebble> {
         let serial = ONE_PEBBLE.lock().await;
         for bin in [PEBBLE, CHALLTESTSRV] {
             assert!(
@@ -81,8 +91,9 @@ impl Pebble {
 
         let log = Arc::new(Mutex::new(String::new()));
         let dns_port = free_dns_port()?;
-        let [dns_management, listen, management, http] =
-            distinct_free_ports::<4>(&[dns_port, tls_port])?;
+        let taken = [dns_port, tls_port, http_port.unwrap_or(0)];
+        let [dns_management, listen, management, http] = distinct_free_ports::<4>(&taken)?;
+        let http = http_port.unwrap_or(http);
         let management = SocketAddr::from(([127, 0, 0, 1], management));
         let mut dns = Command::new(CHALLTESTSRV)
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
@@ -316,6 +327,54 @@ async fn acme_order_via_tls_alpn_01_and_the_client_verifies_the_chain() -> Resul
         }
     }
     eprintln!("ACME order through pebble took {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn acme_order_via_http_01_on_the_plain_listener_for_an_http_endpoint() -> Result<()> {
+    let state = TempDir::new("order-http01")?;
+    let app = crate::web::web_app().await;
+    let mut config = acme_config("https://127.0.0.1:1/dir", None, state.path());
+    let [tls_port, http_port] = distinct_free_ports::<2>(&[])?;
+    config.tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    config.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], http_port)));
+    let pebble = Pebble::start_with("127.0.0.1", tls_port, Some(http_port), None).await?;
+    if let Some(acme) = config.acme.as_mut() {
+        acme.directory = pebble.directory.clone();
+        acme.ca_bundle = Some(pebble.api_ca.clone());
+        acme.challenge = burrow_core::edge::ChallengeKind::Http01;
+    }
+    let edge = Edge::start(config).await?;
+    let session = session_for(&edge).await;
+    let fwd = session
+        .http_endpoint()
+        .domain("web.acme.test")
+        .listen_and_forward(Upstream::new("127.0.0.1", app.addr.port())?)
+        .await?;
+    let counters = edge.acme_counters().context("acme configured")?;
+    assert_eq!((counters.orders, counters.failures), (1, 0), "{counters:?}");
+    assert!(counters.validations >= 1, "{counters:?}\n{}", pebble.log());
+    assert!(
+        pebble.log().contains("set VALID by completed challenge"),
+        "{}",
+        pebble.log()
+    );
+    // curl trusting only pebble's root gets the app over https.
+    let root = pebble.root().await?;
+    let got = crate::web::curl_via(&root, edge.tls_addr().ip(), fwd.url(), &[]).await?;
+    assert_eq!((got.status, got.text().as_str()), (200, "hello"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_http_01_edge_without_an_http_listener_is_refused_at_start() -> Result<()> {
+    let state = TempDir::new("http01-refused")?;
+    let mut config = acme_config("https://127.0.0.1:1/dir", None, state.path());
+    if let Some(acme) = config.acme.as_mut() {
+        acme.challenge = burrow_core::edge::ChallengeKind::Http01;
+    }
+    let err = Edge::start(config).await.err().context("refused")?;
+    assert!(err.to_string().contains("http_addr"), "{err}");
     Ok(())
 }
 

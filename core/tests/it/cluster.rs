@@ -262,7 +262,11 @@ async fn an_http_endpoint_on_one_edge_is_served_through_the_others() -> Result<(
             let got = crate::web::curl_via(edge.ca_pem(), addr.ip(), &url, &args).await?;
             assert_eq!(got.status, 200, "through {via} {version}");
             let seen: serde_json::Value = serde_json::from_slice(&got.body)?;
-            assert_eq!(seen["headers"]["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "through {via}");
+            assert_eq!(
+                seen["headers"]["x-forwarded-for"],
+                serde_json::json!(["127.0.0.1"]),
+                "through {via}"
+            );
             let refused = crate::web::curl_via(edge.ca_pem(), addr.ip(), &url, &[version]).await?;
             assert_eq!(refused.status, 401, "through {via} {version}");
         }

@@ -24,6 +24,17 @@ impl Acme {
         }
     }
 
+    /// The key authorization answering an HTTP-01 validation of `token`, while that
+    /// challenge is pending.
+    pub(crate) fn http_challenge(&self, token: &str) -> Option<String> {
+        let answer = lock(&self.http_tokens).get(token).cloned();
+        if answer.is_some() {
+            self.counters.validations.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("answered an HTTP-01 validation");
+        }
+        answer
+    }
+
     /// The server config answering a TLS-ALPN-01 validation for `sni`, when the client
     /// offers `acme-tls/1` and a challenge for that name is pending.
     pub(crate) fn challenge_config(&self, sni: &str, alpn: &[String]) -> Option<Arc<ServerConfig>> {

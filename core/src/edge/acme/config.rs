@@ -29,6 +29,10 @@ pub enum ChallengeKind {
     #[default]
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// HTTP-01, answered on the plain HTTP listener (`http_addr`; the directory connects
+    /// to port 80 of the name).
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// The `[acme]` section of the edge config.
@@ -45,7 +49,7 @@ pub struct AcmeConfig {
     pub directory: String,
     /// Contact email given to the directory when registering the account.
     pub contact: Option<String>,
-    /// The challenge type; only `"tls-alpn-01"` is supported.
+    /// The challenge type: `"tls-alpn-01"` (default) or `"http-01"` (needs `http_addr`).
     pub challenge: ChallengeKind,
     /// Extra PEM CA certificates to trust for the directory's HTTPS (e.g. pebble's).
     pub ca_bundle: Option<PathBuf>,

@@ -99,6 +99,8 @@ pub(crate) struct Acme {
     account: tokio::sync::Mutex<Option<Account>>,
     /// TLS-ALPN-01 answers by name, while a challenge is pending.
     challenges: Mutex<HashMap<String, CertKey>>,
+    /// HTTP-01 key authorizations by token, while a challenge is pending.
+    http_tokens: Mutex<HashMap<String, String>>,
     inflight: Mutex<HashMap<String, watch::Receiver<Outcome>>>,
     failures: Mutex<HashMap<String, Failure>>,
     /// Names some bind used; the renewal task keeps these fresh.
@@ -158,6 +160,7 @@ impl Acme {
             cluster,
             account: tokio::sync::Mutex::new(None),
             challenges: Mutex::new(HashMap::new()),
+            http_tokens: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             used: Mutex::new(HashSet::new()),

@@ -104,6 +104,7 @@ impl Acme {
         let account = self.account().await?;
         self.counters.orders.fetch_add(1, Ordering::Relaxed);
         let identifiers = [Identifier::Dns(name.to_owned())];
+        let mut http_tokens = Vec::new();
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
             .await
@@ -123,17 +124,33 @@ impl Acme {
                         ))
                     }
                 }
-                let mut challenge = authz.challenge(ChallengeType::TlsAlpn01).ok_or_else(|| {
+                let kind = match self.config.challenge {
+                    ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                    ChallengeKind::Http01 => ChallengeType::Http01,
+                };
+                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
                     Error::new(
                         ErrorCode::AcmeFailed,
-                        format!("{directory} offers no tls-alpn-01 challenge for {name}"),
+                        format!("{directory} offers no {kind:?} challenge for {name}"),
                     )
                 })?;
-                let answer = challenge_cert(name, challenge.key_authorization().digest().as_ref())?;
-                lock(&self.challenges).insert(name.to_owned(), answer);
-                if let Some(cluster) = &self.cluster {
-                    // A validation may arrive at any edge: they send it here.
-                    cluster.announce_challenge(name).await?;
+                let key_authorization = challenge.key_authorization();
+                match self.config.challenge {
+                    ChallengeKind::TlsAlpn01 => {
+                        let answer = challenge_cert(name, key_authorization.digest().as_ref())?;
+                        lock(&self.challenges).insert(name.to_owned(), answer);
+                        if let Some(cluster) = &self.cluster {
+                            // A validation may arrive at any edge: they send it here.
+                            cluster.announce_challenge(name).await?;
+                        }
+                    }
+                    ChallengeKind::Http01 => {
+                        lock(&self.http_tokens).insert(
+                            challenge.token.clone(),
+                            key_authorization.as_str().to_owned(),
+                        );
+                        http_tokens.push(challenge.token.clone());
+                    }
                 }
                 challenge
                     .set_ready()
@@ -145,7 +162,14 @@ impl Acme {
             .initial_delay(Duration::from_millis(100))
             .backoff(1.5)
             .timeout(ORDER_TIMEOUT);
-        match order.poll_ready(&retry).await {
+        let ready = order.poll_ready(&retry).await;
+        {
+            let mut tokens = lock(&self.http_tokens);
+            for t in &http_tokens {
+                tokens.remove(t);
+            }
+        }
+        match ready {
             Ok(OrderStatus::Ready) => {}
             Ok(_) => return Err(challenge_failure(&mut order, name, directory, None).await),
             Err(instant_acme::Error::Api(p)) => {

@@ -108,6 +108,9 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
+    if let Some(answer) = acme_http_01(state, &req) {
+        return answer;
+    }
     let Some(host) = request_host(&req).or_else(|| state.ctx.sni.clone()) else {
         return Refusal::BadRequest.response();
     };
@@ -144,6 +147,19 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
         Ok(()) => proxy(state, &route, &http, &host, req).await,
     };
     finish(&http, &method, &accept, res)
+}
+
+/// An ACME directory validating a name over HTTP-01 (plain listener only).
+fn acme_http_01(state: &ConnState, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if state.ctx.scheme != Scheme::Http {
+        return None;
+    }
+    let token = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")?;
+    let answer = state.shared.acme.as_ref()?.http_challenge(token)?;
+    Some(super::respond::text(StatusCode::OK, answer))
 }
 
 /// The checks that need only the request's head.
