@@ -23,9 +23,24 @@ def median(contender, workload, conns, get):
 
 
 contenders = []
+http_contenders = []
 for r in rows:
-    if r["contender"] not in contenders and r["workload"] not in ("bind", "lookup"):
-        contenders.append(r["contender"])
+    kind = http_contenders if r["contender"].startswith("http ") else contenders
+    if r["contender"] not in kind and r["workload"] not in ("bind", "lookup"):
+        kind.append(r["contender"])
+HTTP_WORKLOADS = ["h1_1k", "h1_64k", "h2_1k", "h2_64k"]
+http_summary = {}
+for c in http_contenders:
+    http_summary[c] = {
+        w: {
+            "req_per_s": median(c, w, None, lambda r: r["req_per_s"]),
+            "p50_us": median(c, w, None, lambda r: r.get("p50_us")),
+            "p99_us": median(c, w, None, lambda r: r.get("p99_us")),
+            "mean_us": median(c, w, None, lambda r: r.get("mean_us")),
+            "cpu_s": median(c, w, None, lambda r: r.get("cpu_s")),
+        }
+        for w in HTTP_WORKLOADS
+    }
 
 summary = {}
 for c in contenders:
@@ -143,7 +158,36 @@ for b in bind:
     v = b["bind"]["p50_us"] / 1000
     target("bind latency p50", f"{v:.2f} ms", "<= 5 ms", v <= 5)
 
+if http_contenders:
+    base = "http nginx" if "http nginx" in http_summary else None
+    print("\n| http contender | " + " | ".join(
+        f"{w.replace('_', ' ')} req/s" + (" (x nginx)" if base else "") + (" p50/p99 ms" if w.startswith("h1") else " mean ms")
+        for w in HTTP_WORKLOADS) + " |")
+    print("|---|" + "---|" * len(HTTP_WORKLOADS))
+    for c in http_contenders:
+        cells = []
+        for w in HTTP_WORKLOADS:
+            m = http_summary[c][w]
+            b = http_summary[base][w]["req_per_s"] if base else None
+            x = f" ({m['req_per_s'] / b:.2f})" if b and m["req_per_s"] else ""
+            lat = (f"{fmt((m['p50_us'] or 0) / 1000, 2)}/{fmt((m['p99_us'] or 0) / 1000, 2)}" if w.startswith("h1")
+                   else fmt((m["mean_us"] or 0) / 1000, 2))
+            cells.append(f"{fmt(m['req_per_s'])}{x} {lat}")
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    print("\nTargets (issue 16, burrow's HTTPS reverse proxy against nginx's, same run):")
+    bur, ngx_h = http_summary.get("http burrow"), http_summary.get("http nginx")
+    for w in HTTP_WORKLOADS:
+        if not (bur and ngx_h and bur[w]["req_per_s"] and ngx_h[w]["req_per_s"]):
+            print(f"- {w}: not measured against nginx")
+            continue
+        r = bur[w]["req_per_s"] / ngx_h[w]["req_per_s"]
+        lat_key = "p99_us" if w.startswith("h1") else "mean_us"
+        lb, ln = bur[w][lat_key], ngx_h[w][lat_key]
+        lat_ok = lb is not None and ln is not None and lb <= ln
+        target(f"{w} req/s vs nginx ({lat_key[:-3]} {fmt((lb or 0) / 1000, 2)} vs {fmt((ln or 0) / 1000, 2)} ms)",
+               f"{r:.2f}x", ">= 0.8x at equal or lower latency", r >= 0.8 and lat_ok)
+
 for c, w in failures:
     print(f"FAILED: {c} {w}")
-json.dump({"summary": summary, "bind": [b["bind"] for b in bind], "lookup": lookups, "runs": rows}, open(sys.argv[2], "w"), indent=1)
+json.dump({"summary": summary, "http": http_summary, "bind": [b["bind"] for b in bind], "lookup": lookups, "runs": rows}, open(sys.argv[2], "w"), indent=1)
 print(f"\nwritten: {sys.argv[2]}")

@@ -302,6 +302,92 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
+# HTTP rows (issue 16): keep-alive requests/s and latency through burrow's HTTPS reverse
+# proxy (edge termination), nginx as a TLS-terminating reverse proxy (keep-alive
+# upstream) and straight to the app; HTTP/1.1 with wrk, h2 with h2load.
+HTTP_PICK=1
+if [ -n "${BENCH_ONLY:-}" ] && ! printf 'http direct\nhttp burrow\nhttp nginx\n' | grep -qE "$BENCH_ONLY"; then HTTP_PICK=0; fi
+if [ "$HTTP_PICK" = 1 ] && ! { command -v wrk && command -v h2load; } >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client >/dev/null
+  else
+    echo "== http rows skipped: wrk and h2load are missing (apt-get install wrk nghttp2-client)"
+    HTTP_PICK=0
+  fi
+fi
+if [ "$HTTP_PICK" = 1 ]; then
+  echo "== http: the app, burrow http (edge termination), nginx http"
+  start http_app "$BENCH" http-app
+  APP=$(wait_for http_app listening | awk '{print $2}')
+  printf 'open = true\nstate_dir = "%s"\n' "$WORK/state-http" > edge-http.toml
+  start edge_http "$BURROW" edge --config edge-http.toml --log warn
+  EDGE_HTTP=$(wait_for edge_http "tls:" | awk '{print $2}')
+  # shellcheck disable=SC2046
+  start agent_http "$BURROW" http "$APP" --url https://http.bench.test --crt leaf.pem --key leaf.key $(agent_args http)
+  wait_for agent_http Forwarding >/dev/null
+  # wrk takes the TLS name (SNI and Host) from the URL and the address from here.
+  printf 'wrk.resolve = function(host, service) wrk.addrs = wrk.lookup("127.0.0.1", service) end\n' > resolve.lua
+  HTTP_CONTENDERS=(
+    "http direct|http://$APP|$PID_http_app"
+    "http burrow|https://http.bench.test:${EDGE_HTTP##*:}|$PID_edge_http $PID_agent_http"
+  )
+  if [ "$EXTERNAL" = 1 ]; then
+    NGX_HTTP=$(freeport)
+    mkdir -p "$WORK/nginx_http/logs"
+    cat > "$WORK/nginx_http.conf" <<EOF
+worker_processes auto;
+worker_rlimit_nofile $(ulimit -Hn);
+daemon off;
+pid $WORK/nginx_http/nginx.pid;
+error_log $WORK/nginx_http/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream app { server $APP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX_HTTP ssl http2;
+    ssl_certificate $WORK/leaf.pem; ssl_certificate_key $WORK/leaf.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+    start nginx_http nginx -p "$WORK/nginx_http" -c "$WORK/nginx_http.conf"
+    sleep 1
+    HTTP_CONTENDERS+=("http nginx|https://http.bench.test:$NGX_HTTP|$PID_nginx_http $(pgrep -P "$PID_nginx_http" | tr '\n' ' ')")
+  fi
+  if [ -n "${BENCH_ONLY:-}" ]; then
+    kept=()
+    for entry in "${HTTP_CONTENDERS[@]}"; do
+      if echo "${entry%%|*}" | grep -qE "$BENCH_ONLY"; then kept+=("$entry"); fi
+    done
+    HTTP_CONTENDERS=("${kept[@]}")
+  fi
+  # http_measure NAME RUN LABEL TOOL ARGS...: one wrk or h2load run, parsed to JSON.
+  http_measure() {
+    local name="$1" run="$2" label="$3" tool="$4"; shift 4
+    local ticks out cpu
+    ticks=$(cpu_ticks "$pids")
+    if out=$(timeout $((SECS * 10 + 30)) "$tool" "$@" 2>&1); then
+      cpu=$(python3 -c 'import sys; print("%.3f" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3])))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S")
+      record "$name" "$run" "$(printf '%s' "$out" | python3 "$ROOT/bench/http_parse.py" "$tool" "$label" "$cpu")"
+    else
+      echo "   $label failed: $(echo "$out" | tail -2)"
+      record "$name" "$run" "{\"workload\":\"$label\",\"error\":true}"
+    fi
+  }
+  for run in $(seq 1 "$RUNS"); do
+    for entry in "${HTTP_CONTENDERS[@]}"; do
+      IFS='|' read -r name url pids <<<"$entry"
+      echo "== run $run/$RUNS: $name ($url)"
+      for size in 1k 64k; do
+        http_measure "$name" "$run" "h1_$size" wrk -t2 -c64 -d"${SECS}s" --latency -s resolve.lua "$url/$size"
+        http_measure "$name" "$run" "h2_$size" h2load -t2 -c16 -m16 -D"$SECS" --connect-to="127.0.0.1:${url##*:}" "$url/$size"
+      done
+    done
+  done
+fi
+
 echo "== bind latency (burrow)"
 TUNNEL=$(wait_for edge_edge "tunnel:" | awk '{print $2}')
 record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/state-edge/ca.pem" --upstream "$PLAIN_UP" --count "$BIND_COUNT")"

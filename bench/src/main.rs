@@ -40,6 +40,13 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Serve a web app for the HTTP rows: `/1k` and `/64k` answer that many bytes
+    /// (HTTP/1.1 keep-alive and h2c).
+    HttpApp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Run one workload against a TLS address and print a JSON result.
     Run(RunArgs),
     /// Open N TLS connections, echo once on each, print "ready", then hold them.
@@ -120,6 +127,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Echo { listen, cert, key } => echo(listen, cert, key).await,
+        Command::HttpApp { listen } => http_app(listen).await,
         Command::Run(args) => {
             let result = match args.workload {
                 Workload::Bulk => bulk(&args).await?,
@@ -141,6 +149,34 @@ async fn main() -> Result<()> {
             routes,
             lookups,
         } => lookup(etcd, routes, lookups).await,
+    }
+}
+
+/// The HTTP rows' upstream: fixed bodies, as cheap as an app can be.
+async fn http_app(listen: SocketAddr) -> Result<()> {
+    use http_body_util::Full;
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening {}", listener.local_addr()?);
+    let small = bytes::Bytes::from(vec![b'k'; 1024]);
+    let large = bytes::Bytes::from(vec![b'K'; 64 * 1024]);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (small, large) = (small.clone(), large.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let body = match req.uri().path() {
+                    "/1k" => small.clone(),
+                    "/64k" => large.clone(),
+                    _ => bytes::Bytes::from_static(b"ok"),
+                };
+                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, service)
+                .await;
+        });
     }
 }
 

@@ -204,6 +204,11 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
             _ => edge_server_config(shared, name, t),
         })
         .transpose()?;
+    if http.is_some() && edge_tls.is_none() {
+        return Err(Error::protocol(
+            "an http endpoint is terminated at the edge: its termination must be \"edge\"",
+        ));
+    }
     let policy = if prepared.policy.is_empty() {
         None
     } else {

@@ -678,3 +678,37 @@ async fn the_rust_builder_and_the_config_file_make_http_endpoints() -> Result<()
     );
     Ok(())
 }
+
+/// What only a hand-written agent would send: the edge refuses it at bind time.
+#[tokio::test]
+async fn an_http_bind_that_is_not_edge_terminated_or_has_bad_options_is_refused() -> Result<()> {
+    use burrow_core::agent::http::HttpOptions;
+    use burrow_core::agent::{EndpointKind, Termination, TlsMaterial};
+    use burrow_core::wire::{BindSpec, EdgeMsg};
+    let edge = open_edge().await;
+    let mut agent = RawAgent::connect(&edge).await?;
+    let bind = |http: HttpOptions, termination: Termination| BindSpec {
+        endpoint_id: "e1".into(),
+        kind: EndpointKind::Http { domain: None, port: None, http: Box::new(http) },
+        termination,
+        traffic_policy: None,
+        allow_cidrs: Vec::new(),
+        deny_cidrs: Vec::new(),
+        metadata: String::new(),
+        pooling_enabled: false,
+    };
+    let refused = agent.bind(bind(HttpOptions::default(), Termination::Upstream)).await?;
+    assert!(
+        matches!(&refused, EdgeMsg::Error { message, .. } if message.contains("terminated at the edge")),
+        "{refused:?}"
+    );
+    let bad = HttpOptions { deny_user_agent: vec!["(".into()], ..Default::default() };
+    let refused = agent.bind(bind(bad, Termination::Edge(TlsMaterial::default()))).await?;
+    assert!(
+        matches!(&refused, EdgeMsg::Error { message, .. } if message.contains("deny_user_agent")),
+        "{refused:?}"
+    );
+    let ok = agent.bind(bind(HttpOptions::default(), Termination::Edge(TlsMaterial::default()))).await?;
+    assert!(matches!(&ok, EdgeMsg::BindOk { url, .. } if url.starts_with("https://")), "{ok:?}");
+    Ok(())
+}
