@@ -708,4 +708,214 @@ mod tests {
             assert!(Expr::parse(bad).is_err(), "{bad}");
         }
     }
+
+    fn request() -> RequestSnapshot {
+        let (parts, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/items?id=7&x=y")
+            .header("Host", "Shop.Example.com")
+            .header("X-Api-Key", "k-123")
+            .header("accept", "text/html")
+            .header("accept", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+        RequestSnapshot::of("https", &parts)
+    }
+
+    fn check(scope: Scope, cases: &[(&str, bool)], env: &Env<'_>) {
+        for (src, want) in cases {
+            let e = Expr::parse_in(src, scope).unwrap_or_else(|m| panic!("{src}: {m}"));
+            assert_eq!(e.eval_in(env), *want, "{src}");
+        }
+    }
+
+    #[test]
+    fn evaluates_the_request() {
+        let c = conn("10.1.2.3", Some("shop.example.com"));
+        let req = request();
+        let env = Env {
+            conn: &c,
+            req: Some(&req),
+            res: None,
+        };
+        check(
+            Scope::HttpRequest,
+            &[
+                ("req.method == 'POST'", true),
+                ("req.method == 'post'", false),
+                (
+                    "req.url == 'https://shop.example.com/api/v1/items?id=7&x=y'",
+                    true,
+                ),
+                ("req.url.path == '/api/v1/items'", true),
+                ("req.url.path.startsWith('/api/')", true),
+                ("req.url.path.endsWith('/items')", true),
+                ("req.url.query == 'id=7&x=y'", true),
+                ("req.url.query.contains('x=y')", true),
+                ("req.host == 'SHOP.example.com'", true),
+                ("req.host.endsWith('.EXAMPLE.com')", true),
+                ("req.headers['x-api-key'] == 'k-123'", true),
+                ("req.headers['X-API-KEY'] == 'k-123'", true),
+                ("req.headers['accept'] == 'text/html'", true),
+                ("req.headers['missing'] == ''", true),
+                ("req.headers['x-api-key'].startsWith('k-')", true),
+                ("req.headers['x-api-key'].matches('^k-[0-9]+$')", true),
+                ("req.url.path.matches('^/api/v[2-9]/')", false),
+                ("'X-Api-Key' in req.headers", true),
+                ("'authorization' in req.headers", false),
+                ("!'authorization' in req.headers", true),
+                ("!req.url.path.startsWith('/admin')", true),
+                (
+                    "req.method == 'GET' || req.method == 'POST' && conn.client_port == 5000",
+                    true,
+                ),
+                ("conn.client_ip.startsWith('10.')", true),
+                ("conn.client_ip.startsWith('11.')", false),
+                (
+                    "inCidrRange(conn.client_ip, '10.0.0.0/8') && req.url.path.contains('v1')",
+                    true,
+                ),
+            ],
+            &env,
+        );
+    }
+
+    #[test]
+    fn evaluates_the_response() {
+        let c = conn("10.1.2.3", None);
+        let req = request();
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let env = Env {
+            conn: &c,
+            req: Some(&req),
+            res: Some((StatusCode::NOT_FOUND, &headers)),
+        };
+        check(
+            Scope::HttpResponse,
+            &[
+                ("res.status_code == 404", true),
+                ("res.status_code >= 500", false),
+                ("res.status_code >= 400 && res.status_code < 500", true),
+                (
+                    "res.headers['Content-Type'].startsWith('application/json')",
+                    true,
+                ),
+                ("'content-type' in res.headers", true),
+                ("'etag' in res.headers", false),
+                ("res.headers['etag'] == ''", true),
+                ("req.url.path == '/api/v1/items'", true),
+            ],
+            &env,
+        );
+        // Outside the HTTP phases, req.* and res.* read as empty.
+        let e = Expr::parse_in("req.method == ''", Scope::HttpRequest).unwrap();
+        assert!(e.eval(&c));
+    }
+
+    #[test]
+    fn refuses_variables_outside_their_phase() {
+        for (src, scope, needle) in [
+            (
+                "req.method == 'GET'",
+                Scope::Connection,
+                "only available in on_http_request and on_http_response",
+            ),
+            (
+                "req.headers['x'] == 'y'",
+                Scope::Connection,
+                "only available in on_http_request",
+            ),
+            (
+                "'x' in req.headers",
+                Scope::Connection,
+                "only available in on_http_request",
+            ),
+            (
+                "res.status_code == 200",
+                Scope::HttpRequest,
+                "only available in on_http_response",
+            ),
+            (
+                "res.headers['x'] == 'y'",
+                Scope::HttpRequest,
+                "only available in on_http_response",
+            ),
+            (
+                "req.nope == 'x'",
+                Scope::HttpResponse,
+                "unknown variable \"req.nope\"",
+            ),
+            ("req.headers == 'x'", Scope::HttpRequest, "expected ["),
+            (
+                "req.headers['bad name'] == 'x'",
+                Scope::HttpRequest,
+                "not a valid header name",
+            ),
+            (
+                "req.headers['x'].size() > 1",
+                Scope::HttpRequest,
+                "unknown method",
+            ),
+            (
+                "req.url.path.matches('(')",
+                Scope::HttpRequest,
+                "not a valid regular expression",
+            ),
+            (
+                "res.status_code.startsWith('2')",
+                Scope::HttpResponse,
+                "do not apply to a number",
+            ),
+            (
+                "res.status_code == '200'",
+                Scope::HttpResponse,
+                "compares with a number",
+            ),
+            (
+                "req.method < 'B'",
+                Scope::HttpRequest,
+                "supports only == and !=",
+            ),
+            (
+                "'x' in conn.tls.sni",
+                Scope::HttpRequest,
+                "applies to req.headers or res.headers",
+            ),
+        ] {
+            let m = Expr::parse_in(src, scope).expect_err(src);
+            assert!(m.contains(needle), "{src}: {m}");
+        }
+    }
+
+    #[test]
+    fn reads_operands() {
+        let c = conn("10.1.2.3", Some("a.test"));
+        let req = request();
+        let env = Env {
+            conn: &c,
+            req: Some(&req),
+            res: None,
+        };
+        for (src, want) in [
+            ("conn.client_ip", "10.1.2.3"),
+            ("${conn.client_ip}", "10.1.2.3"),
+            ("conn.client_port", "5000"),
+            ("req.headers['X-Api-Key']", "k-123"),
+            ("req.host", "shop.example.com"),
+        ] {
+            let o = Operand::parse(src, Scope::HttpRequest).unwrap();
+            assert_eq!(o.value(&env), want, "{src}");
+        }
+        for bad in [
+            "conn.client_ip == 'x'",
+            "req.url.path.startsWith('/')",
+            "nope",
+            "res.status_code",
+            "'x'",
+        ] {
+            assert!(Operand::parse(bad, Scope::HttpRequest).is_err(), "{bad}");
+        }
+    }
 }

@@ -993,3 +993,389 @@ impl TrafficPolicy {
         ResponseOutcome::Forward { compress }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            client: SocketAddr::new([10, 1, 2, 3].into(), 5000),
+            server_port: 443,
+            sni: Some("app.test".into()),
+        }
+    }
+
+    fn policy(yaml: &str) -> TrafficPolicy {
+        TrafficPolicy::parse(yaml).unwrap_or_else(|e| panic!("{yaml}: {}", e.message()))
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri).header("host", "app.test");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn res(status: u16, headers: &[(&str, &str)]) -> http::response::Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn respond(p: &TrafficPolicy, r: &mut http::request::Parts) -> GeneratedResponse {
+        match p.on_http_request(&conn(), "https", r) {
+            RequestOutcome::Respond(g) => g,
+            other => panic!("forwarded: {other:?}"),
+        }
+    }
+
+    fn forward(p: &TrafficPolicy, r: &mut http::request::Parts) -> Vec<String> {
+        match p.on_http_request(&conn(), "https", r) {
+            RequestOutcome::Forward { compress } => compress,
+            RequestOutcome::Respond(g) => panic!("answered: {g:?}"),
+        }
+    }
+
+    fn header<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn snapshots_http1_and_http2_requests() {
+        let s = RequestSnapshot::of("https", &req("/a/b?c=d", &[]));
+        assert_eq!(
+            (
+                s.url.as_str(),
+                s.path.as_str(),
+                s.query.as_str(),
+                s.host.as_str()
+            ),
+            ("https://app.test/a/b?c=d", "/a/b", "c=d", "app.test")
+        );
+        let h2 = http::Request::builder()
+            .uri("https://App.Test:8443/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let s = RequestSnapshot::of("https", &h2);
+        assert_eq!(
+            (s.url.as_str(), s.host.as_str(), s.query.as_str()),
+            ("https://app.test:8443/x", "app.test:8443", "")
+        );
+    }
+
+    #[test]
+    fn adds_and_removes_request_headers() {
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - type: remove-headers\n        config: {headers: [x-secret]}\n      - type: add-headers\n        config:\n          headers: {X-Client-IP: \"${conn.client_ip}\", x-tag: b, host: upstream.internal, x-was: \"${req.headers['x-secret']}\"}\n",
+        );
+        let mut r = req("/", &[("x-tag", "a"), ("x-secret", "s")]);
+        assert!(forward(&p, &mut r).is_empty());
+        assert_eq!(header(&r.headers, "x-client-ip"), ["10.1.2.3"]);
+        assert_eq!(header(&r.headers, "x-tag"), ["a", "b"], "appended");
+        assert_eq!(
+            header(&r.headers, "host"),
+            ["upstream.internal"],
+            "host is replaced"
+        );
+        assert!(r.headers.get("x-secret").is_none());
+        assert_eq!(
+            header(&r.headers, "x-was"),
+            ["s"],
+            "expressions see the request as received"
+        );
+    }
+
+    #[test]
+    fn rules_run_only_when_their_expressions_match() {
+        let p = policy(
+            "on_http_request:\n  - expressions: [\"req.method == 'DELETE'\", \"!req.url.path.startsWith('/public')\"]\n    actions: [{type: deny}]\n",
+        );
+        let mut get = req("/x", &[]);
+        forward(&p, &mut get);
+        let mut delete = req("/x", &[]);
+        delete.method = Method::DELETE;
+        let g = respond(&p, &mut delete);
+        assert_eq!((g.status, g.reason), (StatusCode::FORBIDDEN, "POLICY_DENY"));
+        assert_eq!(
+            header(&g.headers, "content-type"),
+            ["text/plain; charset=utf-8"]
+        );
+        let mut public = req("/public/x", &[]);
+        public.method = Method::DELETE;
+        forward(&p, &mut public);
+    }
+
+    #[test]
+    fn denies_with_a_status_and_restricts_ips() {
+        let p =
+            policy("on_http_request:\n  - actions: [{type: deny, config: {status_code: 404}}]\n");
+        assert_eq!(
+            respond(&p, &mut req("/", &[])).status,
+            StatusCode::NOT_FOUND
+        );
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: restrict-ips, config: {deny: [10.0.0.0/8]}}]\n",
+        );
+        let g = respond(&p, &mut req("/", &[]));
+        assert_eq!(
+            (g.status, g.reason),
+            (StatusCode::FORBIDDEN, "IP_RESTRICTED")
+        );
+        let p = policy("on_http_request:\n  - actions: [{type: restrict-ips, config: {allow: [10.0.0.0/8]}}]\n");
+        forward(&p, &mut req("/", &[]));
+    }
+
+    #[test]
+    fn answers_with_a_custom_response() {
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - type: custom-response\n        config: {status_code: 418, body: '{\"ip\": \"${conn.client_ip}\"}', headers: {x-a: b}}\n",
+        );
+        let g = respond(&p, &mut req("/", &[]));
+        assert_eq!(
+            (g.status, g.reason),
+            (StatusCode::IM_A_TEAPOT, "CUSTOM_RESPONSE")
+        );
+        assert_eq!(&g.body[..], br#"{"ip": "10.1.2.3"}"#);
+        assert_eq!(header(&g.headers, "content-type"), ["application/json"]);
+        assert_eq!(header(&g.headers, "x-a"), ["b"]);
+        // The legacy `content`, a default 200, and an explicit content type.
+        let p = policy(
+            "inbound:\n  - actions: [{type: custom-response, config: {content: '<p>hi</p>', headers: {content-type: text/x}}}]\n",
+        );
+        let g = respond(&p, &mut req("/", &[]));
+        assert_eq!((g.status, &g.body[..]), (StatusCode::OK, &b"<p>hi</p>"[..]));
+        assert_eq!(header(&g.headers, "content-type"), ["text/x"]);
+        assert_eq!(infer_content_type("<html>"), "text/html; charset=utf-8");
+        assert_eq!(infer_content_type("{nope"), "text/plain; charset=utf-8");
+    }
+
+    #[test]
+    fn redirects() {
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - type: redirect\n        config: {from: '^https://app.test/old/(.*)', to: 'https://new.test/$1', status_code: 301, headers: {x-r: y}}\n",
+        );
+        let g = respond(&p, &mut req("/old/a?b=c", &[]));
+        assert_eq!(
+            (g.status, g.reason),
+            (StatusCode::MOVED_PERMANENTLY, "REDIRECT")
+        );
+        assert_eq!(header(&g.headers, "location"), ["https://new.test/a?b=c"]);
+        assert_eq!(header(&g.headers, "x-r"), ["y"]);
+        forward(&p, &mut req("/other", &[]));
+        // A path pattern works too; without `from`, `to` is the location.
+        let p = policy("on_http_request:\n  - actions: [{type: redirect, config: {from: '^/docs$', to: '/docs/'}}]\n");
+        let g = respond(&p, &mut req("/docs", &[]));
+        assert_eq!(
+            (g.status, header(&g.headers, "location")),
+            (StatusCode::FOUND, vec!["/docs/"])
+        );
+        forward(&p, &mut req("/docs/", &[]));
+        let p = policy(
+            "on_http_request:\n  - expressions: [\"req.url.path == '/'\"]\n    actions: [{type: redirect, config: {to: 'https://${req.host}/home'}}]\n",
+        );
+        let g = respond(&p, &mut req("/", &[]));
+        assert_eq!(header(&g.headers, "location"), ["https://app.test/home"]);
+        // A redirect to the same URL is skipped, as ngrok does.
+        let p = policy("on_http_request:\n  - actions: [{type: redirect, config: {to: 'https://app.test/'}}]\n");
+        forward(&p, &mut req("/", &[]));
+    }
+
+    #[test]
+    fn rewrites_the_url() {
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: url-rewrite, config: {from: '^/api/v1/(.*)', to: '/v2/$1'}}]\n",
+        );
+        let mut r = req("/api/v1/items?id=7", &[]);
+        forward(&p, &mut r);
+        assert_eq!(r.uri, "/v2/items?id=7");
+        assert_eq!(header(&r.headers, "host"), ["app.test"]);
+        let mut r = req("/other", &[]);
+        forward(&p, &mut r);
+        assert_eq!(r.uri, "/other");
+        // ngrok matches the full URL; a new host becomes the Host header.
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: url-rewrite, config: {from: 'https://app.test/(.*)', to: 'https://internal.test/app/$1'}}]\n",
+        );
+        let mut r = req("/x?y", &[]);
+        forward(&p, &mut r);
+        assert_eq!(
+            (r.uri.to_string(), header(&r.headers, "host")),
+            ("/app/x?y".to_owned(), vec!["internal.test"])
+        );
+        // An HTTP/2 request keeps an absolute URI.
+        let mut h2 = http::Request::builder()
+            .uri("https://app.test/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        forward(&p, &mut h2);
+        assert_eq!(h2.uri, "https://internal.test/app/x");
+        // Two rewrites chain.
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - {type: url-rewrite, config: {from: '^/a', to: '/b'}}\n      - {type: url-rewrite, config: {from: '/b$', to: '/c'}}\n",
+        );
+        let mut r = req("/a", &[]);
+        forward(&p, &mut r);
+        assert_eq!(r.uri, "/c");
+    }
+
+    #[test]
+    fn rate_limits_per_bucket() {
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - type: rate-limit\n        config: {name: api, algorithm: sliding_window, capacity: 2, rate: 60s, bucket_key: [\"req.headers['x-api-key']\", conn.client_ip]}\n",
+        );
+        let shared = p.clone();
+        let t0 = Instant::now();
+        let run = |p: &TrafficPolicy, key: &str, at: Instant| {
+            p.on_http_request_at(&conn(), "https", &mut req("/", &[("x-api-key", key)]), at)
+        };
+        assert!(matches!(run(&p, "a", t0), RequestOutcome::Forward { .. }));
+        assert!(matches!(
+            run(&shared, "a", t0),
+            RequestOutcome::Forward { .. }
+        ));
+        let RequestOutcome::Respond(g) = run(&p, "a", t0) else {
+            panic!("a third request passed (clones share counters)");
+        };
+        assert_eq!(
+            (g.status, g.reason),
+            (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+        );
+        assert_eq!(header(&g.headers, "retry-after"), ["90"]);
+        assert!(matches!(run(&p, "b", t0), RequestOutcome::Forward { .. }));
+        assert!(matches!(
+            run(&p, "a", t0 + Duration::from_secs(121)),
+            RequestOutcome::Forward { .. }
+        ));
+        // enforce: false counts but lets requests through.
+        let p = policy(
+            "on_http_request:\n  - actions:\n      - type: rate-limit\n        config: {name: x, algorithm: sliding_window, capacity: 1, rate: 1m, bucket_key: [], enforce: false}\n",
+        );
+        for _ in 0..3 {
+            assert!(matches!(run(&p, "a", t0), RequestOutcome::Forward { .. }));
+        }
+    }
+
+    #[test]
+    fn enforces_basic_auth() {
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: basic-auth, config: {credentials: [\"ann:password1\", \"bob:pass:word2\"], realm: Staff}}]\n",
+        );
+        let g = respond(&p, &mut req("/", &[]));
+        assert_eq!(
+            (g.status, g.reason),
+            (StatusCode::UNAUTHORIZED, "BASIC_AUTH")
+        );
+        assert_eq!(
+            header(&g.headers, "www-authenticate"),
+            ["Basic realm=\"Staff\""]
+        );
+        // ann:password1, bob:pass:word2, ann:wrongpass1
+        forward(
+            &p,
+            &mut req("/", &[("authorization", "Basic YW5uOnBhc3N3b3JkMQ==")]),
+        );
+        forward(
+            &p,
+            &mut req("/", &[("authorization", "basic Ym9iOnBhc3M6d29yZDI")]),
+        );
+        respond(
+            &p,
+            &mut req("/", &[("authorization", "Basic YW5uOndyb25ncGFzczE=")]),
+        );
+        respond(
+            &p,
+            &mut req("/", &[("authorization", "Bearer YW5uOnBhc3N3b3JkMQ==")]),
+        );
+        respond(&p, &mut req("/", &[("authorization", "Basic !!!")]));
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: basic-auth, config: {credentials: [\"ann:password1\"], enforce: false}}]\n",
+        );
+        forward(&p, &mut req("/", &[]));
+        let g = respond(&policy("on_http_request:\n  - actions: [{type: basic-auth, config: {credentials: [\"a:password1\"]}}]\n"), &mut req("/", &[]));
+        assert_eq!(
+            header(&g.headers, "www-authenticate"),
+            ["Basic realm=\"burrow\""]
+        );
+        assert_eq!(
+            base64_decode("YW5uOnBhc3N3b3JkMQ").as_deref(),
+            Some(&b"ann:password1"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn reports_compression() {
+        let p = policy("on_http_request:\n  - actions: [{type: compress-response}]\n");
+        assert_eq!(forward(&p, &mut req("/", &[])), ["gzip", "br"]);
+        let p = policy("on_http_response:\n  - actions: [{type: compress-response, config: {algorithms: [br]}}]\n");
+        let snap = RequestSnapshot::of("https", &req("/", &[]));
+        let out = p.on_http_response(&conn(), &snap, &mut res(200, &[]));
+        assert!(matches!(out, ResponseOutcome::Forward { compress } if compress == ["br"]));
+    }
+
+    #[test]
+    fn runs_the_response_phase() {
+        let p = policy(
+            "on_http_response:\n  - actions:\n      - {type: remove-headers, config: {headers: [server]}}\n      - {type: add-headers, config: {headers: {x-status: \"${res.status_code}\", x-path: \"${req.url.path}\"}}}\n  - expressions: [\"res.status_code >= 500\"]\n    actions: [{type: custom-response, config: {status_code: 503, body: sorry}}]\n  - expressions: [\"res.headers['x-internal'] == 'yes'\"]\n    actions: [{type: deny}]\n",
+        );
+        let snap = RequestSnapshot::of("https", &req("/p", &[]));
+        let mut r = res(200, &[("server", "x"), ("x-status", "old")]);
+        let out = p.on_http_response(&conn(), &snap, &mut r);
+        assert!(matches!(out, ResponseOutcome::Forward { ref compress } if compress.is_empty()));
+        assert!(r.headers.get("server").is_none());
+        assert_eq!(header(&r.headers, "x-status"), ["old", "200"]);
+        assert_eq!(header(&r.headers, "x-path"), ["/p"]);
+        let ResponseOutcome::Replace(g) = p.on_http_response(&conn(), &snap, &mut res(502, &[]))
+        else {
+            panic!("not replaced");
+        };
+        assert_eq!(
+            (g.status, &g.body[..], g.reason),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &b"sorry"[..],
+                "CUSTOM_RESPONSE"
+            )
+        );
+        let ResponseOutcome::Replace(g) =
+            p.on_http_response(&conn(), &snap, &mut res(200, &[("x-internal", "yes")]))
+        else {
+            panic!("not denied");
+        };
+        assert_eq!((g.status, g.reason), (StatusCode::FORBIDDEN, "POLICY_DENY"));
+        let p = policy("outbound:\n  - expressions: [\"res.status_code == 404\"]\n    actions: [{type: redirect, config: {to: /}}]\n");
+        let ResponseOutcome::Replace(g) = p.on_http_response(&conn(), &snap, &mut res(404, &[]))
+        else {
+            panic!("not redirected");
+        };
+        assert_eq!(
+            (g.status, header(&g.headers, "location")),
+            (StatusCode::FOUND, vec!["/"])
+        );
+    }
+
+    #[test]
+    fn templates_keep_what_is_not_a_variable() {
+        let t = Template::parse("a ${1} ${conn.client_port} ${x", Scope::Connection, "p").unwrap();
+        let c = conn();
+        let env = Env {
+            conn: &c,
+            req: None,
+            res: None,
+        };
+        assert_eq!(t.render(&env, false), "a ${1} 5000 ${x");
+        assert_eq!(t.literal(), "a ${1}  ${x");
+    }
+}

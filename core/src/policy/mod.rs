@@ -706,4 +706,117 @@ mod tests {
             Verdict::Deny(_)
         ));
     }
+
+    /// One HTTP rule with one action, as YAML.
+    fn one(phase: &str, action: &str) -> String {
+        format!("{phase}:\n  - actions:\n      - {action}\n")
+    }
+
+    #[test]
+    fn refuses_http_configs_with_their_path() {
+        let req = "on_http_request";
+        let res = "on_http_response";
+        for (phase, action, want) in [
+            (req, "{type: terminate-tls}", "on_http_request[0].actions[0].type: \"terminate-tls\" is not allowed in on_http_request"),
+            (res, "{type: url-rewrite, config: {to: /x}}", "on_http_response[0].actions[0].type: \"url-rewrite\" is not allowed in on_http_response"),
+            (res, "{type: rate-limit}", "on_http_response[0].actions[0].type: \"rate-limit\" is not allowed"),
+            (res, "{type: basic-auth}", "on_http_response[0].actions[0].type: \"basic-auth\" is not allowed"),
+            (res, "{type: restrict-ips, config: {allow: [10.0.0.0/8]}}", "on_http_response[0].actions[0].type: \"restrict-ips\" is not allowed"),
+            ("on_tcp_connect", "{type: add-headers, config: {headers: {a: b}}}", "on_tcp_connect[0].actions[0].type: \"add-headers\" is not allowed in on_tcp_connect"),
+            ("on_tls_request", "{type: compress-response}", "on_tls_request[0].actions[0].type: \"compress-response\" is not allowed"),
+            (req, "{type: jwt-validation}", "on_http_request[0].actions[0].type: unknown action \"jwt-validation\" (supported in on_http_request:"),
+            (req, "{type: deny, config: {status_code: 99}}", "on_http_request[0].actions[0].config.status_code: must be a status code from 200 to 599"),
+            (req, "{type: deny, config: {status_code: x}}", "on_http_request[0].actions[0].config.status_code: must be a status code"),
+            (req, "{type: add-headers}", "on_http_request[0].actions[0].config.headers: add-headers needs at least one header"),
+            (req, "{type: add-headers, config: {headers: {\"bad name\": x}}}", "on_http_request[0].actions[0].config.headers.bad name: \"bad name\" is not a valid header name"),
+            (req, "{type: add-headers, config: {headers: [a]}}", "on_http_request[0].actions[0].config.headers: must be a mapping"),
+            (req, "{type: add-headers, config: {headers: {a: \"${req.nope}\"}}}", "on_http_request[0].actions[0].config.headers.a: ${req.nope}: unknown variable"),
+            (req, "{type: add-headers, config: {headers: {a: \"${res.status_code}\"}}}", "on_http_request[0].actions[0].config.headers.a: ${res.status_code}: res.status_code is only available in on_http_response"),
+            (req, "{type: add-headers, config: {header: {a: b}}}", "on_http_request[0].actions[0].config.header: unknown field"),
+            (res, "{type: remove-headers, config: {headers: []}}", "on_http_response[0].actions[0].config.headers: remove-headers needs at least one header name"),
+            (res, "{type: remove-headers, config: {headers: [\"a b\"]}}", "on_http_response[0].actions[0].config.headers[0]: \"a b\" is not a valid header name"),
+            (req, "{type: custom-response, config: {status_code: 700}}", "on_http_request[0].actions[0].config.status_code: must be a status code from 200 to 599"),
+            (req, "{type: custom-response, config: {body: a, content: b}}", "on_http_request[0].actions[0].config.content: set body or content, not both"),
+            (req, "{type: redirect, config: {status_code: 302}}", "on_http_request[0].actions[0].config.to: missing"),
+            (req, "{type: redirect, config: {to: /x, status_code: 200}}", "on_http_request[0].actions[0].config.status_code: must be a status code from 300 to 399"),
+            (req, "{type: redirect, config: {from: \"(\", to: /x}}", "on_http_request[0].actions[0].config.from: \"(\" is not a valid regular expression"),
+            (req, "{type: url-rewrite, config: {from: /a}}", "on_http_request[0].actions[0].config.to: missing"),
+            (req, "{type: url-rewrite, config: {from: \"[\", to: /b}}", "on_http_request[0].actions[0].config.from: \"[\" is not a valid regular expression"),
+            (req, "{type: rate-limit, config: {algorithm: sliding_window, capacity: 1, rate: 60s, bucket_key: []}}", "on_http_request[0].actions[0].config.name: missing"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: fixed_window, capacity: 1, rate: 60s, bucket_key: []}}", "on_http_request[0].actions[0].config.algorithm: \"fixed_window\" is not supported"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 0, rate: 60s, bucket_key: []}}", "on_http_request[0].actions[0].config.capacity: must be a whole number"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 1, rate: 60x, bucket_key: []}}", "on_http_request[0].actions[0].config.rate: \"60x\" is not a duration"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 1, rate: 25h, bucket_key: []}}", "on_http_request[0].actions[0].config.rate: \"25h\" is longer than 24h"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 1, rate: 60s}}", "on_http_request[0].actions[0].config.bucket_key: missing"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 1, rate: 60s, bucket_key: [req.nope]}}", "on_http_request[0].actions[0].config.bucket_key[0]: \"req.nope\": unknown variable"),
+            (req, "{type: rate-limit, config: {name: a, algorithm: sliding_window, capacity: 1, rate: 60s, bucket_key: [], enforce: maybe}}", "on_http_request[0].actions[0].config.enforce: must be true or false"),
+            (req, "{type: basic-auth, config: {}}", "on_http_request[0].actions[0].config.credentials: basic-auth needs at least one"),
+            (req, "{type: basic-auth, config: {credentials: [nocolon]}}", "on_http_request[0].actions[0].config.credentials[0]: must be \"user:password\""),
+            (req, "{type: basic-auth, config: {credentials: [\"u:short\"]}}", "on_http_request[0].actions[0].config.credentials[0]: the password must be 8 to 128 characters"),
+            (req, "{type: basic-auth, config: {credentials: [\":password1\"]}}", "on_http_request[0].actions[0].config.credentials[0]: the user name is empty"),
+            (req, "{type: basic-auth, config: {credentials: [\"u:password1\"], realm: \"a\\\"b\"}}", "on_http_request[0].actions[0].config.realm: may not hold quotes"),
+            (res, "{type: compress-response, config: {algorithms: [gzip, deflate]}}", "on_http_response[0].actions[0].config.algorithms[1]: \"deflate\" is not supported (use gzip or br)"),
+            (res, "{type: compress-response, config: {algorithms: [compress]}}", "on_http_response[0].actions[0].config.algorithms[0]: \"compress\" is not supported"),
+            (res, "{type: compress-response, config: {algorithms: [br, br]}}", "on_http_response[0].actions[0].config.algorithms[1]: \"br\" is listed twice"),
+            (res, "{type: compress-response, config: {algorithms: []}}", "on_http_response[0].actions[0].config.algorithms: needs at least one algorithm"),
+        ] {
+            let m = message(&one(phase, action));
+            assert!(m.starts_with(want), "{action}:\n  got  {m}\n  want {want}");
+        }
+    }
+
+    #[test]
+    fn refuses_expressions_outside_their_phase() {
+        for (text, want) in [
+            ("on_tcp_connect:\n  - expressions: [\"req.method == 'GET'\"]\n    actions: [{type: deny}]\n", "on_tcp_connect[0].expressions[0]: \"req.method == 'GET'\": req.method is only available in on_http_request and on_http_response"),
+            ("on_http_request:\n  - expressions: [\"res.status_code == 200\"]\n    actions: [{type: deny}]\n", "on_http_request[0].expressions[0]: \"res.status_code == 200\": res.status_code is only available in on_http_response"),
+            ("inbound:\n  - expressions: [\"res.status_code == 200\"]\n    actions: [{type: deny}]\n", "inbound[0].expressions[0]:"),
+        ] {
+            let m = message(text);
+            assert!(m.starts_with(want), "got {m}");
+        }
+        let ok = "on_http_response:\n  - expressions: [\"res.status_code >= 500 && req.url.path.startsWith('/api')\"]\n    actions: [{type: custom-response, config: {status_code: 503, body: down}}]\n";
+        assert!(TrafficPolicy::parse(ok).is_ok());
+    }
+
+    #[test]
+    fn reads_the_legacy_format() {
+        let p = TrafficPolicy::parse(
+            "inbound:\n  - name: block admin\n    expressions: [\"req.url.path.startsWith('/admin')\"]\n    actions: [{type: deny}]\noutbound:\n  - actions: [{type: add-headers, config: {headers: {x-a: b}}}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.rules.len(), p.http_request.len(), p.http_response.len()),
+            (0, 1, 1)
+        );
+        assert!(p.has_http_phases() && !p.is_empty());
+        assert!(message("inbound:\n  - actions: [{type: deny}]\non_http_request:\n  - actions: [{type: deny}]\n")
+            .starts_with("inbound: the legacy format (inbound, outbound) cannot be mixed with phases (on_http_request is set)"));
+        assert!(message("on_tcp_connect: []\noutbound: []\n")
+            .starts_with("outbound: the legacy format"));
+        assert!(message("outbound:\n  - actions: [{type: basic-auth, config: {credentials: [\"u:password1\"]}}]\n")
+            .starts_with("outbound[0].actions[0].type: \"basic-auth\" is not allowed in outbound"));
+        assert!(message("inbound:\n  - actions: [{type: nope}]\n")
+            .starts_with("inbound[0].actions[0].type: unknown action \"nope\""));
+    }
+
+    #[test]
+    fn http_rules_stay_out_of_the_connection_phases() {
+        let p = TrafficPolicy::parse(
+            "on_http_request:\n  - actions: [{type: deny}]\non_http_response:\n  - actions: [{type: deny, config: {status_code: 404}}]\n",
+        )
+        .unwrap();
+        assert!(p.has_http_phases() && !p.is_empty());
+        let conn = ConnInfo {
+            client: SocketAddr::new([127, 0, 0, 1].into(), 1),
+            server_port: 443,
+            sni: None,
+        };
+        assert_eq!(p.evaluate(&conn), Verdict::Allow { terminate: None });
+        let p = TrafficPolicy::parse("on_tcp_connect:\n  - actions: [{type: deny}]\n").unwrap();
+        assert!(!p.has_http_phases() && !p.is_empty());
+        assert!(TrafficPolicy::default().is_empty());
+        let p = TrafficPolicy::parse("on_http_request: []\non_http_response:\n").unwrap();
+        assert!(!p.has_http_phases() && p.is_empty());
+    }
 }
