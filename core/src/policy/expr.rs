@@ -9,8 +9,9 @@
 //! `conn.client_port`, `conn.server_port`, `conn.tls.sni` everywhere; `req.method`,
 //! `req.url`, `req.url.path`, `req.url.query`, `req.host`, `req.headers['NAME']` in
 //! `on_http_request` and `on_http_response`; `res.status_code`, `res.headers['NAME']`
-//! in `on_http_response`. A missing header reads as the empty string. Anything else is
-//! rejected.
+//! in `on_http_response`. Header names are case-insensitive; `headers['NAME']` is the
+//! first value (`headers['NAME'][N]` the value N), and a missing header reads as the
+//! empty string. Anything else is rejected.
 
 use super::http::RequestSnapshot;
 use http::{HeaderMap, HeaderName, StatusCode};
@@ -63,9 +64,10 @@ enum Var {
     Path,
     Query,
     Host,
-    ReqHeader(HeaderName),
+    /// A request header's value number `.1` (0, the first, unless indexed `[N]`).
+    ReqHeader(HeaderName, usize),
     Status,
-    ResHeader(HeaderName),
+    ResHeader(HeaderName, usize),
 }
 
 /// How a variable's value compares.
@@ -88,7 +90,7 @@ impl Var {
     fn scope(&self) -> Scope {
         match self {
             Var::ClientIp | Var::ClientPort | Var::ServerPort | Var::Sni => Scope::Connection,
-            Var::Status | Var::ResHeader(_) => Scope::HttpResponse,
+            Var::Status | Var::ResHeader(..) => Scope::HttpResponse,
             _ => Scope::HttpRequest,
         }
     }
@@ -286,6 +288,19 @@ pub(crate) fn regex(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
 }
 
+/// The variable for value `index` of header `name` of `headers` (`req.headers` or
+/// `res.headers`).
+fn header_var(headers: &str, name: &str, index: usize) -> Result<Var, String> {
+    let lower = name.to_ascii_lowercase();
+    let header = HeaderName::from_bytes(lower.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    Ok(if headers == "req.headers" {
+        Var::ReqHeader(header, index)
+    } else {
+        Var::ResHeader(header, index)
+    })
+}
+
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
@@ -317,7 +332,8 @@ impl Parser {
         }
     }
 
-    /// `['NAME']` after `req.headers` / `res.headers`.
+    /// `['NAME']`, or `['NAME'][N]` (ngrok's headers are lists of values), after
+    /// `req.headers` / `res.headers`.
     fn header(&mut self, headers: &str) -> Result<Var, String> {
         self.expect(
             Tok::LBracket,
@@ -325,14 +341,16 @@ impl Parser {
         )?;
         let name = self.string("the header name")?;
         self.expect(Tok::RBracket, "] after the header name")?;
-        let lower = name.to_ascii_lowercase();
-        let name = HeaderName::from_bytes(lower.as_bytes())
-            .map_err(|_| format!("{name:?} is not a valid header name"))?;
-        let v = if headers == "req.headers" {
-            Var::ReqHeader(name)
-        } else {
-            Var::ResHeader(name)
-        };
+        let mut index = 0;
+        if self.peek() == Some(&Tok::LBracket) {
+            self.pos += 1;
+            index = match self.next() {
+                Some(Tok::Int(n)) => usize::try_from(n).map_err(|_| "index too large")?,
+                _ => return Err("expected a number in [] after the header name".into()),
+            };
+            self.expect(Tok::RBracket, "] after the index")?;
+        }
+        let v = header_var(headers, &name, index)?;
         check_scope(headers, &v, self.scope)?;
         Ok(v)
     }
@@ -449,14 +467,7 @@ impl Parser {
             Some(Tok::Ident(h)) if h == "req.headers" || h == "res.headers" => h,
             _ => return Err("`in` applies to req.headers or res.headers".into()),
         };
-        let lower = name.to_ascii_lowercase();
-        let header = HeaderName::from_bytes(lower.as_bytes())
-            .map_err(|_| format!("{name:?} is not a valid header name"))?;
-        let v = if headers == "req.headers" {
-            Var::ReqHeader(header)
-        } else {
-            Var::ResHeader(header)
-        };
+        let v = header_var(&headers, &name, 0)?;
         check_scope(&headers, &v, self.scope)?;
         Ok(Cmp {
             var: v,
@@ -590,9 +601,9 @@ enum Val<'a> {
     Int(i64),
 }
 
-fn header<'a>(headers: Option<&'a HeaderMap>, name: &HeaderName) -> Cow<'a, str> {
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &HeaderName, index: usize) -> Cow<'a, str> {
     headers
-        .and_then(|h| h.get(name))
+        .and_then(|h| h.get_all(name).iter().nth(index))
         .map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes()))
 }
 
@@ -609,16 +620,16 @@ fn value<'a>(v: &Var, env: &Env<'a>) -> Val<'a> {
         Var::Path => text(|r| r.path.as_str()),
         Var::Query => text(|r| r.query.as_str()),
         Var::Host => text(|r| r.host.as_str()),
-        Var::ReqHeader(name) => Val::Str(header(req.map(|r| &r.headers), name)),
+        Var::ReqHeader(name, i) => Val::Str(header(req.map(|r| &r.headers), name, *i)),
         Var::Status => Val::Int(env.res.map_or(0, |(s, _)| i64::from(s.as_u16()))),
-        Var::ResHeader(name) => Val::Str(header(env.res.map(|(_, h)| h), name)),
+        Var::ResHeader(name, i) => Val::Str(header(env.res.map(|(_, h)| h), name, *i)),
     }
 }
 
 fn present(v: &Var, env: &Env<'_>) -> bool {
     match v {
-        Var::ReqHeader(n) => env.req.is_some_and(|r| r.headers.contains_key(n)),
-        Var::ResHeader(n) => env.res.is_some_and(|(_, h)| h.contains_key(n)),
+        Var::ReqHeader(n, _) => env.req.is_some_and(|r| r.headers.contains_key(n)),
+        Var::ResHeader(n, _) => env.res.is_some_and(|(_, h)| h.contains_key(n)),
         _ => false,
     }
 }
@@ -758,6 +769,10 @@ mod tests {
                 ("req.headers['x-api-key'] == 'k-123'", true),
                 ("req.headers['X-API-KEY'] == 'k-123'", true),
                 ("req.headers['accept'] == 'text/html'", true),
+                ("req.headers['accept'][0] == 'text/html'", true),
+                ("req.headers['Accept'][1] == 'application/json'", true),
+                ("req.headers['accept'][2] == ''", true),
+                ("req.headers['accept'][1].endsWith('/json')", true),
                 ("req.headers['missing'] == ''", true),
                 ("req.headers['x-api-key'].startsWith('k-')", true),
                 ("req.headers['x-api-key'].matches('^k-[0-9]+$')", true),
@@ -857,6 +872,11 @@ mod tests {
                 "req.headers['x'].size() > 1",
                 Scope::HttpRequest,
                 "unknown method",
+            ),
+            (
+                "req.headers['x']['y'] == 'z'",
+                Scope::HttpRequest,
+                "expected a number in []",
             ),
             (
                 "req.url.path.matches('(')",

@@ -177,6 +177,17 @@ impl Template {
     }
 }
 
+/// SHA-256 of each `user:password` of a basic-auth action: compared in constant time,
+/// never kept in clear, and left out of `Debug`.
+#[derive(Clone)]
+pub(crate) struct Digests(Vec<[u8; 32]>);
+
+impl std::fmt::Debug for Digests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} credentials>", self.0.len())
+    }
+}
+
 /// An action of the HTTP phases (deny and restrict-ips are shared with the connection
 /// phases and live in [`Action`]).
 #[derive(Debug, Clone)]
@@ -204,8 +215,7 @@ pub(crate) enum HttpAction {
         limiter: Limiter,
     },
     BasicAuth {
-        /// SHA-256 of each `user:password`: compared in constant time, never kept in clear.
-        digests: Vec<[u8; 32]>,
+        digests: Digests,
         realm: String,
         enforce: bool,
     },
@@ -475,7 +485,7 @@ impl HttpAction {
             ));
         }
         Ok(HttpAction::BasicAuth {
-            digests,
+            digests: Digests(digests),
             realm,
             enforce,
         })
@@ -613,21 +623,25 @@ fn infer_content_type(body: &str) -> &'static str {
 
 /// Renders `(name, value)` pairs into `headers`, appending (a value that renders to an
 /// invalid header value is skipped).
+/// The `(name, value)` pairs with their variables filled in; a value that renders to an
+/// invalid header value is left out.
+fn rendered(add: &[(HeaderName, Template)], env: &Env<'_>) -> Vec<(HeaderName, HeaderValue)> {
+    add.iter()
+        .filter_map(|(n, t)| {
+            HeaderValue::from_str(&t.render(env, false))
+                .ok()
+                .map(|v| (n.clone(), v))
+        })
+        .collect()
+}
+
 fn add_to(
     headers: &mut HeaderMap,
     add: &[(HeaderName, Template)],
     env: &Env<'_>,
     replace_host: bool,
 ) {
-    let values: Vec<_> = add
-        .iter()
-        .filter_map(|(n, t)| {
-            HeaderValue::from_str(&t.render(env, false))
-                .ok()
-                .map(|v| (n.clone(), v))
-        })
-        .collect();
-    for (name, value) in values {
+    for (name, value) in rendered(add, env) {
         if replace_host && name == header::HOST {
             headers.insert(name, value);
         } else {
@@ -807,7 +821,7 @@ impl HttpAction {
                 realm,
                 enforce,
             } => {
-                if *enforce && !authorized(&req.headers, digests) {
+                if *enforce && !authorized(&req.headers, &digests.0) {
                     return Step::Respond(unauthorized(realm));
                 }
             }
@@ -829,12 +843,8 @@ impl HttpAction {
         };
         match self {
             HttpAction::AddHeaders(add) => {
-                let mut headers = HeaderMap::new();
-                add_to(&mut headers, add, &env, false);
-                for (name, value) in headers {
-                    if let Some(name) = name {
-                        res.headers.append(name, value);
-                    }
+                for (name, value) in rendered(add, &env) {
+                    res.headers.append(name, value);
                 }
             }
             HttpAction::RemoveHeaders(names) => {
@@ -1313,6 +1323,11 @@ mod tests {
             Some(&b"ann:password1"[..])
         );
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        let debug = format!("{p:?}");
+        assert!(
+            debug.contains("<1 credentials>") && !debug.contains("password1"),
+            "{debug}"
+        );
     }
 
     #[test]

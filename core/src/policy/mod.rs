@@ -15,6 +15,18 @@
 //!         config: { allow: ["127.0.0.0/8"] }
 //!       - type: terminate-tls
 //!         config: { min_version: "1.3", alpn: ["h2"] }
+//! on_http_request:
+//!   - expressions: ["req.url.path.startsWith('/admin')"]
+//!     actions:
+//!       - type: basic-auth
+//!         config: { credentials: ["admin:correct-horse"] }
+//!       - type: add-headers
+//!         config: { headers: { x-client-ip: "${conn.client_ip}" } }
+//! on_http_response:
+//!   - expressions: ["res.status_code >= 500"]
+//!     actions:
+//!       - type: custom-response
+//!         config: { status_code: 503, body: "try again later" }
 //! ```
 
 mod expr;
