@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub enum RequestOutcome {
     /// Forward the (possibly rewritten) request; `compress` lists the algorithms a
     /// compress-response action allowed ("gzip", "br"), in preference order, empty
-    /// when none ran.
+    /// when none ran (the last one that ran wins); see [`choose_encoding`].
     Forward {
         /// Algorithms the response may be compressed with.
         compress: Vec<String>,
@@ -35,7 +35,8 @@ pub enum RequestOutcome {
 #[derive(Debug, Clone)]
 pub enum ResponseOutcome {
     /// Send the (possibly edited) response; `compress` lists the algorithms a
-    /// compress-response action allowed, in preference order, empty when none ran.
+    /// compress-response action allowed, in preference order, empty when none ran
+    /// (the last one that ran wins); see [`choose_encoding`].
     Forward {
         /// Algorithms the response may be compressed with.
         compress: Vec<String>,
@@ -877,6 +878,69 @@ impl HttpAction {
     }
 }
 
+/// The `q` an `Accept-Encoding` value gives `coding`: its own entry, else `*`'s, else 0.
+fn quality(accept: &str, coding: &str) -> f32 {
+    let mut star = None;
+    for item in accept.split(',') {
+        let mut params = item.split(';');
+        let name = params.next().unwrap_or("").trim();
+        let q = params
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(coding) {
+            return q;
+        }
+        if name == "*" {
+            star = Some(q);
+        }
+    }
+    star.unwrap_or(0.0)
+}
+
+/// The algorithm to compress a response with, as ngrok's compress-response does:
+/// among `allowed` (from [`RequestOutcome::Forward`] / [`ResponseOutcome::Forward`]),
+/// the one the request's `Accept-Encoding` gives the highest `q` (ties go to the
+/// earlier in `allowed`); `None` when the request accepts none of them, or the response
+/// is already encoded or marked `Cache-Control: no-transform`. The proxy still skips
+/// responses without a body (HEAD, 204, 304).
+pub fn choose_encoding(
+    request: &HeaderMap,
+    response: &HeaderMap,
+    allowed: &[String],
+) -> Option<&'static str> {
+    let encoded = response
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let no_transform = response
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-transform"));
+    if encoded || no_transform {
+        return None;
+    }
+    let accept: Vec<&str> = request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let accept = accept.join(",");
+    let mut best: Option<(&'static str, f32)> = None;
+    for a in allowed {
+        let coding = match a.as_str() {
+            "gzip" => "gzip",
+            "br" => "br",
+            _ => continue,
+        };
+        let q = quality(&accept, coding);
+        if q > 0.0 && best.map_or(true, |(_, b)| q > b) {
+            best = Some((coding, q));
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
 fn rate_limited(wait: Duration) -> GeneratedResponse {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let secs = secs.max(1);
@@ -1379,6 +1443,59 @@ mod tests {
             (g.status, header(&g.headers, "location")),
             (StatusCode::FOUND, vec!["/"])
         );
+    }
+
+    #[test]
+    fn chooses_an_encoding() {
+        let both = ["gzip".to_owned(), "br".to_owned()];
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        let none = h(&[]);
+        for (accept, allowed, want) in [
+            ("gzip, br", &both[..], Some("gzip")),
+            ("gzip;q=0.5, br", &both[..], Some("br")),
+            ("gzip;q=1.0, br; q=0.5, *;q=0", &both[..], Some("gzip")),
+            ("*", &both[..], Some("gzip")),
+            ("br;q=0, *", &both[..], Some("gzip")),
+            ("deflate", &both[..], None),
+            ("identity", &both[..], None),
+            ("gzip", &both[1..], None),
+            ("GZIP", &both[..], Some("gzip")),
+        ] {
+            let req = h(&[("accept-encoding", accept)]);
+            assert_eq!(choose_encoding(&req, &none, allowed), want, "{accept}");
+        }
+        let req = h(&[("accept-encoding", "gzip")]);
+        assert_eq!(
+            choose_encoding(&none, &none, &both),
+            None,
+            "no Accept-Encoding"
+        );
+        assert_eq!(
+            choose_encoding(&req, &h(&[("content-encoding", "br")]), &both),
+            None
+        );
+        assert_eq!(
+            choose_encoding(&req, &h(&[("content-encoding", "identity")]), &both),
+            Some("gzip")
+        );
+        assert_eq!(
+            choose_encoding(
+                &req,
+                &h(&[("cache-control", "public, no-transform")]),
+                &both
+            ),
+            None
+        );
+        assert_eq!(choose_encoding(&req, &none, &[]), None);
     }
 
     #[test]

@@ -34,7 +34,9 @@ mod http;
 mod ratelimit;
 
 pub use expr::{ConnInfo, Expr, Scope};
-pub use http::{GeneratedResponse, RequestOutcome, RequestSnapshot, ResponseOutcome};
+pub use http::{
+    choose_encoding, GeneratedResponse, RequestOutcome, RequestSnapshot, ResponseOutcome,
+};
 
 use crate::agent::{CertPem, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
