@@ -729,14 +729,15 @@ fn path_query(path: &str, query: &str) -> String {
 fn apply_rewrite(req: &mut http::request::Parts, target: &str) {
     let Ok(uri) = target.parse::<Uri>() else {
         tracing::debug!(
-            target,
+            url = target,
             "url-rewrite produced an invalid URL; request left as is"
         );
         return;
     };
-    let Some(pq) = uri.path_and_query().cloned() else {
-        return;
-    };
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut parts = req.uri.clone().into_parts();
     parts.path_and_query = Some(pq);
     if let Some(authority) = uri.authority() {
@@ -751,7 +752,7 @@ fn apply_rewrite(req: &mut http::request::Parts, target: &str) {
     }
     match Uri::from_parts(parts) {
         Ok(u) => req.uri = u,
-        Err(e) => tracing::debug!(target, "url-rewrite: {e}; request left as is"),
+        Err(e) => tracing::debug!(url = target, "url-rewrite: {e}; request left as is"),
     }
 }
 
@@ -1295,6 +1296,20 @@ mod tests {
             .0;
         forward(&p, &mut h2);
         assert_eq!(h2.uri, "https://internal.test/app/x");
+        // A bare origin is its root; what is not a URL leaves the request as it is.
+        let p = policy("on_http_request:\n  - actions: [{type: url-rewrite, config: {to: 'https://other.test'}}]\n");
+        let mut r = req("/x", &[]);
+        forward(&p, &mut r);
+        assert_eq!(
+            (r.uri.to_string(), header(&r.headers, "host")),
+            ("/".to_owned(), vec!["other.test"])
+        );
+        let p = policy(
+            "on_http_request:\n  - actions: [{type: url-rewrite, config: {to: 'not a url'}}]\n",
+        );
+        let mut r = req("/x", &[]);
+        forward(&p, &mut r);
+        assert_eq!(r.uri, "/x");
         // Two rewrites chain.
         let p = policy(
             "on_http_request:\n  - actions:\n      - {type: url-rewrite, config: {from: '^/a', to: '/b'}}\n      - {type: url-rewrite, config: {from: '/b$', to: '/c'}}\n",
