@@ -164,18 +164,22 @@ async fn http_app(listen: SocketAddr) -> Result<()> {
         let _ = tcp.set_nodelay(true);
         let (small, large) = (small.clone(), large.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let body = match req.uri().path() {
-                    "/1k" => small.clone(),
-                    "/64k" => large.clone(),
-                    _ => bytes::Bytes::from_static(b"ok"),
-                };
-                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = match req.uri().path() {
+                        "/1k" => small.clone(),
+                        "/64k" => large.clone(),
+                        _ => bytes::Bytes::from_static(b"ok"),
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
             let io = hyper_util::rt::TokioIo::new(tcp);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(io, service)
-                .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
         });
     }
 }

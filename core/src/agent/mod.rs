@@ -23,7 +23,7 @@ pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRe
 pub use listener::{Forwarder, Listener};
 pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
-pub(crate) use spec::tcp_pooling_refused;
+pub(crate) use spec::{http_phases_refused, tcp_pooling_refused};
 pub use spec::{CertPem, EndpointKind, EndpointSpec, TerminateAt, Termination, TlsMaterial};
 pub use upstream::Upstream;
 

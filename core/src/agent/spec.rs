@@ -296,6 +296,18 @@ pub(crate) fn proto_name(p: Proto) -> &'static str {
     }
 }
 
+/// A policy's HTTP phases on an endpoint that carries no HTTP (refused by the agent
+/// and, for agents that skip the check, by the edge).
+pub(crate) fn http_phases_refused(proto: Proto) -> Error {
+    Error::new(
+        ErrorCode::InvalidPolicy,
+        format!(
+            "on_http_request and on_http_response (and legacy inbound/outbound rules) apply to http endpoints; this is a {} endpoint (use on_tcp_connect or on_tls_request)",
+            proto_name(proto)
+        ),
+    )
+}
+
 /// Pools are names on the TLS listener; a TCP endpoint has a port of its own (refused
 /// by the agent and, for agents that skip the check, by the edge).
 pub(crate) fn tcp_pooling_refused() -> Error {
@@ -339,6 +351,9 @@ impl EndpointDraft {
             None => TrafficPolicy::default(),
         };
         policy.restrict_ips(&self.allow_cidrs, &self.deny_cidrs)?;
+        if proto != Proto::Http && policy.has_http_phases() {
+            return Err(http_phases_refused(proto));
+        }
         if !policy.terminations().is_empty() {
             if let Some(at @ (TerminateAt::Agent | TerminateAt::Upstream)) = self.terminate_at {
                 return Err(Error::option(format!(

@@ -60,6 +60,9 @@ impl Prepared {
             _ => TrafficPolicy::default(),
         };
         policy.restrict_ips(&spec.allow_cidrs, &spec.deny_cidrs)?;
+        if spec.proto() != crate::wire::Proto::Http && policy.has_http_phases() {
+            return Err(crate::agent::http_phases_refused(spec.proto()));
+        }
         Ok(Prepared { spec, policy })
     }
 }

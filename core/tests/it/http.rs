@@ -689,7 +689,11 @@ async fn an_http_bind_that_is_not_edge_terminated_or_has_bad_options_is_refused(
     let mut agent = RawAgent::connect(&edge).await?;
     let bind = |http: HttpOptions, termination: Termination| BindSpec {
         endpoint_id: "e1".into(),
-        kind: EndpointKind::Http { domain: None, port: None, http: Box::new(http) },
+        kind: EndpointKind::Http {
+            domain: None,
+            port: None,
+            http: Box::new(http),
+        },
         termination,
         traffic_policy: None,
         allow_cidrs: Vec::new(),
@@ -697,18 +701,33 @@ async fn an_http_bind_that_is_not_edge_terminated_or_has_bad_options_is_refused(
         metadata: String::new(),
         pooling_enabled: false,
     };
-    let refused = agent.bind(bind(HttpOptions::default(), Termination::Upstream)).await?;
+    let refused = agent
+        .bind(bind(HttpOptions::default(), Termination::Upstream))
+        .await?;
     assert!(
         matches!(&refused, EdgeMsg::Error { message, .. } if message.contains("terminated at the edge")),
         "{refused:?}"
     );
-    let bad = HttpOptions { deny_user_agent: vec!["(".into()], ..Default::default() };
-    let refused = agent.bind(bind(bad, Termination::Edge(TlsMaterial::default()))).await?;
+    let bad = HttpOptions {
+        deny_user_agent: vec!["(".into()],
+        ..Default::default()
+    };
+    let refused = agent
+        .bind(bind(bad, Termination::Edge(TlsMaterial::default())))
+        .await?;
     assert!(
         matches!(&refused, EdgeMsg::Error { message, .. } if message.contains("deny_user_agent")),
         "{refused:?}"
     );
-    let ok = agent.bind(bind(HttpOptions::default(), Termination::Edge(TlsMaterial::default()))).await?;
-    assert!(matches!(&ok, EdgeMsg::BindOk { url, .. } if url.starts_with("https://")), "{ok:?}");
+    let ok = agent
+        .bind(bind(
+            HttpOptions::default(),
+            Termination::Edge(TlsMaterial::default()),
+        ))
+        .await?;
+    assert!(
+        matches!(&ok, EdgeMsg::BindOk { url, .. } if url.starts_with("https://")),
+        "{ok:?}"
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod http;
+mod http_policy;
 mod lifecycle;
 mod load;
 mod modes;

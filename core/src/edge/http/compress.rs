@@ -1,43 +1,16 @@
 //! Response compression (ngrok's `compression`, and a policy's `compress-response`):
-//! gzip or brotli by the client's `Accept-Encoding`, streamed.
+//! gzip or brotli, streamed; which one is `policy::choose_encoding`'s call.
 
 use super::{Body, BoxError};
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder};
 use futures::TryStreamExt;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 /// Responses smaller than this are sent as they are.
 const MIN_LENGTH: u64 = 256;
-
-/// The encoding to use for a response to a request with `accept` (the request's
-/// headers), among `allowed` ("br", "gzip"); `None` when the client takes neither.
-pub(crate) fn choose(accept: &HeaderMap, allowed: &[&str]) -> Option<&'static str> {
-    let offered: Vec<(String, f32)> = accept
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                })
-                .unwrap_or(1.0);
-            (name, q)
-        })
-        .collect();
-    let takes = |enc: &str| offered.iter().any(|(n, q)| n == enc && *q > 0.0);
-    ["br", "gzip"]
-        .into_iter()
-        .find(|enc| allowed.contains(enc) && takes(enc))
-}
 
 /// True for a response worth compressing: a body of text-like content, not encoded yet.
 fn compressible(method: &Method, res: &Response<Body>) -> bool {
@@ -111,24 +84,4 @@ where
             .map_err(|e| Box::new(e) as BoxError),
     )
     .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn picks_by_accept_encoding_and_quality() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::ACCEPT_ENCODING, v.parse().unwrap());
-            m
-        };
-        assert_eq!(choose(&h("gzip, deflate, br"), &["br", "gzip"]), Some("br"));
-        assert_eq!(choose(&h("gzip"), &["br", "gzip"]), Some("gzip"));
-        assert_eq!(choose(&h("br;q=0, gzip"), &["br", "gzip"]), Some("gzip"));
-        assert_eq!(choose(&h("identity"), &["br", "gzip"]), None);
-        assert_eq!(choose(&h("br"), &["gzip"]), None);
-        assert_eq!(choose(&HeaderMap::new(), &["gzip"]), None);
-    }
 }

@@ -39,12 +39,14 @@ pub struct HttpRoute {
     allow_user_agent: Vec<Regex>,
     deny_user_agent: Vec<Regex>,
     breaker: Option<breaker::Breaker>,
+    /// The endpoint's traffic policy, when it has HTTP phases.
+    policy: Option<TrafficPolicy>,
 }
 
 impl HttpRoute {
     /// Compiles `options` (checked by the agent; checked again here, since the bind
-    /// comes from the network).
-    pub(crate) fn new(options: &HttpOptions, _policy: &TrafficPolicy) -> Result<Self> {
+    /// comes from the network) and keeps `policy` when it has HTTP phases.
+    pub(crate) fn new(options: &HttpOptions, policy: &TrafficPolicy) -> Result<Self> {
         options.check()?;
         let compile = |list: &[String]| {
             list.iter()
@@ -58,6 +60,7 @@ impl HttpRoute {
                 .circuit_breaker
                 .filter(|f| *f > 0.0)
                 .map(breaker::Breaker::new),
+            policy: Some(policy.clone()).filter(TrafficPolicy::has_http_phases),
             options: options.clone(),
         })
     }

@@ -1,13 +1,14 @@
 //! Serving one client connection of an http endpoint: hyper on the connection, and
 //! each request through the endpoint's options to the agent.
 
-use super::respond::{full, Refusal};
+use super::respond::{self, full, Refusal};
 use super::upstream::Upstreams;
 use super::{compress, webhook, websocket, Body, BoxError, ConnCtx, HttpRoute};
 use crate::agent::http::Scheme;
 use crate::edge::routes::{lookup, Route};
 use crate::edge::Shared;
 use crate::error::{Error, ErrorCode, Result};
+use crate::policy::{choose_encoding, RequestOutcome, RequestSnapshot, ResponseOutcome};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -139,14 +140,19 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
     }
     let method = req.method().clone();
     let accept = req.headers().clone();
+    let mut compress: Vec<String> = if http.options.compression {
+        vec!["br".into(), "gzip".into()]
+    } else {
+        Vec::new()
+    };
     let res = match admit(&http, &req) {
         Err(refusal) => {
             tracing::info!(%host, code = refusal.code(), "request refused");
             refusal.response()
         }
-        Ok(()) => proxy(state, &route, &http, &host, req).await,
+        Ok(()) => proxy(state, &route, &http, &host, req, &mut compress).await,
     };
-    finish(&http, &method, &accept, res)
+    finish(&http, &method, &accept, &compress, res)
 }
 
 /// An ACME directory validating a name over HTTP-01 (plain listener only).
@@ -241,8 +247,29 @@ async fn proxy(
     http: &Arc<HttpRoute>,
     host: &str,
     mut req: Request<Incoming>,
+    compress: &mut Vec<String>,
 ) -> Response<Body> {
     let o = &http.options;
+    let conn_info = state.ctx.conn_info();
+    let scheme = state.ctx.scheme_str();
+    // The policy's request phase: it may edit the request or answer it.
+    let snapshot = match &http.policy {
+        None => None,
+        Some(policy) => {
+            let (mut parts, body) = req.into_parts();
+            let snapshot = RequestSnapshot::of(scheme, &parts);
+            match policy.on_http_request(&conn_info, scheme, &mut parts) {
+                RequestOutcome::Respond(generated) => {
+                    tracing::info!(%host, reason = generated.reason, status = %generated.status, "answered by the traffic policy");
+                    return respond::from_policy(generated);
+                }
+                RequestOutcome::Forward { compress: c } if !c.is_empty() => *compress = c,
+                RequestOutcome::Forward { .. } => {}
+            }
+            req = Request::from_parts(parts, body);
+            Some(snapshot)
+        }
+    };
     if o.websocket_tcp_converter {
         return websocket::convert(&state.shared, route, &state.ctx, host, req).await;
     }
@@ -286,6 +313,16 @@ async fn proxy(
     };
     if let Some(b) = &http.breaker {
         b.record(res.status());
+    }
+    // The policy's response phase: it may edit the head or replace the response.
+    if let (Some(policy), Some(snapshot)) = (&http.policy, &snapshot) {
+        let (mut parts, body) = res.into_parts();
+        match policy.on_http_response(&conn_info, snapshot, &mut parts) {
+            ResponseOutcome::Replace(generated) => return respond::from_policy(generated),
+            ResponseOutcome::Forward { compress: c } if !c.is_empty() => *compress = c,
+            ResponseOutcome::Forward { .. } => {}
+        }
+        res = Response::from_parts(parts, body);
     }
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = upgrade {
@@ -403,11 +440,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The endpoint's response options: header edits and compression.
+/// The endpoint's response options: header edits and compression (by the options or a
+/// policy's compress-response, among `compress`).
 fn finish(
     http: &HttpRoute,
     method: &Method,
     request_headers: &HeaderMap,
+    compress: &[String],
     mut res: Response<Body>,
 ) -> Response<Body> {
     let o = &http.options;
@@ -423,10 +462,8 @@ fn finish(
             headers.append(k, v);
         }
     }
-    if o.compression {
-        if let Some(enc) = compress::choose(request_headers, &["br", "gzip"]) {
-            res = compress::apply(method, enc, res);
-        }
+    if let Some(enc) = choose_encoding(request_headers, res.headers(), compress) {
+        res = compress::apply(method, enc, res);
     }
     res
 }

@@ -145,6 +145,30 @@ impl Refusal {
     }
 }
 
+/// A response a traffic policy generated (deny, custom-response, redirect, rate-limit,
+/// basic-auth, restrict-ips); refusals carry their code like the edge's own.
+pub(crate) fn from_policy(g: crate::policy::GeneratedResponse) -> Response<Body> {
+    let mut res = Response::new(full(g.body));
+    *res.status_mut() = g.status;
+    *res.headers_mut() = g.headers;
+    let (code, ngrok) = match g.reason {
+        "POLICY_DENY" => (Some("BURROW_POLICY_DENY"), None),
+        "RATE_LIMITED" => (Some("BURROW_RATE_LIMITED"), None),
+        "BASIC_AUTH" => (Some("BURROW_BASIC_AUTH"), None),
+        "IP_RESTRICTED" => (Some("BURROW_IP_RESTRICTED"), Some("ERR_NGROK_3205")),
+        _ => (None, None),
+    };
+    if let Some(code) = code {
+        res.headers_mut()
+            .insert(BURROW_ERROR_HEADER, HeaderValue::from_static(code));
+    }
+    if let Some(ngrok) = ngrok {
+        res.headers_mut()
+            .insert(NGROK_ERROR_HEADER, HeaderValue::from_static(ngrok));
+    }
+    res
+}
+
 /// A plain-text response.
 pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut res = Response::new(full(Bytes::from(body)));
