@@ -153,25 +153,20 @@ async fn ngroks_legacy_inbound_and_outbound_rules_map_onto_the_phases() -> Resul
 async fn http_phases_on_a_tls_endpoint_are_refused_with_the_reason() -> Result<()> {
     let edge = open_edge().await;
     let policy = "on_http_request:\n  - actions: [{type: deny}]\n";
-    let err = forward(
-        &edge,
-        "127.0.0.1:9",
-        &[
-            ("proto", OptionValue::from("tls")),
-            ("traffic_policy", policy.into()),
-        ],
-    )
-    .await
-    .err()
-    .expect("refused");
+    let options = [
+        ("proto", OptionValue::from("tls")),
+        ("traffic_policy", policy.into()),
+    ];
+    let Err(err) = forward(&edge, "127.0.0.1:9", &options).await else {
+        anyhow::bail!("a tls endpoint took on_http_request");
+    };
     let err = err.downcast::<burrow_core::Error>()?;
     assert_eq!(err.code(), ErrorCode::InvalidPolicy, "{err}");
     assert!(err.message().contains("http endpoints"), "{err}");
     let bad = "on_http_request:\n  - actions: [{type: deny, config: {status_code: 99}}]\n";
-    let err = forward(&edge, "127.0.0.1:9", &[("traffic_policy", bad.into())])
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = forward(&edge, "127.0.0.1:9", &[("traffic_policy", bad.into())]).await else {
+        anyhow::bail!("status_code 99 was taken");
+    };
     assert!(
         err.to_string()
             .contains("on_http_request[0].actions[0].config.status_code"),
