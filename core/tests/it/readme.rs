@@ -4,7 +4,7 @@
 //! Kinds: `sh` (each `burrow ...` command; a long-running one must come up, then stop
 //! with exit code 0 on SIGTERM), `file NAME` (saved as NAME for the commands),
 //! `bash` (the whole block run with bash; it must exit 0), `edge-config` (an edge started from it), `policy` (an endpoint bound with it on the
-//! embedded edge), `agent-config` (`config check`, then `start --all` against a test edge).
+//! embedded edge: http when it has HTTP phases, else tls), `agent-config` (`config check`, then `start --all` against a test edge).
 //! `python`, `pytest` and `node` blocks are run by `tests-py/test_readme.py` and
 //! `tests-js/readme.test.js`.
 
@@ -346,8 +346,12 @@ async fn run_block(block: &Block, files: &[(String, String)]) -> Result<()> {
         ["policy"] => {
             let service = echo_server().await;
             let file = p.save("policy.yml", &block.text)?;
+            // A policy with HTTP phases goes on an http endpoint.
+            let http = ["on_http_request", "on_http_response", "inbound:", "outbound:"]
+                .iter()
+                .any(|phase| block.text.contains(phase));
             let args = [
-                "tls".into(),
+                if http { "http" } else { "tls" }.into(),
                 service.addr.to_string(),
                 "--traffic-policy-file".into(),
                 file.display().to_string(),
