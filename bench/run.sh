@@ -18,9 +18,11 @@ if [ "$QUICK" = 1 ]; then
 else
   RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50; LOOKUP_ROUTES=10000
 fi
+# picked NAME: true when BENCH_ONLY is unset or matches the contender NAME.
+picked() { [ -z "${BENCH_ONLY:-}" ] || echo "$1" | grep -qE "$BENCH_ONLY"; }
 # nginx, rathole and bore run in the full suite, unless BENCH_ONLY leaves them out.
 EXTERNAL=$((1 - QUICK))
-if [ -n "${BENCH_ONLY:-}" ] && ! printf 'nginx\nrathole\nbore\n' | grep -qE "$BENCH_ONLY"; then EXTERNAL=0; fi
+if [ -n "${BENCH_ONLY:-}" ] && ! printf 'nginx\nrathole\nbore\nhttp nginx\n' | grep -qE "$BENCH_ONLY"; then EXTERNAL=0; fi
 WORK="$(mktemp -d /tmp/burrow-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -45,8 +47,8 @@ if [ "$EXTERNAL" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream libssl-dev pkg-config >/dev/null
   fi
   # rathole's lock file pins a `time` that no longer builds: resolve fresh.
-  [ -x "$TOOLS/bin/rathole" ] || cargo install -q --root "$TOOLS" rathole
-  [ -x "$TOOLS/bin/bore" ] || cargo install -q --locked --root "$TOOLS" bore-cli
+  if picked "rathole tls"; then [ -x "$TOOLS/bin/rathole" ] || cargo install -q --root "$TOOLS" rathole; fi
+  if picked bore; then [ -x "$TOOLS/bin/bore" ] || cargo install -q --locked --root "$TOOLS" bore-cli; fi
 fi
 ulimit -n "$(ulimit -Hn)"
 
@@ -70,7 +72,7 @@ openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 -out ca.pem 2>/d
 openssl ecparam -name prime256v1 -genkey -noout -out leaf.ec 2>/dev/null
 openssl pkcs8 -topk8 -nocrypt -in leaf.ec -out leaf.key
 openssl req -new -key leaf.key -subj "/CN=bench.test" -out leaf.csr 2>/dev/null
-printf 'subjectAltName=DNS:bench.test,DNS:agent.bench.test,DNS:edge.bench.test,DNS:localhost,IP:127.0.0.1\n' > san.ext
+printf 'subjectAltName=DNS:bench.test,DNS:agent.bench.test,DNS:edge.bench.test,DNS:http.bench.test,DNS:localhost,IP:127.0.0.1\n' > san.ext
 openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out leaf.pem 2>/dev/null
 
 echo "== services and contenders"
@@ -167,6 +169,7 @@ EOF
   NGINX_PRE_PIDS="$PID_nginx_pre $(pgrep -P "$PID_nginx_pre" | tr '\n' ' ')"
   NGINX_SSL_PIDS="$PID_nginx_ssl $(pgrep -P "$PID_nginx_ssl" | tr '\n' ' ')"
 
+  if picked "rathole tls"; then
   RH=$(freeport); RH_SVC=$(freeport)
   openssl pkcs12 -export -out identity.pfx -inkey leaf.key -in leaf.pem -passout pass:bench 2>/dev/null
   cat > rathole-server.toml <<EOF
@@ -196,18 +199,21 @@ EOF
   start rathole_server "$TOOLS/bin/rathole" -s rathole-server.toml
   start rathole_client "$TOOLS/bin/rathole" -c rathole-client.toml
   wait_for rathole_client "Control channel established" >/dev/null
+  CONTENDERS+=("rathole tls|127.0.0.1:$RH_SVC|bench.test|$PID_rathole_server $PID_rathole_client|2")
+  fi
 
+  if picked bore; then
   BORE_MIN=$(freeport)
   start bore_server "$TOOLS/bin/bore" server --min-port "$BORE_MIN" --max-port "$((BORE_MIN + 50))" --bind-addr 127.0.0.1
   sleep 0.5
   start bore_client "$TOOLS/bin/bore" local "${TLS_UP##*:}" --local-host 127.0.0.1 --to 127.0.0.1
   BORE_ADDR=$(wait_for bore_client "listening at" | sed 's/.*listening at //' | tr -d '[:space:]' | sed 's/\x1b\[[0-9;]*m//g')
+  CONTENDERS+=("bore|$BORE_ADDR|bench.test|$PID_bore_server $PID_bore_client|2")
+  fi
 
   CONTENDERS+=(
     "nginx preread|127.0.0.1:$NGX_PRE|bench.test|$NGINX_PRE_PIDS"
     "nginx ssl|127.0.0.1:$NGX_SSL|bench.test|$NGINX_SSL_PIDS"
-    "rathole tls|127.0.0.1:$RH_SVC|bench.test|$PID_rathole_server $PID_rathole_client|2"
-    "bore|$BORE_ADDR|bench.test|$PID_bore_server $PID_bore_client|2"
   )
 fi
 
