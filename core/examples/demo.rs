@@ -1,5 +1,6 @@
 //! The README's first command: a local service put behind burrow on the embedded
-//! edge, reached through TLS in each of the three termination modes.
+//! edge, reached through TLS in each of the three termination modes, and a web app on
+//! an https:// endpoint (ngrok's default) reached over h2.
 
 use anyhow::{Context, Result};
 use burrow_core::{Session, TerminateAt, Upstream};
@@ -68,7 +69,15 @@ async fn main() -> Result<()> {
         .to_owned();
     talk(edge_addr, &host, &edge_ca, fwd.url()).await?;
 
-    println!("\nAll three modes carried bytes through the tunnel.");
+    println!("\n== https (the default endpoint): the edge's reverse proxy in front of a web app");
+    let web = serve_web().await?;
+    let fwd = session
+        .http_endpoint()
+        .listen_and_forward(Upstream::new("127.0.0.1", web.port())?)
+        .await?;
+    get(edge_addr, &edge_ca, fwd.url()).await?;
+
+    println!("\nAll three modes and the https endpoint carried bytes through the tunnel.");
     session.close().await;
     Ok(())
 }
@@ -102,6 +111,72 @@ async fn talk(edge: SocketAddr, name: &str, ca_pem: &str, url: &str) -> Result<(
     tls.read_to_string(&mut reply).await?;
     println!("   {url}  ({version}, certificate verified for {name})");
     println!("   service answered: {}", reply.trim_end());
+    Ok(())
+}
+
+/// A local web app answering every request with one line.
+async fn serve_web() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let line = format!("hello from the web app: {} {}\n", req.method(), req.uri());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(line)),
+                    ))
+                },
+            );
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    Ok(addr)
+}
+
+/// GETs `url` through the edge over h2, trusting `ca_pem`; prints what came back.
+async fn get(edge: SocketAddr, ca_pem: &str, url: &str) -> Result<()> {
+    use http_body_util::BodyExt;
+    let name = url
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(edge).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(name.clone())?, tcp)
+        .await
+        .context("TLS handshake through the edge")?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("{url}/demo"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let res = send.send_request(req).await?;
+    let status = res.status();
+    let version = res.version();
+    let body = res.into_body().collect().await?.to_bytes();
+    println!("   GET {url}/demo  ({version:?} {status}, certificate verified for {name})");
+    println!(
+        "   app answered: {}",
+        String::from_utf8_lossy(&body).trim_end()
+    );
     Ok(())
 }
 

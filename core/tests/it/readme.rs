@@ -347,9 +347,14 @@ async fn run_block(block: &Block, files: &[(String, String)]) -> Result<()> {
             let service = echo_server().await;
             let file = p.save("policy.yml", &block.text)?;
             // A policy with HTTP phases goes on an http endpoint.
-            let http = ["on_http_request", "on_http_response", "inbound:", "outbound:"]
-                .iter()
-                .any(|phase| block.text.contains(phase));
+            let http = [
+                "on_http_request",
+                "on_http_response",
+                "inbound:",
+                "outbound:",
+            ]
+            .iter()
+            .any(|phase| block.text.contains(phase));
             let args = [
                 if http { "http" } else { "tls" }.into(),
                 service.addr.to_string(),
