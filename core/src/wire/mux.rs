@@ -80,6 +80,9 @@ impl MuxStream {
     }
 }
 
+/// Most bytes one read of a stream zeroes in a caller's uninitialized buffer.
+const READ_CHUNK: usize = 32 * 1024;
+
 impl AsyncRead for MuxStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -87,7 +90,18 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.initialized().len() == buf.capacity() {
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        } else {
+            // The compat layer zeroes all of an uninitialized buffer before it copies
+            // into it; callers such as hyper hand over up to 400 KiB of fresh capacity
+            // for a few KiB of data. Zero (and fill) one chunk at most.
+            let n = buf.remaining().min(READ_CHUNK);
+            let mut chunk = ReadBuf::new(buf.initialize_unfilled_to(n));
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut chunk))?;
+            let filled = chunk.filled().len();
+            buf.advance(filled);
+        }
         if buf.filled().len() == before && buf.remaining() > 0 && self.ended_abnormally() {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,

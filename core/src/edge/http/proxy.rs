@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,11 +117,11 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
         return Refusal::BadRequest.response();
     };
     let (route, denied) = match &state.fixed {
-        Some(f) => (f.route.clone(), f.denied.clone()),
+        Some(f) => (Cow::Borrowed(&f.route), f.denied.clone()),
         None => match lookup(state.shared.routes.as_ref(), &host).filter(|r| r.http.is_some()) {
             Some(route) => {
                 let denied = route.decide(&state.ctx.conn_info()).err();
-                (route, denied)
+                (Cow::Owned(route), denied)
             }
             None => {
                 tracing::info!(%host, "refused: no http endpoint serves this host");
@@ -139,7 +140,11 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
         return wrong_scheme(state, &host, req.uri());
     }
     let method = req.method().clone();
-    let accept = req.headers().clone();
+    // What compression needs of the request, kept past forwarding it.
+    let mut accept = HeaderMap::new();
+    for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+        accept.append(header::ACCEPT_ENCODING, v.clone());
+    }
     let mut compress: Vec<String> = if http.options.compression {
         vec!["br".into(), "gzip".into()]
     } else {

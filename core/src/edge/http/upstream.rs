@@ -14,7 +14,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Most idle connections a client connection keeps per endpoint.
@@ -57,10 +56,24 @@ impl Sender {
     }
 }
 
-/// The agent connections of one client connection, by endpoint.
+/// The agent connections of one client connection, by endpoint (session and endpoint
+/// id); almost always one endpoint, so a list searched without allocating.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<(String, String), Vec<Sender>>>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// The kept connections to one endpoint.
+struct Idle {
+    session_id: String,
+    endpoint_id: String,
+    senders: Vec<Sender>,
+}
+
+impl Idle {
+    fn is_for(&self, route: &Route) -> bool {
+        self.endpoint_id == route.endpoint_id && self.session_id == route.session_id
+    }
 }
 
 /// A tunnel stream to `route`'s agent, its header written: the upstream's bytes follow.
@@ -101,14 +114,14 @@ pub(crate) async fn open_stream(
 }
 
 impl Upstreams {
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<Sender>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A ready idle connection to `route`'s endpoint, if one is kept.
-    fn take(&self, key: &(String, String)) -> Option<Sender> {
+    fn take(&self, route: &Route) -> Option<Sender> {
         let mut idle = self.idle();
-        let list = idle.get_mut(key)?;
+        let list = &mut idle.iter_mut().find(|i| i.is_for(route))?.senders;
         list.retain(|s| !s.is_closed());
         let pos = list.iter().position(Sender::is_ready)?;
         match &list[pos] {
@@ -118,12 +131,23 @@ impl Upstreams {
         }
     }
 
-    fn put(&self, key: (String, String), sender: Sender) {
+    fn put(&self, route: &Route, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle();
-        let list = idle.entry(key).or_default();
+        let pos = match idle.iter().position(|i| i.is_for(route)) {
+            Some(pos) => pos,
+            None => {
+                idle.push(Idle {
+                    session_id: route.session_id.clone(),
+                    endpoint_id: route.endpoint_id.clone(),
+                    senders: Vec::new(),
+                });
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[pos].senders;
         let shared_h2 = matches!(sender, Sender::H2(_)) && !list.is_empty();
         if list.len() < MAX_IDLE && !shared_h2 {
             list.push(sender);
@@ -145,11 +169,10 @@ impl Upstreams {
             .http
             .as_ref()
             .map_or(AppProtocol::Http1, |h| h.options.app_protocol);
-        let key = (route.session_id.clone(), route.endpoint_id.clone());
         let mut req = req;
         // A kept connection may have closed just now: the request then goes on a new one.
         for _ in 0..2 {
-            let kept = if reuse { self.take(&key) } else { None };
+            let kept = if reuse { self.take(route) } else { None };
             let fresh = kept.is_none();
             let mut sender = match kept {
                 Some(s) => s,
@@ -158,7 +181,7 @@ impl Upstreams {
             match sender.send(req).await {
                 Ok(res) => {
                     if reuse {
-                        self.put(key, sender);
+                        self.put(route, sender);
                     }
                     return Ok(res);
                 }
