@@ -118,13 +118,7 @@ async fn a_websocket_echoes_a_thousand_messages() -> Result<()> {
     let app = web_app().await;
     let (_s, fwd) = forward(&edge, &app.addr.to_string(), &[]).await?;
     let (host, port) = host_port(fwd.url());
-    let config = client_config_with(
-        edge.ca_pem(),
-        &[&rustls::version::TLS13],
-        None,
-        &["http/1.1"],
-    );
-    let tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+    let tls = h1_tls(&edge, &host).await?;
     let (mut ws, res) =
         tokio_tungstenite::client_async(format!("wss://{host}:{port}/ws"), tls).await?;
     assert_eq!(res.status(), 101);
@@ -153,13 +147,7 @@ async fn websocket_tcp_converter_hands_the_upstream_a_byte_stream() -> Result<()
     assert_eq!(plain.status, 400);
     assert_eq!(plain.header("ngrok-error-code"), Some("ERR_NGROK_3206"));
     let (host, port) = host_port(fwd.url());
-    let config = client_config_with(
-        edge.ca_pem(),
-        &[&rustls::version::TLS13],
-        None,
-        &["http/1.1"],
-    );
-    let tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+    let tls = h1_tls(&edge, &host).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{host}:{port}/"), tls).await?;
     let data = pseudo_random(100_000, 5);
     let mut back = Vec::new();
@@ -533,13 +521,7 @@ async fn http2_to_the_app_and_unix_socket_upstreams() -> Result<()> {
 /// Writes a raw request over TLS and reads the response head.
 async fn raw_request(edge: &burrow_core::Edge, url: &str, request: &[u8]) -> Result<String> {
     let (host, _) = host_port(url);
-    let config = client_config_with(
-        edge.ca_pem(),
-        &[&rustls::version::TLS13],
-        None,
-        &["http/1.1"],
-    );
-    let mut tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+    let mut tls = h1_tls(edge, &host).await?;
     tls.write_all(request).await?;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await??;
@@ -571,13 +553,7 @@ async fn header_floods_and_smuggling_attempts_are_refused() -> Result<()> {
     let smuggle = format!(
         "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /status/418 HTTP/1.1\r\nHost: {host}\r\n\r\n"
     );
-    let config = client_config_with(
-        edge.ca_pem(),
-        &[&rustls::version::TLS13],
-        None,
-        &["http/1.1"],
-    );
-    let mut tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+    let mut tls = h1_tls(&edge, &host).await?;
     tls.write_all(smuggle.as_bytes()).await?;
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut all)).await??;
@@ -597,13 +573,7 @@ async fn a_client_that_stops_reading_stalls_the_app_instead_of_filling_the_edge(
     let app = web_app().await;
     let (_s, fwd) = forward(&edge, &app.addr.to_string(), &[]).await?;
     let (host, _) = host_port(fwd.url());
-    let config = client_config_with(
-        edge.ca_pem(),
-        &[&rustls::version::TLS13],
-        None,
-        &["http/1.1"],
-    );
-    let mut tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+    let mut tls = h1_tls(&edge, &host).await?;
     let size = 512 * MIB;
     tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;

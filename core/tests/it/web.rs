@@ -327,6 +327,18 @@ pub async fn curl_via(ca_pem: &str, ip: std::net::IpAddr, url: &str, args: &[&st
     })
 }
 
+/// A TLS connection to `edge` for `host`, offering ALPN `http/1.1` (for clients that
+/// write HTTP/1.1 themselves).
+pub async fn h1_tls(edge: &Edge, host: &str) -> Result<ClientTls> {
+    let config = client_config_with(
+        edge.ca_pem(),
+        &[&rustls::version::TLS13],
+        None,
+        &["http/1.1"],
+    );
+    tls_connect_with(edge.tls_addr(), host, config).await
+}
+
 /// An HTTP/1.1 keep-alive client over TLS to an https:// URL of `edge`.
 pub struct H1Client {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -336,13 +348,7 @@ pub struct H1Client {
 impl H1Client {
     pub async fn connect(edge: &Edge, url: &str) -> Result<H1Client> {
         let (host, _) = host_port(url);
-        let config = client_config_with(
-            edge.ca_pem(),
-            &[&rustls::version::TLS13],
-            None,
-            &["http/1.1"],
-        );
-        let tls = tls_connect_with(edge.tls_addr(), &host, config).await?;
+        let tls = h1_tls(edge, &host).await?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         Ok(H1Client { send, host })

@@ -217,21 +217,13 @@ async fn connect(
         tracing::info!(reason = %e, "upstream connection failed");
         Refusal::UpstreamFailed
     };
-    let stop = shared.stop.clone();
     match protocol {
         AppProtocol::Http1 => {
             let (send, conn) = http1::Builder::new()
                 .handshake::<_, Body>(io)
                 .await
                 .map_err(failed)?;
-            shared.tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    r = conn.with_upgrades() => if let Err(e) = r {
-                        tracing::debug!(reason = %e, "upstream connection ended");
-                    },
-                }
-            });
+            drive(shared, conn.with_upgrades());
             Ok(Sender::H1(send))
         }
         AppProtocol::Http2 => {
@@ -239,15 +231,25 @@ async fn connect(
                 .handshake::<_, Body>(io)
                 .await
                 .map_err(failed)?;
-            shared.tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    r = conn => if let Err(e) = r {
-                        tracing::debug!(reason = %e, "upstream connection ended");
-                    },
-                }
-            });
+            drive(shared, conn);
             Ok(Sender::H2(send))
         }
     }
+}
+
+/// Runs a client connection's I/O until it ends (its sender dropped and idle) or the
+/// edge stops.
+fn drive<F>(shared: &Shared, conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    let stop = shared.stop.clone();
+    shared.tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            r = conn => if let Err(e) = r {
+                tracing::debug!(reason = %e, "upstream connection ended");
+            },
+        }
+    });
 }
