@@ -701,3 +701,72 @@ async fn an_http_bind_that_is_not_edge_terminated_or_has_bad_options_is_refused(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_and_proxy_protocol_reaches_a_plain_one() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let edge = open_edge().await;
+    // An app that terminates TLS itself, with a certificate from a CA made here.
+    let pki = Pki::new("upstream CA");
+    let tls_app = tls_web_app(&pki.leaf(&["localhost"])).await?;
+    let upstream = format!("https://localhost:{}", tls_app.port());
+    let (_a, verified) =
+        forward(&edge, &upstream, &[("upstream_root_cas", s(&pki.ca_pem))]).await?;
+    assert_eq!(
+        curl(&edge, verified.url(), &[]).await?.text(),
+        "hello over tls"
+    );
+    let (_b, untrusted) = forward(&edge, &upstream, &[]).await?;
+    let got = curl(&edge, untrusted.url(), &[]).await?;
+    assert_eq!(
+        got.status, 502,
+        "the platform roots do not know the upstream's CA"
+    );
+    let (_c, insecure) =
+        forward(&edge, &upstream, &[("verify_upstream_tls", false.into())]).await?;
+    assert_eq!(
+        curl(&edge, insecure.url(), &[]).await?.text(),
+        "hello over tls"
+    );
+
+    // PROXY protocol v1 in front of each upstream connection, then HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(tcp);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let line = line.trim_end().to_owned();
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = line.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(reader);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    let (_d, proxied) = forward(
+        &edge,
+        &format!("127.0.0.1:{port}"),
+        &[("proxy_proto", s("1"))],
+    )
+    .await?;
+    let got = curl(&edge, proxied.url(), &[]).await?;
+    assert!(
+        got.text().starts_with("PROXY TCP4 127.0.0.1 "),
+        "{}",
+        got.text()
+    );
+    Ok(())
+}
