@@ -7,7 +7,8 @@ export type TerminateAt = 'edge' | 'agent' | 'upstream'
 /** ngrok-style config; keys are snake_case as in ngrok's SDK. Unknown keys are errors. */
 export interface Config {
   addr?: number | string
-  proto?: 'tls' | 'tcp'
+  /** "http" (the default, as ngrok: an https:// URL), "tls" or "tcp"; "https" means http. */
+  proto?: 'http' | 'https' | 'tls' | 'tcp'
   authtoken?: string
   authtoken_from_env?: boolean
   server_addr?: string | string[]
@@ -34,6 +35,30 @@ export interface Config {
   upstream_root_cas?: Pem
   /** Share the name with other sessions' endpoints that enable pooling too; the edge spreads connections across them. */
   pooling_enabled?: boolean
+  // HTTP endpoints only (ngrok's names):
+  schemes?: string | string[]
+  scheme?: string | string[]
+  /** "user:password" (password of 8 to 128 characters), or several. */
+  basic_auth?: string | string[]
+  auth?: string | string[]
+  /** Fraction (0..1) of 5xx responses that opens the circuit breaker. */
+  circuit_breaker?: number
+  compression?: boolean
+  /** "Name:Value", or several. */
+  request_header_add?: string | string[]
+  request_header_remove?: string | string[]
+  response_header_add?: string | string[]
+  response_header_remove?: string | string[]
+  websocket_tcp_converter?: boolean
+  app_protocol?: 'http1' | 'http2'
+  allow_user_agent?: string | string[]
+  deny_user_agent?: string | string[]
+  verify_webhook_provider?: 'github' | 'stripe' | 'slack'
+  verify_webhook_secret?: string
+  host_header?: string
+  forwarded_headers?: boolean
+  ip_restriction_allow_cidrs?: string | string[]
+  ip_restriction_deny_cidrs?: string | string[]
 }
 
 /** Errors thrown by burrow carry the stable code. */
@@ -88,6 +113,8 @@ export declare class Edge {
   readonly tunnelAddr: string
   readonly tlsAddr: string
   readonly tlsPort: number
+  /** The plain-HTTP listener of http endpoints, or null when the edge has none. */
+  readonly httpAddr: string | null
   readonly caPem: string
   options(): { server_addr: string, root_cas: string }
   /** Authenticated sessions (for tests and operators). */
@@ -100,6 +127,8 @@ export declare class Edge {
 export declare class Session {
   /** The session id the edge gave. */
   id(): string
+  /** An HTTP endpoint (an https:// URL; the edge terminates TLS). */
+  httpEndpoint(): HttpListenerBuilder
   tlsEndpoint(): TlsEndpointBuilder
   tcpEndpoint(): TcpEndpointBuilder
   /** This session's open listeners, as ngrok's `session.listeners()`. */
@@ -144,6 +173,9 @@ declare class EndpointBuilder {
   agentTermination(crt: Pem, key: Pem): this
   mutualTlsca(ca: Pem): this
   trafficPolicy(policy: string): this
+  /** ngrok's other name for `trafficPolicy`. */
+  policy(policy: string): this
+  verifyUpstreamTls(verify: boolean): this
   proxyProto(version: string): this
   allowCidr(cidr: string): this
   denyCidr(cidr: string): this
@@ -152,7 +184,46 @@ declare class EndpointBuilder {
   listenAndForward(url: string | number): Promise<Listener>
   /** Binds without a forwarding target; see `Listener.forward`. */
   listen(): Promise<Listener>
+  /** Binds and serves `server` on it, as `listen(server, listener)`. */
+  listenAndServe(server: Listenable): Promise<Listener>
 }
+
+export declare class HttpListenerBuilder extends EndpointBuilder {
+  domain(domain: string): this
+  /** "HTTPS" (the default) or "HTTP"; repeatable. */
+  scheme(scheme: string): this
+  /** Clients must send these credentials; the password takes 8 to 128 characters. */
+  basicAuth(username: string, password: string): this
+  allowUserAgent(regex: string): this
+  denyUserAgent(regex: string): this
+  appProtocol(protocol: 'http1' | 'http2'): this
+  circuitBreaker(fraction: number): this
+  compression(): this
+  requestHeader(name: string, value: string): this
+  responseHeader(name: string, value: string): this
+  removeRequestHeader(name: string): this
+  removeResponseHeader(name: string): this
+  hostHeader(host: string): this
+  webhookVerification(provider: string, secret: string): this
+  websocketTcpConversion(): this
+  /** Refused with UNSUPPORTED: burrow's edge reaches no identity provider. */
+  oauth(provider: string, allowEmails?: string[], allowDomains?: string[], scopes?: string[], clientId?: string, clientSecret?: string): this
+  /** Refused with UNSUPPORTED: burrow's edge reaches no identity provider. */
+  oidc(issuerUrl: string, clientId: string, clientSecret: string, allowEmails?: string[], allowDomains?: string[], scopes?: string[]): this
+}
+
+/** What `listen()` serves: anything with net.Server's `listen(options)` (an http.Server, an Express app). */
+export interface Listenable {
+  listen(options: { path?: string, host?: string, port?: number }): import('net').Server
+}
+
+/** The server `listen()` made listen; `.listener` (and `.tunnel`, ngrok's name) is the endpoint. */
+export type ListeningServer = import('net').Server & { listener: Listener, tunnel: Listener }
+
+/** Serves `server` on a local socket and forwards `listener`, or a new HTTP endpoint, to it (ngrok's `listen`). */
+export declare function listen(server: Listenable, listener?: Listener): Promise<ListeningServer>
+/** A new HTTP endpoint to pass to `server.listen(listener)` (ngrok's `listenable`). */
+export declare function listenable(): Promise<Listener & { handle: unknown }>
 
 export declare class TlsEndpointBuilder extends EndpointBuilder {
   domain(domain: string): this

@@ -2,6 +2,10 @@
 // burrow for Node: ngrok-compatible `forward()` over the Rust core.
 // `const ngrok = require("burrow")` runs ngrok's examples unchanged.
 
+const fs = require('fs')
+const net = require('net')
+const os = require('os')
+const path = require('path')
 const native = require('./bindings-node/native.js')
 
 // ngrok's code for each burrow code where ngrok has one (the core owns the mapping).
@@ -166,6 +170,8 @@ class Edge {
   get tunnelAddr () { return this._native.tunnelAddr() }
   get tlsAddr () { return this._native.tlsAddr() }
   get tlsPort () { return Number(this._native.tlsAddr().split(':').pop()) }
+  /** The plain-HTTP listener of http endpoints (`host:port`), or null when the edge has none. */
+  get httpAddr () { return this._native.httpAddr() ?? null }
   get caPem () { return this._native.caPem() }
   /** Config keys that point forward() at this edge. */
   options () { return { server_addr: this.tunnelAddr, root_cas: this.caPem } }
@@ -174,6 +180,8 @@ class Edge {
 
 class Session {
   constructor (nativeSession) { this._native = nativeSession }
+  /** An HTTP endpoint (an https:// URL; the edge terminates TLS and proxies requests). */
+  httpEndpoint () { return new HttpListenerBuilder(this, 'http') }
   tlsEndpoint () { return new TlsEndpointBuilder(this, 'tls') }
   tcpEndpoint () { return new TcpEndpointBuilder(this, 'tcp') }
   /** The session id the edge gave. */
@@ -229,6 +237,9 @@ class EndpointBuilder {
   agentTermination (crt, key) { Object.assign(this._o, { crt, key, terminate_at: 'agent' }); return this }
   mutualTlsca (ca) { this._o.mutual_tls_cas = ca; return this }
   trafficPolicy (p) { this._o.traffic_policy = p; return this }
+  /** ngrok's other name for `trafficPolicy`. */
+  policy (p) { return this.trafficPolicy(p) }
+  verifyUpstreamTls (verify) { this._o.verify_upstream_tls = verify; return this }
   proxyProto (v) { this._o.proxy_proto = v; return this }
   allowCidr (c) { (this._o.allow_cidr = this._o.allow_cidr || []).push(c); return this }
   denyCidr (c) { (this._o.deny_cidr = this._o.deny_cidr || []).push(c); return this }
@@ -243,12 +254,131 @@ class EndpointBuilder {
     const opts = parse('endpoint', { ...this._o })
     return new Listener(await call(() => this._session._native.listen(opts)), this._session._native)
   }
+
+  /** Binds, then serves `server` (an `http.Server`, or an Express app) on it: see `listen(server)`. */
+  async listenAndServe (server) {
+    const listener = await this.listen()
+    await listen(server, listener)
+    return listener
+  }
+}
+
+// ngrok's option strings are "a:b"; a ':' in the first half would move the split.
+function noColon (what, value) {
+  if (String(value).includes(':')) throw burrowError('INVALID_OPTION', `${what} ${JSON.stringify(value)} must not contain ':'`)
+}
+
+/** ngrok's HttpListenerBuilder: every setting goes to the core's option parser, under ngrok's option name. */
+class HttpListenerBuilder extends EndpointBuilder {
+  _add (key, value) { (this._o[key] = this._o[key] || []).push(value); return this }
+  domain (d) { this._o.domain = d; return this }
+  /** A scheme to serve: "HTTPS" (the default) or "HTTP" (repeatable). */
+  scheme (s) { return this._add('schemes', s) }
+  /** Clients must send these credentials (repeatable); the password takes 8 to 128 characters. */
+  basicAuth (username, password) { noColon('basicAuth: the user name', username); return this._add('basic_auth', `${username}:${password}`) }
+  allowUserAgent (regex) { return this._add('allow_user_agent', regex) }
+  denyUserAgent (regex) { return this._add('deny_user_agent', regex) }
+  /** "http1" or "http2": how the edge speaks to the upstream. */
+  appProtocol (p) { this._o.app_protocol = p; return this }
+  /** Answer 503 while this fraction (0..1) of responses are 5xx. */
+  circuitBreaker (fraction) { this._o.circuit_breaker = fraction; return this }
+  compression () { this._o.compression = true; return this }
+  requestHeader (name, value) { noColon('requestHeader: the header name', name); return this._add('request_header_add', `${name}:${value}`) }
+  responseHeader (name, value) { noColon('responseHeader: the header name', name); return this._add('response_header_add', `${name}:${value}`) }
+  removeRequestHeader (name) { return this._add('request_header_remove', name) }
+  removeResponseHeader (name) { return this._add('response_header_remove', name) }
+  /** The Host header sent upstream instead of the client's. */
+  hostHeader (host) { this._o.host_header = host; return this }
+  /** Verify `provider`'s signature ("github", "stripe", "slack") made with `secret` on every request. */
+  webhookVerification (provider, secret) { Object.assign(this._o, { verify_webhook_provider: provider, verify_webhook_secret: secret }); return this }
+  websocketTcpConversion () { this._o.websocket_tcp_converter = true; return this }
+  /** ngrok's OAuth: refused with UNSUPPORTED (the core says why). */
+  oauth (provider) { parse('endpoint', { proto: 'http', oauth_provider: provider }); return this }
+  /** ngrok's OIDC: refused with UNSUPPORTED (the core says why). */
+  oidc (issuerUrl) { parse('endpoint', { proto: 'http', oidc_issuer_url: issuerUrl }); return this }
 }
 class TlsEndpointBuilder extends EndpointBuilder { domain (d) { this._o.domain = d; return this } }
 class TcpEndpointBuilder extends EndpointBuilder { remoteAddr (a) { this._o.remote_addr = a; return this } }
 
+// ngrok's web-framework helpers (its trailer.js): put a Node server behind an HTTP endpoint.
+
+/** An HTTP endpoint on the shared session (authtoken_from_env), forwarding nowhere yet. */
+async function defaultListener () {
+  const opts = parse('forward', { authtoken_from_env: true, proto: 'http' })
+  const session = await sessionFor(opts)
+  return new Listener(await call(() => session.listen(opts)), session)
+}
+
+function listenOn (server, options) {
+  return new Promise((resolve, reject) => {
+    const bound = server.listen(options)
+    bound.once('listening', () => resolve(bound)).once('error', reject)
+  })
+}
+
+// A unix socket path of at most 100 characters (the OS limit is about 104).
+function pipeName (listener) {
+  return path.join(os.tmpdir(), `burrow-${process.pid}-${listener.id().slice(-12)}.sock`).slice(0, 100)
+}
+
+/**
+ * Serves `server` (an `http.Server`, `net.Server`, an Express app, ...) on a local unix
+ * socket (else 127.0.0.1 on a port the OS picks) and forwards `listener`, or a new HTTP
+ * endpoint, there. Returns the listening server (Express's `app.listen` makes a new
+ * one); its `.listener` (and `.tunnel`, ngrok's name) is the endpoint.
+ */
+async function listen (server, listener) {
+  if (!listener) listener = await defaultListener()
+  if (listener._bound) { listener._bound.close(); listener._bound = null }
+  let bound
+  if (process.platform !== 'win32') {
+    const file = pipeName(listener)
+    try { fs.unlinkSync(file) } catch (_) { /* none left over */ }
+    try {
+      bound = await listenOn(server, { path: file })
+      fs.chmodSync(file, 0o700)
+      await listener.forward(`unix:${file}`)
+      bound.once('close', () => { try { fs.unlinkSync(file) } catch (_) { /* gone */ } })
+    } catch (e) {
+      if (bound) bound.close()
+      bound = null
+    }
+  }
+  if (!bound) {
+    bound = await listenOn(server, { host: '127.0.0.1', port: 0 })
+    await listener.forward(`127.0.0.1:${bound.address().port}`)
+  }
+  const closeListener = listener.close.bind(listener)
+  listener.close = async () => { bound.close(); await closeListener() }
+  server.listener = server.tunnel = listener
+  bound.listener = bound.tunnel = listener
+  return bound
+}
+
+/**
+ * A new HTTP endpoint usable as `server.listen(listener)` (ngrok's `listenable()`): it
+ * holds a socket bound on 127.0.0.1, which `listen()` takes over through `handle`;
+ * forwarding starts then.
+ */
+async function listenable () {
+  const listener = await defaultListener()
+  const socket = await listenOn(new net.Server(), { host: '127.0.0.1', port: 0 })
+  listener._bound = socket
+  Object.defineProperty(listener, 'handle', {
+    configurable: true,
+    get () {
+      listener.forward(`127.0.0.1:${socket.address().port}`).catch((e) => socket.emit('error', e))
+      return socket._handle
+    }
+  })
+  return listener
+}
+
 module.exports = {
   forward,
+  listen,
+  listenable,
+  HttpListenerBuilder,
   connect: forward,
   disconnect,
   kill,

@@ -1,4 +1,5 @@
 import burrow from './index.js'
 export const { forward, connect, disconnect, kill, listeners, getListener, getListenerByUrl, authtoken,
-  loggingCallback, consoleLog, Edge, Listener, Session, SessionBuilder, TlsEndpointBuilder, TcpEndpointBuilder } = burrow
+  loggingCallback, consoleLog, Edge, Listener, Session, SessionBuilder, TlsEndpointBuilder, TcpEndpointBuilder,
+  HttpListenerBuilder, listen, listenable } = burrow
 export default burrow

@@ -27,6 +27,8 @@ export declare class NativeEdge {
   tunnelAddr(): string
   /** The public TLS listener. */
   tlsAddr(): string
+  /** The plain-HTTP listener of http endpoints, when the edge has one. */
+  httpAddr(): string | null
   /** The edge CA (PEM). */
   caPem(): string
   /** Stops the edge (idempotent). */
@@ -64,7 +66,7 @@ export declare class NativeListener {
   id(): string
   /** The public URL. */
   url(): string
-  /** "tls" or "tcp". */
+  /** "http", "tls" or "tcp". */
   proto(): string
   /** The endpoint's metadata. */
   metadata(): string

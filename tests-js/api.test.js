@@ -13,15 +13,15 @@ afterAll(async () => { await edge.close() })
 async function serve () { const s = await echoServer(); servers.push(s); return s.address().port }
 
 test('forward returns a promise (checked by .then: napi promises come from another realm)', async () => {
-  const p = burrow.forward({ addr: await serve(), terminate_at: 'edge', ...edge.options() })
+  const p = burrow.forward({ proto: 'tls', addr: await serve(), terminate_at: 'edge', ...edge.options() })
   expect(typeof p.then).toBe('function')
   await p
 })
 
 test('listener methods, idempotent close, disconnect one URL, lookups', async () => {
   const port = await serve()
-  const a = await burrow.forward({ addr: port, domain: 'a.js.test', terminate_at: 'edge', metadata: 'm', forwards_to: 'svc', ...edge.options() })
-  const b = await burrow.forward({ addr: port, domain: 'b.js.test', terminate_at: 'edge', ...edge.options() })
+  const a = await burrow.forward({ proto: 'tls', addr: port, domain: 'a.js.test', terminate_at: 'edge', metadata: 'm', forwards_to: 'svc', ...edge.options() })
+  const b = await burrow.forward({ proto: 'tls', addr: port, domain: 'b.js.test', terminate_at: 'edge', ...edge.options() })
   expect(a.metadata()).toBe('m')
   expect(a.forwardsTo()).toBe('svc')
   expect(a.proto()).toBe('tls')
@@ -50,7 +50,7 @@ test('builders in camelCase', async () => {
 // Endpoint pools: ngrok's pooling_enabled lets several sessions serve one name.
 test('pooled listeners share a domain; a listener that did not opt in is refused', async () => {
   const domain = 'app.pool.js.test'
-  const options = { domain, terminate_at: 'edge', pooling_enabled: true, ...edge.options() }
+  const options = { proto: 'tls', domain, terminate_at: 'edge', pooling_enabled: true, ...edge.options() }
   // Two sessions (as two agents would be), both opting in: both get the name's URL.
   const first = await burrow.forward({ addr: await serve(), ...options })
   const second = await burrow.forward({ addr: await serve(), force_new_session: true, ...options })
@@ -62,7 +62,7 @@ test('pooled listeners share a domain; a listener that did not opt in is refused
   }
 
   // A third session without the option is refused, as for any name another session holds.
-  const refused = burrow.forward({ addr: await serve(), domain, force_new_session: true, ...edge.options() })
+  const refused = burrow.forward({ proto: 'tls', addr: await serve(), domain, force_new_session: true, ...edge.options() })
   await expect(refused).rejects.toMatchObject({ code: 'DOMAIN_TAKEN', errorCode: 'ERR_NGROK_334' })
 
   // The builder spells it as ngrok's does.
@@ -77,10 +77,12 @@ test('errors carry .code, .errorCode and a message naming the problem', async ()
     [{ addr: 1, domian: 'x' }, 'INVALID_OPTION', 'domian'],
     [{ addr: 1, pooling_enabled: 'yes' }, 'INVALID_OPTION', 'pooling_enabled must be true or false'],
     [{ addr: 1, bindings: ['public'] }, 'UNSUPPORTED', 'bindings'],
-    [{ addr: 1, proto: 'http' }, 'UNSUPPORTED', 'http'],
+    [{ addr: 1, proto: 'labeled' }, 'UNSUPPORTED', 'labeled'],
+    [{ addr: 1, proto: 'tls', basic_auth: 'ann:long-enough' }, 'INVALID_OPTION', 'basic_auth'],
+    [{ addr: 1, oauth_provider: 'google' }, 'UNSUPPORTED', 'oauth_provider'],
     [{ addr: 1, crt: 'x' }, 'INVALID_OPTION', 'Missing key for tls termination'],
     [{ addr: 1, domain: 'app.test', crt: 'not pem', key: 'nope' }, 'INVALID_PEM', 'crt'],
-    [{ addr: 1, traffic_policy: 'on_tcp_connect:\n  - actions: [{type: fly}]\n' }, 'INVALID_POLICY', 'on_tcp_connect[0].actions[0].type'],
+    [{ addr: 1, proto: 'tls', traffic_policy: 'on_tcp_connect:\n  - actions: [{type: fly}]\n' }, 'INVALID_POLICY', 'on_tcp_connect[0].actions[0].type'],
     [{ addr: 'ftp://x:1' }, 'INVALID_URL', 'ftp']
   ]
   for (const [config, code, text] of cases) {
@@ -106,7 +108,7 @@ test('errors carry .code, .errorCode and a message naming the problem', async ()
 test('logging callback receives Rust log events', async () => {
   const lines = []
   burrow.loggingCallback((level, message) => lines.push(`${level} ${message}`), 'INFO')
-  const l = await burrow.forward({ addr: await serve(), terminate_at: 'edge', ...edge.options() })
+  const l = await burrow.forward({ proto: 'tls', addr: await serve(), terminate_at: 'edge', ...edge.options() })
   await new Promise((resolve) => setTimeout(resolve, 250))
   expect(lines.some((x) => x.includes('endpoint online'))).toBe(true)
   burrow.loggingCallback(null)
@@ -121,7 +123,7 @@ function child (code, timeout = 20000) {
 test('an open listener keeps the process alive; unref() and close() let it exit', () => {
   const prelude = "const b=require('./index.js');const net=require('net');(async()=>{const e=await b.Edge.start({open:true});" +
     "const s=net.createServer(c=>c.pipe(c)).listen(0,'127.0.0.1');await new Promise(r=>s.on('listening',r));s.unref();" +
-    "const l=await b.forward({addr:s.address().port,terminate_at:'edge',...e.options()});console.log('up');"
+    "const l=await b.forward({proto:'tls',addr:s.address().port,terminate_at:'edge',...e.options()});console.log('up');"
   const alive = child(prelude + '})()', 5000)
   expect(alive.stdout).toContain('up')
   expect(alive.error && alive.error.code).toBe('ETIMEDOUT') // still running when the 5 s timeout hit

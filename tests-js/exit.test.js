@@ -28,7 +28,7 @@ async function main () {
   burrow.loggingCallback(() => { logged += 1 }, 'DEBUG')
   const echo = net.createServer((c) => { c.on('error', () => {}); c.pipe(c) })
   await new Promise((resolve) => echo.listen(0, '127.0.0.1', resolve))
-  const l = await burrow.forward({ addr: echo.address().port, terminate_at: 'edge', domain: 'exit.test' })
+  const l = await burrow.forward({ proto: 'tls', addr: echo.address().port, terminate_at: 'edge', domain: 'exit.test' })
   const refused = [{ server_addr: '127.0.0.1:' + await closedPort(), force_new_session: true },
     { traffic_policy: 'on_tcp_connect: [{actions: [{type: no-such-action}]}]' }, { domain: '-not..a-domain-' }]
   for (const o of refused) burrow.forward({ addr: 1, ...o }).then(() => process.exit(4), () => {})

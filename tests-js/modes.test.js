@@ -24,7 +24,7 @@ test('upstream mode: the client sees the service certificate', async () => {
 test('agent mode with crt/key', async () => {
   const cert = certs.leaf('app.agent.test')
   const port = await serve()
-  const l = await burrow.forward({ addr: port, domain: 'app.agent.test', crt: cert.crt, key: Buffer.from(cert.key), terminate_at: 'agent', ...edge.options() })
+  const l = await burrow.forward({ proto: 'tls', addr: port, domain: 'app.agent.test', crt: cert.crt, key: Buffer.from(cert.key), terminate_at: 'agent', ...edge.options() })
   expect(l.terminateAt()).toBe('agent')
   const s = await tlsConnect(portOf(l.url()), 'app.agent.test', certs.ca)
   expect(s.getPeerX509Certificate().subject).toContain('app.agent.test')
@@ -34,18 +34,18 @@ test('agent mode with crt/key', async () => {
 test('edge mode with cert bytes and with an automatic certificate', async () => {
   const cert = certs.leaf('app.edge.test')
   const port = await serve()
-  const l = await burrow.forward({ addr: String(port), domain: 'app.edge.test', crt: new Uint8Array(Buffer.from(cert.crt)), key: cert.key, ...edge.options() })
+  const l = await burrow.forward({ proto: 'tls', addr: String(port), domain: 'app.edge.test', crt: new Uint8Array(Buffer.from(cert.crt)), key: cert.key, ...edge.options() })
   expect(l.terminateAt()).toBe('edge')
   const s = await tlsConnect(portOf(l.url()), 'app.edge.test', certs.ca)
   await echoExact(s, random(3 * 1024 * 1024))
-  const auto = await burrow.forward({ addr: `127.0.0.1:${port}`, terminate_at: 'edge', ...edge.options() })
+  const auto = await burrow.forward({ proto: 'tls', addr: `127.0.0.1:${port}`, terminate_at: 'edge', ...edge.options() })
   const s2 = await tlsConnect(portOf(auto.url()), hostOf(auto.url()), edge.caPem)
   await echoExact(s2, random(1024 * 1024))
 })
 
 test('the event loop keeps running during a large transfer', async () => {
   const port = await serve()
-  const l = await burrow.forward({ addr: port, terminate_at: 'edge', ...edge.options() })
+  const l = await burrow.forward({ proto: 'tls', addr: port, terminate_at: 'edge', ...edge.options() })
   let ticks = 0
   const timer = setInterval(() => { ticks += 1 }, 5)
   const s = await tlsConnect(portOf(l.url()), hostOf(l.url()), edge.caPem)
@@ -57,7 +57,7 @@ test('the event loop keeps running during a large transfer', async () => {
 test('mutual TLS, PROXY v2 and traffic policy', async () => {
   const clients = pki()
   const port = await serve()
-  const m = await burrow.forward({ addr: port, domain: 'm.js.test', terminate_at: 'edge', mutual_tls_cas: clients.ca, ...edge.options() })
+  const m = await burrow.forward({ proto: 'tls', addr: port, domain: 'm.js.test', terminate_at: 'edge', mutual_tls_cas: clients.ca, ...edge.options() })
   const alice = clients.client('alice')
   const ok = await tlsConnect(portOf(m.url()), 'm.js.test', edge.caPem, { cert: alice.crt, key: alice.key })
   await echoExact(ok, Buffer.from('with a certificate'))
@@ -75,7 +75,7 @@ test('mutual TLS, PROXY v2 and traffic policy', async () => {
   })
   await new Promise((resolve) => pp.listen(0, '127.0.0.1', resolve))
   servers.push(pp)
-  const l = await burrow.forward({ addr: pp.address().port, domain: 'pp.js.test', terminate_at: 'edge', proxy_proto: '2', ...edge.options() })
+  const l = await burrow.forward({ proto: 'tls', addr: pp.address().port, domain: 'pp.js.test', terminate_at: 'edge', proxy_proto: '2', ...edge.options() })
   const s = await tlsConnect(portOf(l.url()), 'pp.js.test', edge.caPem)
   const clientPort = s.localPort
   s.write('hi')
@@ -85,7 +85,7 @@ test('mutual TLS, PROXY v2 and traffic policy', async () => {
   s.destroy()
 
   const policy = "on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {min_version: '1.3'}\n"
-  const p = await burrow.forward({ addr: port, domain: 'pol.js.test', traffic_policy: policy, ...edge.options() })
+  const p = await burrow.forward({ proto: 'tls', addr: port, domain: 'pol.js.test', traffic_policy: policy, ...edge.options() })
   const s3 = await tlsConnect(portOf(p.url()), 'pol.js.test', edge.caPem)
   expect(s3.getProtocol()).toBe('TLSv1.3')
   await echoExact(s3, Buffer.from('policy'))
@@ -93,7 +93,7 @@ test('mutual TLS, PROXY v2 and traffic policy', async () => {
 
 test('50 concurrent forward calls', async () => {
   const port = await serve()
-  const ls = await Promise.all(Array.from({ length: 50 }, (_, i) => burrow.forward({ addr: port, domain: `c${i}.js.test`, terminate_at: 'edge', ...edge.options() })))
+  const ls = await Promise.all(Array.from({ length: 50 }, (_, i) => burrow.forward({ proto: 'tls', addr: port, domain: `c${i}.js.test`, terminate_at: 'edge', ...edge.options() })))
   expect(new Set(ls.map((l) => l.url())).size).toBe(50)
   await Promise.all(ls.map(async (l, i) => {
     const s = await tlsConnect(portOf(l.url()), `c${i}.js.test`, edge.caPem)

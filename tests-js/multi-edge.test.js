@@ -26,6 +26,7 @@ test('server_addr as a list: the URL answers through every edge', async () => {
   server = await echoServer(certs.leaf('app.multi.test'))
   const l = await burrow.forward({
     addr: server.address().port,
+    proto: 'tls',
     domain: 'app.multi.test',
     server_addr: [a.options().server_addr, b.options().server_addr],
     root_cas: a.caPem + '\n' + b.caPem

@@ -1,4 +1,5 @@
 // Compiled by api.test.js with `tsc --noEmit --strict`: every public name, typed.
+import * as http from 'http'
 import * as burrow from '..'
 
 async function main (): Promise<void> {
@@ -44,6 +45,25 @@ async function main (): Promise<void> {
     const code: string = err.code + err.errorCode
     console.log(code, s, all, one, l2, l3)
   }
+  const h: burrow.Listener = await session.httpEndpoint().domain('h.test').scheme('HTTPS').basicAuth('u', 'password')
+    .allowCidr('127.0.0.0/8').denyCidr('10.0.0.0/8').allowUserAgent('^curl').denyUserAgent('bot').appProtocol('http2')
+    .circuitBreaker(0.5).compression().forwardsTo('f').metadata('m').mutualTlsca('').policy('').trafficPolicy('')
+    .proxyProto('2').requestHeader('a', 'b').responseHeader('c', 'd').removeRequestHeader('e').removeResponseHeader('f')
+    .hostHeader('h').verifyUpstreamTls(true).webhookVerification('github', 's').websocketTcpConversion()
+    .poolingEnabled(false).listenAndForward('http://localhost:80')
+  const httpServer = http.createServer()
+  const bound: burrow.ListeningServer = await burrow.listen(httpServer)
+  const served: burrow.Listener = await session.httpEndpoint().listenAndServe(httpServer)
+  const later: burrow.Listener = await burrow.listen(httpServer, h).then((b) => b.listener)
+  const able = await burrow.listenable()
+  httpServer.listen(able)
+  const builder: burrow.HttpListenerBuilder = session.httpEndpoint().oauth('google').oidc('https://i', 'c', 's')
+  const httpConfig: burrow.Config = { proto: 'http', schemes: ['HTTPS'], basic_auth: 'u:password', circuit_breaker: 0.5,
+    compression: true, request_header_add: 'a:b', response_header_remove: ['c'], websocket_tcp_converter: true,
+    app_protocol: 'http1', allow_user_agent: 'x', verify_webhook_provider: 'github', verify_webhook_secret: 's',
+    host_header: 'h', forwarded_headers: false, ip_restriction_allow_cidrs: '127.0.0.0/8' }
+  const addr: string | null = edge.httpAddr
+  console.log(bound.listener.url(), served, later, builder, httpConfig, addr)
   await session.close()
   await edge.close()
 }

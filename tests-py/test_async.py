@@ -29,7 +29,7 @@ async def talk(edge: burrow.Edge, name: str, msg: bytes, ca: str = "") -> bytes:
 async def test_fifty_concurrent_async_forwards(edge: burrow.Edge) -> None:
     service = Echo()
     listeners = await asyncio.gather(*[
-        burrow.async_forward(service.port, domain=f"as{i}.py.test", terminate_at="edge", **edge.options())
+        burrow.async_forward(service.port, proto="tls", domain=f"as{i}.py.test", terminate_at="edge", **edge.options())
         for i in range(50)
     ])
     assert len({x.url() for x in listeners}) == 50
@@ -42,7 +42,7 @@ async def test_fifty_concurrent_async_forwards(edge: burrow.Edge) -> None:
 @pytest.mark.asyncio
 async def test_forward_inside_a_loop_is_awaitable(edge: burrow.Edge) -> None:
     service = Echo()
-    pending = burrow.forward(service.port, domain="aw.py.test", terminate_at="edge", **edge.options())
+    pending = burrow.forward(service.port, proto="tls", domain="aw.py.test", terminate_at="edge", **edge.options())
     assert asyncio.iscoroutine(pending)
     async with await pending as listener:
         assert await talk(edge, "aw.py.test", b"awaited") == b"awaited"
@@ -52,7 +52,7 @@ async def test_forward_inside_a_loop_is_awaitable(edge: burrow.Edge) -> None:
 @pytest.mark.asyncio
 async def test_async_join_ends_on_close(edge: burrow.Edge) -> None:
     service = Echo()
-    listener = await burrow.async_forward(service.port, terminate_at="edge", **edge.options())
+    listener = await burrow.async_forward(service.port, proto="tls", terminate_at="edge", **edge.options())
     joined = asyncio.ensure_future(listener.async_join())
     await asyncio.sleep(0)  # let the join start; it must still be waiting
     assert not joined.done()
@@ -66,7 +66,7 @@ async def test_async_errors_carry_codes(edge: burrow.Edge) -> None:
         await burrow.async_forward(8080, proto="tls", nope=1, **edge.options())
     assert e.value.code == "INVALID_OPTION" and "nope" in e.value.message
     with pytest.raises(burrow.CertificateError) as c:
-        await burrow.async_forward(8080, crt=b"junk", key=b"junk", **edge.options())
+        await burrow.async_forward(8080, proto="tls", crt=b"junk", key=b"junk", **edge.options())
     assert c.value.code == "INVALID_PEM"
 
 
@@ -92,13 +92,13 @@ async def test_a_cancelled_forward_raises_cancelled_and_the_loop_goes_on(edge: b
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
     try:
-        pending = burrow.async_forward(1, server_addr="127.0.0.1:%d" % silent.getsockname()[1],
+        pending = burrow.async_forward(1, proto="tls", server_addr="127.0.0.1:%d" % silent.getsockname()[1],
                                        root_cas=Pki().ca_pem, force_new_session=True)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(pending, 0.2)
     finally:
         silent.close()
     service = Echo()
-    async with await burrow.async_forward(service.port, domain="after.py.test", terminate_at="edge",
+    async with await burrow.async_forward(service.port, proto="tls", domain="after.py.test", terminate_at="edge",
                                           **edge.options()):
         assert await talk(edge, "after.py.test", b"still working") == b"still working"

@@ -135,14 +135,17 @@ def test_unknown_and_unsupported_options(edge: burrow.Edge) -> None:
     with pytest.raises(burrow.Error) as e:
         burrow.forward(8080, domian="typo.test", **edge.options())
     assert e.value.code == "INVALID_OPTION" and "domian" in e.value.message
-    for option in ("bindings", "basic_auth", "oauth.provider", "labels"):
+    for option in ("bindings", "oauth.provider", "oidc_issuer_url", "labels"):
         with pytest.raises(burrow.Error) as e:
             burrow.forward(8080, **{option: "x"}, **edge.options())
         assert e.value.code == "UNSUPPORTED" and option in e.value.message and "not supported" in e.value.message
-    for proto in ("http", "https"):
-        with pytest.raises(burrow.Error) as e:
-            burrow.forward(8080, proto=proto, **edge.options())
-        assert e.value.code == "UNSUPPORTED" and proto in e.value.message
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, proto="labeled", **edge.options())
+    assert e.value.code == "UNSUPPORTED" and "labeled" in e.value.message
+    # An http option on a tls endpoint names the option.
+    with pytest.raises(burrow.Error) as e:
+        burrow.forward(8080, proto="tls", basic_auth="ann:long-enough", **edge.options())
+    assert e.value.code == "INVALID_OPTION" and "basic_auth" in e.value.message
 
 
 def test_bad_values(edge: burrow.Edge) -> None:
@@ -153,8 +156,8 @@ def test_bad_values(edge: burrow.Edge) -> None:
         burrow.forward("not a port", **edge.options())
     assert e.value.code == "INVALID_URL" and "not a port" in e.value.message
     with pytest.raises(burrow.Error) as e:
-        burrow.forward(8080, url="https://app.test", **edge.options())
-    assert e.value.code == "INVALID_URL" and "https://app.test" in e.value.message
+        burrow.forward(8080, url="gopher://app.test", **edge.options())
+    assert e.value.code == "INVALID_URL" and "gopher://app.test" in e.value.message
     with pytest.raises(burrow.Error) as e:
         burrow.forward(8080, proxy_proto="3", terminate_at="edge", **edge.options())
     assert e.value.code == "INVALID_OPTION" and "proxy_proto" in e.value.message
@@ -176,7 +179,7 @@ def test_invalid_domain_carries_ngroks_326(edge: burrow.Edge) -> None:
 def test_bad_policy_names_the_field(edge: burrow.Edge) -> None:
     policy = "on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {min_version: '1.1'}\n"
     with pytest.raises(burrow.PolicyError) as e:
-        burrow.forward(8080, traffic_policy=policy, **edge.options())
+        burrow.forward(8080, proto="tls", traffic_policy=policy, **edge.options())
     assert e.value.code == "INVALID_POLICY"
     assert "on_tcp_connect[0].actions[0].config.min_version" in e.value.message
 

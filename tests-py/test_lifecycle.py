@@ -40,13 +40,13 @@ def wait_refused(edge: burrow.Edge, url: str, name: str) -> None:
 
 def test_close_twice_and_context_manager(edge: burrow.Edge) -> None:
     service = Echo()
-    listener = burrow.forward(service.port, domain="c.py.test", terminate_at="edge", **edge.options())
+    listener = burrow.forward(service.port, proto="tls", domain="c.py.test", terminate_at="edge", **edge.options())
     listener.close()
     listener.close()
     listener.join()  # returns at once: already closed
     wait_refused(edge, listener.url(), "c.py.test")
     assert listener.url().startswith("tls://c.py.test:"), "still describes itself after close"
-    with burrow.forward(service.port, terminate_at="edge", **edge.options()) as l2:
+    with burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options()) as l2:
         assert l2 in burrow.get_listeners()
     assert l2 not in burrow.get_listeners()
     l2.close()  # after the with block: still fine
@@ -54,8 +54,8 @@ def test_close_twice_and_context_manager(edge: burrow.Edge) -> None:
 
 def test_disconnect_one_url_keeps_the_others(edge: burrow.Edge) -> None:
     service = Echo()
-    a = burrow.forward(service.port, domain="a.py.test", terminate_at="edge", **edge.options())
-    b = burrow.forward(service.port, domain="b.py.test", terminate_at="edge", **edge.options())
+    a = burrow.forward(service.port, proto="tls", domain="a.py.test", terminate_at="edge", **edge.options())
+    b = burrow.forward(service.port, proto="tls", domain="b.py.test", terminate_at="edge", **edge.options())
     burrow.disconnect(a.url())
     wait_refused(edge, a.url(), "a.py.test")
     with tls_client(edge_addr(b), "b.py.test", edge.ca_pem.encode()) as conn:
@@ -65,13 +65,13 @@ def test_disconnect_one_url_keeps_the_others(edge: burrow.Edge) -> None:
 
 def test_kill_closes_everything_and_forward_works_after(edge: burrow.Edge) -> None:
     service = Echo()
-    a = burrow.forward(service.port, domain="k1.py.test", terminate_at="edge", **edge.options())
-    b = burrow.forward(service.port, domain="k2.py.test", terminate_at="edge", **edge.options())
+    a = burrow.forward(service.port, proto="tls", domain="k1.py.test", terminate_at="edge", **edge.options())
+    b = burrow.forward(service.port, proto="tls", domain="k2.py.test", terminate_at="edge", **edge.options())
     burrow.kill()
     assert burrow.get_listeners() == []
     wait_refused(edge, a.url(), "k1.py.test")
     wait_refused(edge, b.url(), "k2.py.test")
-    c = burrow.connect(service.port, domain="k1.py.test", terminate_at="edge", **edge.options())  # alias
+    c = burrow.connect(service.port, proto="tls", domain="k1.py.test", terminate_at="edge", **edge.options())  # alias
     with tls_client(edge_addr(c), "k1.py.test", edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"a new session after kill")
 
@@ -80,7 +80,7 @@ def test_garbage_collection_does_not_close_a_listener(edge: burrow.Edge) -> None
     """The rule: a listener runs until close()/disconnect()/kill(); the module keeps a
     reference, so dropping yours does not stop the forward."""
     service = Echo()
-    url = burrow.forward(service.port, domain="gc.py.test", terminate_at="edge", **edge.options()).url()
+    url = burrow.forward(service.port, proto="tls", domain="gc.py.test", terminate_at="edge", **edge.options()).url()
     gc.collect()
     port = int(url.rsplit(":", 1)[1])
     with tls_client(("127.0.0.1", port), "gc.py.test", edge.ca_pem.encode()) as conn:
@@ -100,7 +100,7 @@ def test_join_releases_the_gil(edge: burrow.Edge) -> None:
     """A thread blocked in join() lets Python run: the echo service and client below are
     Python threads that need the GIL; close() from here ends the join."""
     service = Echo()
-    listener = burrow.forward(service.port, domain="j.py.test", terminate_at="edge", **edge.options())
+    listener = burrow.forward(service.port, proto="tls", domain="j.py.test", terminate_at="edge", **edge.options())
     joiner = threading.Thread(target=listener.join)
     joiner.start()
     with tls_client(edge_addr(listener), "j.py.test", edge.ca_pem.encode()) as conn:
@@ -122,7 +122,7 @@ def test_blocking_forward_releases_the_gil() -> None:
 
     def call() -> None:
         try:
-            burrow.forward(1, server_addr="127.0.0.1:%d" % silent.getsockname()[1], root_cas=Pki().ca_pem)
+            burrow.forward(1, proto="tls", server_addr="127.0.0.1:%d" % silent.getsockname()[1], root_cas=Pki().ca_pem)
         except burrow.Error as e:
             errors.append(e)
 
@@ -138,7 +138,7 @@ def test_blocking_forward_releases_the_gil() -> None:
 
 CHILD_JOIN = """
 import burrow
-l = burrow.forward(1, terminate_at='edge', server_addr={tunnel!r}, root_cas={ca!r})
+l = burrow.forward(1, proto="tls", terminate_at='edge', server_addr={tunnel!r}, root_cas={ca!r})
 try:
     print('ready', flush=True)
     l.join()
@@ -150,7 +150,7 @@ CHILD_FORWARD = """
 import burrow
 try:
     print('ready', flush=True)
-    burrow.forward(1, server_addr={silent!r}, root_cas={ca!r})
+    burrow.forward(1, proto="tls", server_addr={silent!r}, root_cas={ca!r})
 except KeyboardInterrupt:
     print('interrupted', flush=True)
 """

@@ -26,7 +26,7 @@ def test_rust_logs_reach_python_logging(edge: burrow.Edge, caplog: pytest.LogCap
     burrow.log_level("INFO")
     service = Echo()
     with caplog.at_level(logging.INFO, logger="burrow"):
-        listener = burrow.forward(service.port, terminate_at="edge", **edge.options())
+        listener = burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
         wait_until(lambda: f"endpoint online url={listener.url()}" in messages(caplog), "the endpoint online record")
         record = next(r for r in caplog.records if "endpoint online" in r.getMessage())
         assert record.levelno == logging.INFO
@@ -41,7 +41,7 @@ def test_trace_logs_hold_no_secrets(edge: burrow.Edge, pki: Pki, caplog: pytest.
     burrow.log_level(5)  # TRACE, as a logging number
     service = Echo()
     with caplog.at_level(5, logger="burrow"):
-        listener = burrow.forward(service.port, domain="sec.py.test", crt=cert.crt, key=cert.key,
+        listener = burrow.forward(service.port, proto="tls", domain="sec.py.test", crt=cert.crt, key=cert.key,
                                   terminate_at="agent", authtoken=token, **edge.options())
         with tls_client(edge_addr(listener), "sec.py.test", pki.ca_pem) as conn:
             echo_exact(conn, b"traced")
@@ -58,11 +58,11 @@ def test_off_stops_the_bridge(edge: burrow.Edge, caplog: pytest.LogCaptureFixtur
     burrow.log_level("OFF")
     service = Echo()
     with caplog.at_level(logging.DEBUG, logger="burrow"):
-        first = burrow.forward(service.port, terminate_at="edge", **edge.options())
+        first = burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
         # A marker event after the forward: once the INFO bridge delivers it, anything the
         # forward logged would have arrived too (one delivery thread, in order).
         burrow.log_level("INFO")
-        second = burrow.forward(service.port, terminate_at="edge", **edge.options())
+        second = burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
         wait_until(lambda: f"endpoint online url={second.url()}" in messages(caplog), "the second endpoint")
         burrow.log_level("OFF")
     assert f"endpoint online url={first.url()}" not in messages(caplog)

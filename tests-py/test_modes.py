@@ -23,7 +23,7 @@ def test_agent_mode_with_crt_and_key(edge: burrow.Edge, pki: Pki, data: bytes) -
     cert = pki.leaf("app.agent.test")
     service = Echo()
     # crt and key as str PEM text
-    listener = burrow.forward(service.port, domain="app.agent.test", crt=cert.crt.decode(), key=cert.key.decode(),
+    listener = burrow.forward(service.port, proto="tls", domain="app.agent.test", crt=cert.crt.decode(), key=cert.key.decode(),
                               terminate_at="agent", **edge.options())
     assert listener.terminate_at() == "agent"
     with tls_client(edge_addr(listener), "app.agent.test", pki.ca_pem) as conn:
@@ -47,7 +47,7 @@ def test_edge_mode_with_cert_bytes(edge: burrow.Edge, tmp_path: Path, pki: Pki, 
 
 def test_edge_mode_with_automatic_certificate(edge: burrow.Edge, data: bytes) -> None:
     service = Echo()
-    listener = burrow.forward(f"tcp://127.0.0.1:{service.port}", terminate_at="edge", **edge.options())
+    listener = burrow.forward(f"tcp://127.0.0.1:{service.port}", proto="tls", terminate_at="edge", **edge.options())
     name = host(listener)
     assert name.endswith(".burrow.localhost")
     with tls_client(edge_addr(listener), name, edge.ca_pem.encode()) as conn:

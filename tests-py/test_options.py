@@ -30,7 +30,7 @@ def test_mutual_tls_at_the_edge(edge: burrow.Edge, tmp_path: Path) -> None:
     clients, others = Pki("clients"), Pki("other clients")
     service = Echo()
     # a list of CA bundles is joined into one (scalar -> list works both ways)
-    listener = burrow.forward(service.port, domain="m.py.test", terminate_at="edge",
+    listener = burrow.forward(service.port, proto="tls", domain="m.py.test", terminate_at="edge",
                               mutual_tls_cas=[others.ca_pem, clients.ca_pem.decode()], **edge.options())
     ca = edge.ca_pem.encode()
     with tls_client(edge_addr(listener), "m.py.test", ca, clients.client("alice"), tmp_path) as conn:
@@ -66,7 +66,7 @@ def test_proxy_proto_2_tells_the_upstream_the_client(edge: burrow.Edge) -> None:
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    listener = burrow.forward(srv.getsockname()[1], domain="pp.py.test", terminate_at="edge",
+    listener = burrow.forward(srv.getsockname()[1], proto="tls", domain="pp.py.test", terminate_at="edge",
                               proxy_proto=2, **edge.options())  # an int, as ngrok users write it
     with tls_client(edge_addr(listener), "pp.py.test", edge.ca_pem.encode()) as conn:
         client_port = conn.getsockname()[1]
@@ -83,20 +83,20 @@ def test_proxy_proto_2_tells_the_upstream_the_client(edge: burrow.Edge) -> None:
 def test_traffic_policy_terminate_tls(edge: burrow.Edge) -> None:
     service = Echo()
     policy = "on_tcp_connect:\n  - actions:\n      - type: terminate-tls\n        config: {min_version: '1.3'}\n"
-    listener = burrow.forward(service.port, domain="pol.py.test", traffic_policy=policy, **edge.options())
+    listener = burrow.forward(service.port, proto="tls", domain="pol.py.test", traffic_policy=policy, **edge.options())
     assert listener.terminate_at() == "edge"
     with tls_client(edge_addr(listener), "pol.py.test", edge.ca_pem.encode()) as conn:
         assert conn.version() == "TLSv1.3"
         echo_exact(conn, b"policy")
     # `policy` is ngrok's older name for the same option
-    other = burrow.forward(service.port, domain="pol2.py.test", policy=policy, **edge.options())
+    other = burrow.forward(service.port, proto="tls", domain="pol2.py.test", policy=policy, **edge.options())
     assert other.terminate_at() == "edge"
 
 
 def test_coercions(edge: burrow.Edge) -> None:
     service = Echo()
     options = {"allow_cidr": "127.0.0.0/8", "metadata": None, "forwards.to": "svc", "remote_addr": None}
-    listener = burrow.forward(service.port, terminate_at="edge", **options, **edge.options())  # type: ignore[arg-type]
+    listener = burrow.forward(service.port, proto="tls", terminate_at="edge", **options, **edge.options())  # type: ignore[arg-type]
     assert listener.forwards_to() == "svc" and listener.metadata() == ""
     with tls_client(edge_addr(listener), host(listener), edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"coerced")
@@ -104,9 +104,9 @@ def test_coercions(edge: burrow.Edge) -> None:
 
 def test_cidr_rules_refuse_clients(edge: burrow.Edge) -> None:
     service = Echo()
-    denied = burrow.forward(service.port, domain="deny.py.test", terminate_at="edge",
+    denied = burrow.forward(service.port, proto="tls", domain="deny.py.test", terminate_at="edge",
                             deny_cidr="127.0.0.1/32", **edge.options())
-    not_allowed = burrow.forward(service.port, domain="allow.py.test", terminate_at="edge",
+    not_allowed = burrow.forward(service.port, proto="tls", domain="allow.py.test", terminate_at="edge",
                                  allow_cidr=["10.0.0.0/8", "192.168.0.0/16"], **edge.options())
     for listener in (denied, not_allowed):
         try:
@@ -118,7 +118,7 @@ def test_cidr_rules_refuse_clients(edge: burrow.Edge) -> None:
 
 def test_aliases_hostname_url_and_session_ca_cert(edge: burrow.Edge) -> None:
     service = Echo()
-    a = burrow.forward(service.port, hostname="h.py.test", terminate_at="edge",
+    a = burrow.forward(service.port, proto="tls", hostname="h.py.test", terminate_at="edge",
                        server_addr=edge.tunnel_addr, session_ca_cert=edge.ca_pem.encode())
     b = burrow.forward(service.port, url="tls://u.py.test", terminate_at="edge", **edge.options())
     assert host(a) == "h.py.test" and host(b) == "u.py.test"
@@ -132,17 +132,17 @@ def test_authtoken_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     with burrow.Edge(authtokens=[{"token": "right", "domains": ["*.tok.test"]}]) as edge:
         opts = dict(edge.options(), terminate_at="edge")
         monkeypatch.setenv("NGROK_AUTHTOKEN", "right")  # drop-in use with ngrok's variable
-        a = burrow.forward(service.port, domain="a.tok.test", authtoken_from_env=True, **opts)
+        a = burrow.forward(service.port, proto="tls", domain="a.tok.test", authtoken_from_env=True, **opts)
         monkeypatch.setenv("BURROW_AUTHTOKEN", "right")
         monkeypatch.setenv("NGROK_AUTHTOKEN", "wrong")  # BURROW_AUTHTOKEN wins
-        b = burrow.forward(service.port, domain="b.tok.test", authtoken_from_env=True, **opts)
+        b = burrow.forward(service.port, proto="tls", domain="b.tok.test", authtoken_from_env=True, **opts)
         monkeypatch.delenv("BURROW_AUTHTOKEN")
         monkeypatch.delenv("NGROK_AUTHTOKEN")
         with pytest.raises(burrow.AuthError):
-            burrow.forward(service.port, domain="c.tok.test", **opts)
+            burrow.forward(service.port, proto="tls", domain="c.tok.test", **opts)
         burrow.set_auth_token("right")
         try:
-            c = burrow.forward(service.port, domain="c.tok.test", **opts)
+            c = burrow.forward(service.port, proto="tls", domain="c.tok.test", **opts)
         finally:
             burrow.set_auth_token("")
         for listener in (a, b, c):
@@ -152,17 +152,17 @@ def test_authtoken_sources(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_one_session_unless_forced(edge: burrow.Edge) -> None:
     service = Echo()
-    burrow.forward(service.port, terminate_at="edge", **edge.options())
-    burrow.forward(service.port, terminate_at="edge", **edge.options())
+    burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
+    burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
     assert len(burrow._all_sessions) == 1
-    forced = burrow.forward(service.port, terminate_at="edge", force_new_session=True,
+    forced = burrow.forward(service.port, proto="tls", terminate_at="edge", force_new_session=True,
                             session_metadata="second", **edge.options())
     assert len(burrow._all_sessions) == 2
     with tls_client(edge_addr(forced), host(forced), edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"forced")
     # a shared session that closed is not reused: the next forward connects a new one
     burrow._all_sessions[0].close()
-    fresh = burrow.forward(service.port, terminate_at="edge", **edge.options())
+    fresh = burrow.forward(service.port, proto="tls", terminate_at="edge", **edge.options())
     assert len(burrow._all_sessions) == 3
     with tls_client(edge_addr(fresh), host(fresh), edge.ca_pem.encode()) as conn:
         echo_exact(conn, b"fresh")
@@ -190,11 +190,11 @@ def test_tls_upstream_verification(edge: burrow.Edge, tmp_path: Path, pki: Pki) 
     not at all with verify_upstream_tls=False; an unknown CA fails the connection."""
     service = Echo(pki.leaf("localhost"), tmp_path)
     addr = f"tls://localhost:{service.port}"
-    trusted = burrow.forward(addr, domain="t1.py.test", terminate_at="edge", upstream_root_cas=pki.ca_pem,
+    trusted = burrow.forward(addr, proto="tls", domain="t1.py.test", terminate_at="edge", upstream_root_cas=pki.ca_pem,
                              **edge.options())
-    unverified = burrow.forward(addr, domain="t2.py.test", terminate_at="edge", verify_upstream_tls=False,
+    unverified = burrow.forward(addr, proto="tls", domain="t2.py.test", terminate_at="edge", verify_upstream_tls=False,
                                 **edge.options())
-    untrusted = burrow.forward(addr, domain="t3.py.test", terminate_at="edge", **edge.options())
+    untrusted = burrow.forward(addr, proto="tls", domain="t3.py.test", terminate_at="edge", **edge.options())
     for listener in (trusted, unverified):
         with tls_client(edge_addr(listener), host(listener), edge.ca_pem.encode()) as conn:
             echo_exact(conn, b"over TLS to the upstream" * 1000)

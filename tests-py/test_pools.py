@@ -11,9 +11,9 @@ from conftest import Echo, echo_exact, edge_addr, tls_client
 def test_pooled_listeners_share_a_domain_and_others_are_refused(edge: burrow.Edge, data: bytes) -> None:
     services = [Echo(), Echo()]
     # Two sessions (as two agents would be), both opting in: both get the name's URL.
-    first = burrow.forward(services[0].port, domain="app.pool.test", terminate_at="edge", pooling_enabled=True,
+    first = burrow.forward(services[0].port, proto="tls", domain="app.pool.test", terminate_at="edge", pooling_enabled=True,
                            **edge.options())
-    second = burrow.forward(services[1].port, domain="app.pool.test", terminate_at="edge", pooling_enabled=True,
+    second = burrow.forward(services[1].port, proto="tls", domain="app.pool.test", terminate_at="edge", pooling_enabled=True,
                             force_new_session=True, **edge.options())
     assert first.url() == second.url() == f"tls://app.pool.test:{edge.tls_port}"
     for _ in range(4):
@@ -22,7 +22,7 @@ def test_pooled_listeners_share_a_domain_and_others_are_refused(edge: burrow.Edg
 
     # A third session without the option is refused, as for any name another session holds.
     with pytest.raises(burrow.BindError) as e:
-        burrow.forward(services[0].port, domain="app.pool.test", force_new_session=True, **edge.options())
+        burrow.forward(services[0].port, proto="tls", domain="app.pool.test", force_new_session=True, **edge.options())
     assert e.value.code == "DOMAIN_TAKEN" and "app.pool.test" in e.value.message
 
     # The builder spells it as ngrok's does.

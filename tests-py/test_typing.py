@@ -8,6 +8,7 @@ from pathlib import Path
 
 SAMPLE = '''
 import asyncio
+import http.server
 from pathlib import Path
 from typing import List
 import burrow
@@ -85,6 +86,38 @@ async def amain(edge: burrow.Edge) -> None:
     await burrow.disconnect()
     await burrow.kill()
     await s.close()
+
+def web(edge: burrow.Edge, server: http.server.HTTPServer) -> None:
+    l: burrow.Listener = burrow.forward(8080, "http", schemes=["HTTPS", "HTTP"], basic_auth="u:password",
+                                        auth=["v:password"], circuit_breaker=0.5, compression=True,
+                                        request_header_add="a:b", request_header_remove=["c"],
+                                        response_header_add=["d:e"], response_header_remove="f",
+                                        websocket_tcp_converter=True, app_protocol="http2",
+                                        allow_user_agent="^curl", deny_user_agent=["bot"],
+                                        verify_webhook_provider="github", verify_webhook_secret="s",
+                                        host_header="h", forwarded_headers=False,
+                                        ip_restriction_allow_cidrs="127.0.0.0/8", ip_restriction_deny_cidrs=[])
+    s = burrow.SessionBuilder().connect()
+    h: burrow.HttpListenerBuilder = (s.http_endpoint().domain("h.test").scheme("HTTPS").basic_auth("u", "password")
+         .allow_cidr("a").deny_cidr("d").allow_user_agent("x").deny_user_agent("y").app_protocol("http1")
+         .circuit_breaker(0.5).compression().forwards_to("f").metadata("m").mutual_tlsca(b"").policy("")
+         .traffic_policy("").proxy_proto("2").request_header("a", "b").response_header("c", "d")
+         .remove_request_header("e").remove_response_header("f").host_header("h").verify_upstream_tls(True)
+         .webhook_verification("github", "s").websocket_tcp_conversion().pooling_enabled(False))
+    l2: burrow.Listener = h.listen_and_serve(server)
+    l3: burrow.Listener = h.oauth("google").oidc("https://i", "c", "s").listen()
+    fd: int = l3.fd
+    print(l, l2, fd, l3.getsockname(), l3.fileno(), edge.http_addr)
+    l4: burrow.Listener = burrow.listen(server)
+    l5: burrow.Listener = burrow.listen(server, l4)
+    l6: burrow.Listener = burrow.werkzeug_develop()
+    l7: burrow.Listener = burrow.default(s)
+    name: str = burrow.pipe_name()
+    print(l5, l6, l7, name, burrow.fd(), burrow.getsockname())
+
+async def aweb(server: http.server.HTTPServer) -> None:
+    l: burrow.Listener = await burrow.listen(server)
+    print(l)
 
 with burrow.Edge(open=True) as edge:
     main(edge)

@@ -265,7 +265,7 @@ impl NativeListener {
     pub fn url(&self) -> String {
         self.url.clone()
     }
-    /// "tls" or "tcp".
+    /// "http", "tls" or "tcp".
     #[napi]
     pub fn proto(&self) -> String {
         self.proto.clone()
@@ -352,6 +352,7 @@ pub struct NativeEdge {
     edge: Mutex<Option<Edge>>,
     tunnel_addr: String,
     tls_addr: String,
+    http_addr: Option<String>,
     ca_pem: String,
 }
 
@@ -367,6 +368,7 @@ impl NativeEdge {
             Ok(NativeEdge {
                 tunnel_addr: edge.tunnel_addr().to_string(),
                 tls_addr: edge.tls_addr().to_string(),
+                http_addr: edge.http_addr().map(|a| a.to_string()),
                 ca_pem: edge.ca_pem().to_owned(),
                 edge: Mutex::new(Some(edge)),
             })
@@ -434,6 +436,11 @@ impl NativeEdge {
     #[napi]
     pub fn tls_addr(&self) -> String {
         self.tls_addr.clone()
+    }
+    /// The plain-HTTP listener of http endpoints, when the edge has one.
+    #[napi]
+    pub fn http_addr(&self) -> Option<String> {
+        self.http_addr.clone()
     }
     /// The edge CA (PEM).
     #[napi]

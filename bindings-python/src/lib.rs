@@ -392,7 +392,7 @@ impl NativeListener {
     fn url(&self) -> &str {
         &self.url
     }
-    /// `"tls"` or `"tcp"`.
+    /// `"http"`, `"tls"` or `"tcp"`.
     fn proto(&self) -> &str {
         &self.proto
     }
@@ -475,6 +475,7 @@ struct NativeEdge {
     edge: Mutex<Option<Edge>>,
     tunnel_addr: String,
     tls_addr: String,
+    http_addr: Option<String>,
     ca_pem: String,
 }
 
@@ -491,6 +492,7 @@ impl NativeEdge {
         Ok(NativeEdge {
             tunnel_addr: edge.tunnel_addr().to_string(),
             tls_addr: edge.tls_addr().to_string(),
+            http_addr: edge.http_addr().map(|a| a.to_string()),
             ca_pem: edge.ca_pem().to_owned(),
             edge: Mutex::new(Some(edge)),
         })
@@ -503,6 +505,10 @@ impl NativeEdge {
     /// The public TLS listener (`host:port`).
     fn tls_addr(&self) -> &str {
         &self.tls_addr
+    }
+    /// The plain-HTTP listener of http endpoints (`host:port`), when the edge has one.
+    fn http_addr(&self) -> Option<&str> {
+        self.http_addr.as_deref()
     }
     /// The edge's CA certificate (PEM): trust it to reach the tunnel and edge-made certs.
     fn ca_pem(&self) -> &str {

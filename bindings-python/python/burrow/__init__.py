@@ -1,8 +1,8 @@
-"""burrow: put a local service on a public ``tls://`` address.
+"""burrow: put a local service on a public ``https://`` (or ``tls://``, ``tcp://``) address.
 
 Mirrors ngrok's Python SDK, so ``import burrow as ngrok`` works::
 
-    listener = burrow.forward("localhost:8080", proto="tls", domain="app.example.com")
+    listener = burrow.forward("localhost:8080", domain="app.example.com")  # https://
     print(listener.url())
 
 Goes further: ``terminate_at="agent"`` (the agent terminates TLS with your crt/key),
@@ -24,17 +24,21 @@ from ._burrow import (
     Error,
     PolicyError,
 )
-from ._builders import Pem, Session, SessionBuilder, TcpEndpointBuilder, TlsEndpointBuilder
+from ._builders import (
+    HttpListenerBuilder, Pem, Session, SessionBuilder, TcpEndpointBuilder, TlsEndpointBuilder,
+)
 from ._edge import Edge
 from ._listener import Listener, async_forward, connect, disconnect, forward, get_listeners, kill
 from ._logging import log_level
 from ._sessions import _all_sessions
+from ._web import default, fd, getsockname, listen, pipe_name, werkzeug_develop
 
 __all__ = [
     "AuthError", "BindError", "CertificateError", "ConnectionError", "Edge", "Error",
-    "Listener", "PolicyError", "Session", "SessionBuilder", "TcpEndpointBuilder",
+    "HttpListenerBuilder", "Listener", "PolicyError", "Session", "SessionBuilder", "TcpEndpointBuilder",
     "TlsEndpointBuilder", "async_forward", "connect", "disconnect", "forward",
-    "get_listeners", "kill", "log_level", "set_auth_token",
+    "get_listeners", "kill", "log_level", "set_auth_token", "default", "fd", "getsockname",
+    "listen", "pipe_name", "werkzeug_develop",
 ]
 
 

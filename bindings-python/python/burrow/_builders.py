@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 from . import _burrow
 from ._listener import Listener, _open_listeners
@@ -11,6 +11,7 @@ from ._options import _parse
 from ._sessions import _done, _in_running_loop, _loop_aware
 
 Pem = Union[bytes, bytearray, str, Path]
+_B = TypeVar("_B", bound="_EndpointBuilder")
 
 
 class Session:
@@ -22,6 +23,11 @@ class Session:
     def id(self) -> str:
         """The session id the edge gave."""
         return self._native.id()
+
+    def http_endpoint(self) -> "HttpListenerBuilder":
+        """Starts building an HTTP endpoint (an ``https://`` URL; the edge terminates TLS
+        and proxies requests)."""
+        return HttpListenerBuilder(self, "http")
 
     def tls_endpoint(self) -> "TlsEndpointBuilder":
         """Starts building a TLS (SNI-routed) endpoint."""
@@ -160,7 +166,7 @@ class _EndpointBuilder:
         self._session = session
         self._opts: Dict[str, Any] = {"proto": proto}
 
-    def _set(self, key: str, value: Any) -> Any:
+    def _set(self: _B, key: str, value: Any) -> _B:
         self._opts[key] = value
         return self
 
@@ -189,6 +195,10 @@ class _EndpointBuilder:
     def traffic_policy(self, policy: str) -> Any:
         """A traffic policy (YAML or JSON)."""
         return self._set("traffic_policy", policy)
+
+    def policy(self, policy: str) -> Any:
+        """ngrok's other name for :meth:`traffic_policy`."""
+        return self.traffic_policy(policy)
 
     def proxy_proto(self, version: str) -> Any:
         """Send a PROXY protocol header (``"1"`` or ``"2"``) to the upstream."""
@@ -223,6 +233,12 @@ class _EndpointBuilder:
 
         return _loop_aware(lambda: Listener(native.forward(opts), native), forward_async)
 
+    def listen_and_serve(self, server: Any) -> Any:
+        """Binds and forwards to ``server.server_address`` (an ``http.server`` or
+        ``socketserver`` server: a ``(host, port)`` tuple, or a unix socket path)."""
+        from ._web import _server_addr
+        return self.listen_and_forward(_server_addr(server))
+
     def listen(self) -> Any:
         """Binds without a forwarding target (ngrok's ``listen()``); start forwarding with
         :meth:`Listener.forward`. The :class:`Listener`, or an awaitable of it in a loop."""
@@ -249,3 +265,100 @@ class TcpEndpointBuilder(_EndpointBuilder):
     def remote_addr(self, addr: str) -> "TcpEndpointBuilder":
         """The public ``host:port`` to ask for."""
         return self._set("remote_addr", addr)
+
+
+def _append(builder: _B, key: str, value: str) -> _B:
+    builder._opts.setdefault(key, []).append(value)
+    return builder
+
+
+def _no_colon(what: str, value: str) -> None:
+    # ngrok's option strings are "a:b"; a ':' in the first half would move the split.
+    if ":" in value:
+        from ._options import _error
+        raise _error("INVALID_OPTION", f"{what} {value!r} must not contain ':'")
+
+
+class HttpListenerBuilder(_EndpointBuilder):
+    """Builds an HTTP endpoint (ngrok's ``HttpListenerBuilder``): every setting goes to
+    the core's option parser under ngrok's option name when the endpoint is bound."""
+
+    def domain(self, domain: str) -> "HttpListenerBuilder":
+        """The endpoint's host name."""
+        return self._set("domain", domain)
+
+    def scheme(self, scheme: str) -> "HttpListenerBuilder":
+        """A scheme to serve, ``"HTTPS"`` (the default) or ``"HTTP"`` (repeatable)."""
+        return _append(self, "schemes", scheme)
+
+    def basic_auth(self, username: str, password: str) -> "HttpListenerBuilder":
+        """Clients must send these credentials (repeatable); the password takes 8 to 128
+        characters."""
+        _no_colon("basic_auth: the user name", username)
+        return _append(self, "basic_auth", f"{username}:{password}")
+
+    def allow_user_agent(self, regex: str) -> "HttpListenerBuilder":
+        """Accept only clients whose User-Agent matches (repeatable)."""
+        return _append(self, "allow_user_agent", regex)
+
+    def deny_user_agent(self, regex: str) -> "HttpListenerBuilder":
+        """Refuse clients whose User-Agent matches, with 403 (repeatable)."""
+        return _append(self, "deny_user_agent", regex)
+
+    def app_protocol(self, app_protocol: str) -> "HttpListenerBuilder":
+        """How the edge speaks to the upstream: ``"http1"`` or ``"http2"``."""
+        return self._set("app_protocol", app_protocol)
+
+    def circuit_breaker(self, circuit_breaker: float) -> "HttpListenerBuilder":
+        """Answer 503 while this fraction of responses are 5xx (0..1)."""
+        return self._set("circuit_breaker", circuit_breaker)
+
+    def compression(self) -> "HttpListenerBuilder":
+        """Compress responses (gzip or brotli, by ``Accept-Encoding``)."""
+        return self._set("compression", True)
+
+    def request_header(self, name: str, value: str) -> "HttpListenerBuilder":
+        """Add a header to every request sent upstream (repeatable)."""
+        _no_colon("request_header: the header name", name)
+        return _append(self, "request_header_add", f"{name}:{value}")
+
+    def response_header(self, name: str, value: str) -> "HttpListenerBuilder":
+        """Add a header to every response (repeatable)."""
+        _no_colon("response_header: the header name", name)
+        return _append(self, "response_header_add", f"{name}:{value}")
+
+    def remove_request_header(self, name: str) -> "HttpListenerBuilder":
+        """Remove a header from every request sent upstream (repeatable)."""
+        return _append(self, "request_header_remove", name)
+
+    def remove_response_header(self, name: str) -> "HttpListenerBuilder":
+        """Remove a header from every response (repeatable)."""
+        return _append(self, "response_header_remove", name)
+
+    def host_header(self, host: str) -> "HttpListenerBuilder":
+        """The ``Host`` header sent upstream instead of the client's."""
+        return self._set("host_header", host)
+
+    def webhook_verification(self, provider: str, secret: str) -> "HttpListenerBuilder":
+        """Verify the signature of ``provider`` (``"github"``, ``"stripe"``, ``"slack"``)
+        made with ``secret`` on every request (403 otherwise)."""
+        self._opts.update(verify_webhook_provider=provider, verify_webhook_secret=secret)
+        return self
+
+    def websocket_tcp_conversion(self) -> "HttpListenerBuilder":
+        """Accept websockets and hand the upstream a byte stream of their messages."""
+        return self._set("websocket_tcp_converter", True)
+
+    def oauth(self, provider: str, allow_emails: Optional[List[str]] = None,
+              allow_domains: Optional[List[str]] = None, scopes: Optional[List[str]] = None,
+              client_id: Optional[str] = None, client_secret: Optional[str] = None) -> "HttpListenerBuilder":
+        """ngrok's OAuth: refused with ``UNSUPPORTED`` (the core says why)."""
+        _parse("endpoint", {"proto": "http", "oauth_provider": provider})
+        return self  # (not reached: the core refuses oauth_provider)
+
+    def oidc(self, issuer_url: str, client_id: str, client_secret: str,
+             allow_emails: Optional[List[str]] = None, allow_domains: Optional[List[str]] = None,
+             scopes: Optional[List[str]] = None) -> "HttpListenerBuilder":
+        """ngrok's OIDC: refused with ``UNSUPPORTED`` (the core says why)."""
+        _parse("endpoint", {"proto": "http", "oidc_issuer_url": issuer_url})
+        return self  # (not reached: the core refuses oidc_issuer_url)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from . import _burrow
 
@@ -33,6 +33,12 @@ class Edge:
     def tls_port(self) -> int:
         """The port of :attr:`tls_addr`."""
         return int(self.tls_addr.rsplit(":", 1)[1])
+
+    @property
+    def http_addr(self) -> Optional[str]:
+        """The plain-HTTP listener (``host:port``) of http endpoints that serve
+        ``schemes=["HTTP"]``; None when the edge has none. HTTPS is on :attr:`tls_addr`."""
+        return self._native.http_addr()
 
     @property
     def ca_pem(self) -> str:

@@ -4,6 +4,7 @@ disconnect, kill."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, List, Optional, Union
 
 from . import _burrow, _state
@@ -22,6 +23,8 @@ class Listener:
                  session: Optional["_burrow.NativeSession"] = None) -> None:
         self._native = native
         self._session = session
+        self._socket: Optional[socket.socket] = None  # the local socket of fd / getsockname
+        self._socket_forwarded = False
         with _state.lock:
             _state.listeners[native.id()] = self
 
@@ -34,7 +37,7 @@ class Listener:
         return self._native.url()
 
     def proto(self) -> str:
-        """``"tls"`` or ``"tcp"``."""
+        """``"http"``, ``"tls"`` or ``"tcp"``."""
         return self._native.proto()
 
     def metadata(self) -> str:
@@ -63,8 +66,80 @@ class Listener:
         self._close()
         return _done(None)
 
+    # A listener made by listen() acts like a listening socket (as ngrok's does), so a
+    # server that takes a socket or a file descriptor (werkzeug, uvicorn, aiohttp) can
+    # serve it: a local socket (a unix socket, else 127.0.0.1:0) is bound on first use
+    # and the endpoint forwards to it once it listens.
+
+    def _local_socket(self) -> socket.socket:
+        if self._socket is None:
+            try:
+                from ._web import pipe_name
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(pipe_name())
+                except OSError:
+                    sock.close()
+                    raise
+            except (AttributeError, OSError):  # no unix sockets here
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind(("127.0.0.1", 0))
+            self._socket = sock
+        return self._socket
+
+    def listen(self, backlog: int = 0) -> None:
+        """Makes the local socket listen and forwards the endpoint to it (once)."""
+        sock = self._local_socket()
+        sock.listen(backlog)
+        if not self._socket_forwarded:
+            name = sock.getsockname()
+            if sock.family == getattr(socket, "AF_UNIX", None):
+                self._native.forward(_parse("endpoint", {"addr": f"unix:{name}", "proto": self.proto()}))
+            else:
+                self._native.forward(_parse("endpoint", {"addr": f"127.0.0.1:{name[1]}", "proto": self.proto()}))
+            self._socket_forwarded = True
+
+    @property
+    def fd(self) -> int:
+        """The local socket's file descriptor, listening, with the endpoint forwarding to
+        it (ngrok's ``Listener.fd``, e.g. for ``uvicorn --fd``)."""
+        self.listen(0)
+        return self._local_socket().fileno()
+
+    def fileno(self) -> int:
+        """The local socket's file descriptor."""
+        return self._local_socket().fileno()
+
+    def getsockname(self) -> Any:
+        """The local socket's name: a unix socket path, or a ``(host, port)`` tuple."""
+        return self._local_socket().getsockname()
+
+    @property
+    def family(self) -> int:
+        """The local socket's address family."""
+        return int(self._local_socket().family)
+
+    @property
+    def type(self) -> int:
+        """The local socket's type (``SOCK_STREAM``)."""
+        return int(self._local_socket().type)
+
+    def setblocking(self, flag: bool) -> None:
+        """Sets the local socket's blocking mode."""
+        self._local_socket().setblocking(flag)
+
+    def gettimeout(self) -> Optional[float]:
+        """The local socket's timeout."""
+        return self._local_socket().gettimeout()
+
+    def accept(self) -> Any:
+        """Accepts a connection on the local socket (the endpoint's clients)."""
+        return self._local_socket().accept()
+
     def _close(self) -> None:
         self._native.close()
+        if self._socket is not None:
+            self._socket.close()
         with _state.lock:
             _state.listeners.pop(self.id(), None)
 
