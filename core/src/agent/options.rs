@@ -367,6 +367,17 @@ impl ForwardOptions {
             }
             t["tls"] = tls;
         }
+        // An http endpoint's passwords and webhook secret travel in the bind, not here.
+        if let Some(http) = endpoint.pointer_mut("/kind/http") {
+            if let Some(creds) = http.get_mut("basic_auth").and_then(|c| c.as_array_mut()) {
+                for c in creds {
+                    c["password"] = "redacted".into();
+                }
+            }
+            if let Some(w) = http.get_mut("verify_webhook").filter(|w| w.is_object()) {
+                w["secret"] = "redacted".into();
+            }
+        }
         serde_json::json!({
             "session": {
                 "authtoken": self.session.authtoken.is_some(),
@@ -876,6 +887,24 @@ mod tests {
         assert!(e.message().contains("same setting"), "{e}");
         let e = parse(opts(&[("addr", "x".into())]), Scope::Session, None).unwrap_err();
         assert!(e.message().contains("belongs to an endpoint"), "{e}");
+    }
+
+    #[test]
+    fn describe_leaves_http_secrets_out() {
+        let f = parse(
+            opts(&[
+                ("basic_auth", "ann:long-enough-password".into()),
+                ("verify_webhook_provider", "github".into()),
+                ("verify_webhook_secret", "whsec-xyz".into()),
+            ]),
+            Scope::Forward,
+            None,
+        )
+        .unwrap();
+        let text = f.describe().to_string();
+        assert!(!text.contains("long-enough-password"), "{text}");
+        assert!(!text.contains("whsec-xyz"), "{text}");
+        assert!(text.contains("\"ann\""), "{text}");
     }
 
     #[test]

@@ -178,7 +178,6 @@ impl Termination {
 /// Which public address an endpoint asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "proto", rename_all = "lowercase")]
-#[allow(clippy::large_enum_variant)] // one per endpoint, never in a hot collection: boxing buys nothing
 pub enum EndpointKind {
     /// A name on the edge's TLS listener, routed by SNI.
     Tls {

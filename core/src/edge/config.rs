@@ -157,8 +157,9 @@ impl EdgeConfig {
 
     /// The config of an edge the SDKs run in-process (`burrow.Edge(...)` in Python,
     /// `Edge.start({...})` in Node): the edge config file's keys as a JSON object, where
-    /// an edge without `authtokens` is open unless it says otherwise and TCP ports come
-    /// from the OS unless `tcp_ports` is given. An empty object is the embedded edge.
+    /// an edge without `authtokens` is open unless it says otherwise, and TCP ports and
+    /// the plain HTTP listener come from the OS unless `tcp_ports` / `http_addr` are
+    /// given. An empty object is the embedded edge.
     pub fn in_process(json: &str) -> Result<Self> {
         let mut value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
@@ -178,6 +179,8 @@ impl EdgeConfig {
         map.entry("open")
             .or_insert(serde_json::Value::Bool(!has_tokens));
         map.entry("tcp_ports").or_insert(serde_json::json!([0, 0]));
+        map.entry("http_addr")
+            .or_insert(serde_json::json!("127.0.0.1:0"));
         let config: EdgeConfig = serde_json::from_value(value)
             .map_err(|e| Error::new(ErrorCode::Config, format!("edge config: {e}")))?;
         config.validate()?;

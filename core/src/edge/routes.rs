@@ -231,6 +231,17 @@ pub struct MemoryRoutes {
 impl Routes for MemoryRoutes {
     fn claim(&self, name: &str, route: Route) -> Result<()> {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mixes_kinds = table.get(name).is_some_and(|pool| {
+            pool.members.iter().any(|m| {
+                m.session_id != route.session_id && m.http.is_some() != route.http.is_some()
+            })
+        });
+        if mixes_kinds {
+            return Err(Error::new(
+                ErrorCode::DomainTaken,
+                format!("domain {name:?} is served by another session as a different kind of endpoint (http and tls endpoints cannot share a pool)"),
+            ));
+        }
         if table.get(name).is_some_and(|pool| !pool.admits(&route)) {
             return Err(Error::new(
                 ErrorCode::DomainTaken,

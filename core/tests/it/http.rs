@@ -770,3 +770,27 @@ async fn an_https_upstream_is_verified_and_proxy_protocol_reaches_a_plain_one() 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pool_never_mixes_an_http_and_a_tls_endpoint() -> Result<()> {
+    let edge = open_edge().await;
+    let app = web_app().await;
+    let up = app.addr.to_string();
+    let pooled = |proto: &'static str| {
+        vec![
+            ("proto", s(proto)),
+            ("domain", s("mix.example")),
+            ("pooling_enabled", true.into()),
+        ]
+    };
+    let (_a, http) = forward(&edge, &up, &pooled("http")).await?;
+    let Err(err) = forward(&edge, &up, &pooled("tls")).await else {
+        anyhow::bail!("a tls endpoint joined an http endpoint's pool");
+    };
+    let err = err.downcast::<burrow_core::Error>()?;
+    assert_eq!(err.code(), burrow_core::ErrorCode::DomainTaken, "{err}");
+    assert!(err.message().contains("different kind"), "{err}");
+    let (_b, second) = forward(&edge, &up, &pooled("http")).await?;
+    assert_eq!(second.url(), http.url(), "another http member joins");
+    Ok(())
+}
