@@ -29,7 +29,8 @@ bench/run.sh --quick
 
 echo "== demo"
 cargo run -q -p burrow-core --example demo > /tmp/burrow-demo.out 2>&1 || { cat /tmp/burrow-demo.out; exit 1; }
-grep -q "All three modes carried bytes through the tunnel." /tmp/burrow-demo.out
+grep -q "All three modes and the https endpoint carried bytes through the tunnel." /tmp/burrow-demo.out
+grep -q "app answered: hello from the web app: GET /demo" /tmp/burrow-demo.out
 echo "demo: ok"
 
 # Language suites last (each builds its binding and runs its tests); pytest closes the run.
