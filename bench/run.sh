@@ -349,6 +349,9 @@ error_log $WORK/nginx_http/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
+  # As many requests per client connection as the load tools send (nginx's default of
+  # 1000 closes h2load's connections mid-run, which then stops using them).
+  keepalive_requests 100000000;
   upstream app { server $APP; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX_HTTP ssl http2;
