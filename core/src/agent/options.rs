@@ -616,6 +616,18 @@ impl Parsed {
         if let Some(ca) = self.upstream_root_cas {
             upstream = upstream.root_cas(ca);
         }
+        // ngrok's agent keywords: "rewrite" sends the upstream's own host, "preserve"
+        // (the default) the client's.
+        let host_header = &mut self.draft.http.host_header;
+        match host_header
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("rewrite") => *host_header = Some(upstream.authority()),
+            Some("preserve") => *host_header = None,
+            _ => {}
+        }
         Ok(ForwardOptions {
             session: self.session,
             endpoint: self.draft.resolve()?,
@@ -887,6 +899,28 @@ mod tests {
         assert!(e.message().contains("same setting"), "{e}");
         let e = parse(opts(&[("addr", "x".into())]), Scope::Session, None).unwrap_err();
         assert!(e.message().contains("belongs to an endpoint"), "{e}");
+    }
+
+    #[test]
+    fn host_header_rewrite_names_the_upstream() {
+        let host = |value: &str| {
+            let f = parse(
+                opts(&[
+                    ("addr", "app.internal:8080".into()),
+                    ("host_header", value.into()),
+                ]),
+                Scope::Forward,
+                None,
+            )
+            .unwrap();
+            match f.endpoint.kind {
+                crate::agent::EndpointKind::Http { http, .. } => http.host_header,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(host("rewrite").as_deref(), Some("app.internal:8080"));
+        assert_eq!(host("preserve"), None);
+        assert_eq!(host("example.com").as_deref(), Some("example.com"));
     }
 
     #[test]

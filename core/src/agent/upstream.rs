@@ -146,6 +146,15 @@ impl Upstream {
         })
     }
 
+    /// `host:port` as an HTTP `Host` names this upstream (`localhost` for a Unix socket).
+    pub fn authority(&self) -> String {
+        match (&self.unix, self.host.contains(':')) {
+            (Some(_), _) => "localhost".to_owned(),
+            (None, true) => format!("[{}]:{}", self.host, self.port),
+            (None, false) => format!("{}:{}", self.host, self.port),
+        }
+    }
+
     /// True when the agent dials TLS to the upstream.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
