@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 pub(crate) async fn accept_http(shared: Arc<Shared>, listener: TcpListener) {
     let stop = shared.stop.clone();
     crate::edge::public::accept_loop(shared, listener, stop, |shared, tcp, peer| async move {
-        let _ = tcp.set_nodelay(true);
         let ctx = ConnCtx {
             peer,
             server_addr: tcp.local_addr().ok(),
