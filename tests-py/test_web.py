@@ -127,7 +127,7 @@ def lines(body: bytes) -> List[str]:
 def test_forward_defaults_to_http(edge: burrow.Edge, hello: http.server.ThreadingHTTPServer) -> None:
     port = hello.server_address[1]
     listener = burrow.forward(port, **edge.options())
-    assert listener.proto() == "http"
+    assert listener.proto() == "https"
     assert listener.url().startswith("https://")
     status, headers, body = get(listener.url(), edge.ca_pem, "/hi?x=1")
     assert status == 200 and headers["x-upstream"] == "hello"
@@ -157,7 +157,7 @@ def test_http_builder_with_ngroks_names(edge: burrow.Edge, hello: http.server.Th
                 .remove_request_header("X-Secret").response_header("X-Resp", "1")
                 .remove_response_header("X-Upstream").allow_cidr("127.0.0.0/8").deny_user_agent("^badbot")
                 .forwards_to("hello").listen_and_serve(hello))
-    assert listener.proto() == "http" and listener.url().startswith("https://web.py.test")
+    assert listener.proto() == "https" and listener.url().startswith("https://web.py.test")
     assert listener.forwards_to() == "hello" and listener.metadata() == "m"
     auth = {"Authorization": "Basic " + base64.b64encode(b"ann:correct-horse").decode()}
     status, headers, body = get(listener.url(), edge.ca_pem, headers={**auth, "X-Secret": "s"})
@@ -195,7 +195,7 @@ def test_http_builder_refusals(edge: burrow.Edge) -> None:
 
 def test_listen_puts_an_http_server_behind_a_new_endpoint(hello: http.server.ThreadingHTTPServer) -> None:
     listener = burrow.listen(hello)
-    assert listener.proto() == "http" and listener.forwards_to() == f"tcp://127.0.0.1:{hello.server_address[1]}"
+    assert listener.proto() == "https" and listener.forwards_to() == f"tcp://127.0.0.1:{hello.server_address[1]}"
     status, _, body = get(listener.url(), embedded_ca(listener), "/via-listen")
     assert status == 200 and "path=/via-listen" in lines(body)
 
@@ -318,7 +318,7 @@ def test_seed_example_for_http(capsys: pytest.CaptureFixture[str]) -> None:
         exec(compile(SEED_HTTP, "seed-http", "exec"), namespace)
         listener = namespace["listener"]
         assert f"Ingress established at: {listener.url()}" in capsys.readouterr().out
-        assert listener.url().startswith("https://") and listener.proto() == "http"
+        assert listener.url().startswith("https://") and listener.proto() == "https"
         status, _, body = get(listener.url(), embedded_ca(listener), "/seed")
         assert status == 200 and "path=/seed" in lines(body)
     finally:

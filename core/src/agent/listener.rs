@@ -114,9 +114,14 @@ impl Listener {
         &self.url
     }
 
-    /// `"http"`, `"tls"` or `"tcp"`.
+    /// The URL's scheme, as ngrok's `proto()` gives it: `"https"` (or `"http"` for an
+    /// endpoint served over plain HTTP only), `"tls"` or `"tcp"`.
     pub fn proto(&self) -> &'static str {
-        super::spec::proto_name(self.proto)
+        match self.proto {
+            Proto::Http if self.url.starts_with("http://") => "http",
+            Proto::Http => "https",
+            p => super::spec::proto_name(p),
+        }
     }
 
     /// Where TLS is terminated for this endpoint.
@@ -242,7 +247,7 @@ impl Forwarder {
         &self.url
     }
 
-    /// `"tls"` or `"tcp"`.
+    /// The URL's scheme: `"https"`, `"http"`, `"tls"` or `"tcp"` (see [`Listener::proto`]).
     pub fn proto(&self) -> &'static str {
         self.proto
     }

@@ -24,7 +24,7 @@ async fn no_proto_gives_an_https_url_that_curl_reaches_over_http1_and_h2() -> Re
     let app = web_app().await;
     let (_s, fwd) = forward(&edge, &app.addr.to_string(), &[]).await?;
     assert!(fwd.url().starts_with("https://"), "{}", fwd.url());
-    assert_eq!(fwd.proto(), "http");
+    assert_eq!(fwd.proto(), "https", "ngrok's proto() is the URL's scheme");
     let h1 = curl(&edge, fwd.url(), &["--http1.1"]).await?;
     assert_eq!(
         (h1.status, h1.text().as_str(), h1.version.as_str()),
