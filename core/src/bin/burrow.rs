@@ -525,6 +525,9 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
     };
     println!("tunnel: {}", edge.tunnel_addr());
     println!("tls:    {}", edge.tls_addr());
+    if let Some(http) = edge.http_addr() {
+        println!("http:   {http}");
+    }
     // Without a state_dir the CA lives in memory, and a cluster's CA lives in etcd:
     // agents need it in a file.
     let mut run_dir = None;
@@ -539,7 +542,7 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
         let ca = RunDir::file(&mut run_dir, "edge-ca.pem", edge.ca_pem())?;
         println!("root-cas: {}", ca.display());
         println!(
-            "Agents connect with:\n  burrow tls 8080 --server-addr {} --root-cas {}",
+            "Agents connect with:\n  burrow http 8080 --server-addr {} --root-cas {}",
             edge.tunnel_addr(),
             ca.display()
         );

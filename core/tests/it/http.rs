@@ -794,3 +794,38 @@ async fn a_pool_never_mixes_an_http_and_a_tls_endpoint() -> Result<()> {
     assert_eq!(second.url(), http.url(), "another http member joins");
     Ok(())
 }
+
+#[tokio::test]
+async fn burrow_edge_prints_its_http_listener() -> Result<()> {
+    let dir = TempDir::new("edge-http-addr")?;
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, "open = true\nhttp_addr = \"127.0.0.1:0\"\n")?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .args(["edge", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await? {
+            let is_http = line.starts_with("http:");
+            seen.push(line);
+            if is_http {
+                return Ok::<_, anyhow::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await??;
+    assert!(found, "no http: line in {seen:?}");
+    let addr: std::net::SocketAddr = seen
+        .last()
+        .map(|l| l["http:".len()..].trim())
+        .unwrap_or_default()
+        .parse()?;
+    tokio::net::TcpStream::connect(addr).await?;
+    Ok(())
+}
