@@ -183,6 +183,23 @@ impl Template {
 #[derive(Clone)]
 pub(crate) struct Digests(Vec<[u8; 32]>);
 
+impl Digests {
+    /// The digests of `user:password` pairs (the `basic_auth` option's credentials).
+    pub(crate) fn of<'a>(credentials: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Digests(
+            credentials
+                .into_iter()
+                .map(|(user, password)| sha256(format!("{user}:{password}").as_bytes()))
+                .collect(),
+        )
+    }
+
+    /// True when `headers` carry Basic credentials one of these digests matches.
+    pub(crate) fn admit(&self, headers: &HeaderMap) -> bool {
+        authorized(headers, &self.0)
+    }
+}
+
 impl std::fmt::Debug for Digests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "<{} credentials>", self.0.len())

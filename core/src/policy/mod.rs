@@ -34,6 +34,7 @@ mod http;
 mod ratelimit;
 
 pub use expr::{ConnInfo, Expr, Scope};
+pub(crate) use http::Digests;
 pub use http::{
     choose_encoding, GeneratedResponse, RequestOutcome, RequestSnapshot, ResponseOutcome,
 };

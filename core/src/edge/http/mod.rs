@@ -22,7 +22,7 @@ pub(crate) use proxy::{serve, Fixed};
 
 use crate::agent::http::{HttpOptions, Scheme};
 use crate::error::{Error, Result};
-use crate::policy::TrafficPolicy;
+use crate::policy::{Digests, TrafficPolicy};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use regex::Regex;
@@ -39,6 +39,8 @@ pub struct HttpRoute {
     allow_user_agent: Vec<Regex>,
     deny_user_agent: Vec<Regex>,
     breaker: Option<breaker::Breaker>,
+    /// `basic_auth`'s credentials as digests; `None` when the option is not set.
+    basic_auth: Option<Digests>,
     /// The endpoint's traffic policy, when it has HTTP phases.
     policy: Option<TrafficPolicy>,
 }
@@ -56,6 +58,14 @@ impl HttpRoute {
         Ok(HttpRoute {
             allow_user_agent: compile(&options.allow_user_agent)?,
             deny_user_agent: compile(&options.deny_user_agent)?,
+            basic_auth: (!options.basic_auth.is_empty()).then(|| {
+                Digests::of(
+                    options
+                        .basic_auth
+                        .iter()
+                        .map(|c| (c.username.as_str(), c.password.0.as_str())),
+                )
+            }),
             breaker: options
                 .circuit_breaker
                 .filter(|f| *f > 0.0)

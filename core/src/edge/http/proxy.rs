@@ -176,7 +176,11 @@ fn acme_http_01(state: &ConnState, req: &Request<Incoming>) -> Option<Response<B
 /// The checks that need only the request's head.
 fn admit(http: &HttpRoute, req: &Request<Incoming>) -> std::result::Result<(), Refusal> {
     let o = &http.options;
-    if !o.basic_auth.is_empty() && !basic_auth_ok(o, req.headers()) {
+    if http
+        .basic_auth
+        .as_ref()
+        .is_some_and(|d| !d.admit(req.headers()))
+    {
         return Err(Refusal::Unauthorized);
     }
     if !(http.allow_user_agent.is_empty() && http.deny_user_agent.is_empty()) {
@@ -198,33 +202,6 @@ fn admit(http: &HttpRoute, req: &Request<Incoming>) -> std::result::Result<(), R
         return Err(Refusal::WebsocketExpected);
     }
     Ok(())
-}
-
-fn basic_auth_ok(o: &crate::agent::http::HttpOptions, headers: &HeaderMap) -> bool {
-    use base64::Engine;
-    let Some(encoded) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-    else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    // Every credential is compared, in constant time, whatever matches.
-    o.basic_auth.iter().fold(false, |ok, c| {
-        let expected = format!("{}:{}", c.username, c.password.0);
-        ok | constant_time_eq(expected.as_bytes(), &decoded)
-    })
-}
-
-/// Compares without stopping at the first difference (only the length shows).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An https endpoint reached over plain HTTP: redirect to https (GET/HEAD), or refuse.
