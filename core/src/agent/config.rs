@@ -40,6 +40,7 @@ struct RawAgent {
     root_cas: Option<String>,
     connect_cas: Option<String>,
     metadata: Option<String>,
+    web_addr: Option<Value>,
 }
 
 /// An address, or a list of them.
@@ -94,6 +95,9 @@ pub struct AgentSection {
     pub root_cas: Option<Vec<u8>>,
     /// Session metadata.
     pub metadata: Option<String>,
+    /// ngrok's `web_addr`: where the agent API listens; `Some(None)` when the file
+    /// says `false`, `None` when it says nothing.
+    pub web_addr: Option<Option<std::net::SocketAddr>>,
 }
 
 impl fmt::Debug for AgentSection {
@@ -204,6 +208,19 @@ impl AgentConfig {
             }),
             root_cas,
             metadata: raw.agent.metadata,
+            web_addr: match raw.agent.web_addr {
+                None => None,
+                Some(Value::Bool(false)) => Some(None),
+                Some(Value::String(text)) => Some(
+                    crate::agent::api::parse_web_addr(&text)
+                        .map_err(|e| config_err(format!("agent.web_addr: {}", e.message())))?,
+                ),
+                Some(_) => {
+                    return Err(config_err(
+                        "agent.web_addr: give host:port (e.g. localhost:4040), or false to turn the agent API off",
+                    ))
+                }
+            },
         };
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
         for (i, ep) in raw.endpoints.into_iter().enumerate() {
@@ -304,7 +321,8 @@ impl AgentConfig {
                 push("max_version", v.into());
             }
         }
-        let parsed = options::parse(options, Scope::Endpoint, None)?;
+        let mut parsed = options::parse(options, Scope::Endpoint, None)?;
+        parsed.endpoint.name = Some(ep.name.clone());
         Ok(EndpointConfig {
             name: ep.name,
             spec: parsed.endpoint,

@@ -1,5 +1,6 @@
 //! One proxied connection as the agent's user sees it.
 
+use super::observe::ConnTrack;
 use super::upstream::delegate_io;
 use crate::wire::mux::MuxStream;
 use crate::wire::StreamHeader;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Conn {
     header: StreamHeader,
     io: ConnIo,
+    track: ConnTrack,
 }
 
 pub(crate) enum ConnIo {
@@ -25,8 +27,17 @@ pub(crate) enum ConnIo {
 delegate_io!(ConnIo { Plain, Tls });
 
 impl Conn {
-    pub(crate) fn new(header: StreamHeader, io: ConnIo) -> Self {
-        Conn { header, io }
+    pub(crate) fn new(header: StreamHeader, io: ConnIo, track: ConnTrack) -> Self {
+        Conn { header, io, track }
+    }
+
+    /// Records why the connection failed (shown in the agent API's recent list).
+    pub(crate) fn failed(&mut self, why: impl Into<String>) {
+        self.track.failed(why);
+    }
+
+    pub(crate) fn stats(&self) -> &std::sync::Arc<super::observe::EndpointStats> {
+        self.track.stats()
     }
 
     /// The public client's address as the edge saw it.
@@ -89,7 +100,11 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.track.read(buf.filled().len() - before);
+        polled
     }
 }
 
@@ -99,7 +114,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.track.wrote(n);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -6,6 +6,7 @@
 //! bind goes to one connected runner; once that edge accepts it, the endpoint is
 //! registered (pinned to the URL the edge gave) and every other runner binds it too.
 
+use super::observe::EndpointStats;
 use super::runner::{BindReply, BindRequest, Request};
 use super::tunnel::{establish, Connected, EdgeAddr, Ids, Settings};
 use super::{Conn, SessionInner};
@@ -13,7 +14,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::wire::BindSpec;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,14 @@ impl Edges {
         (edges, receivers)
     }
 
+    /// Each edge address and whether its tunnel connection is up, in the session's order.
+    pub(crate) fn states(&self) -> Vec<(String, bool)> {
+        self.links
+            .iter()
+            .map(|l| (l.addr.clone(), l.connected.load(Ordering::SeqCst)))
+            .collect()
+    }
+
     /// Marks runner `index`'s connection up (it takes binds) or down.
     pub(crate) fn set_connected(&self, index: usize, up: bool) {
         if self.links[index].connected.swap(up, Ordering::SeqCst) != up {
@@ -76,6 +85,7 @@ impl Edges {
         spec: BindSpec,
         agent_tls: Option<TlsAcceptor>,
         conns: mpsc::Sender<Conn>,
+        stats: Arc<EndpointStats>,
     ) -> Result<String> {
         let mut changes = self.changes.subscribe();
         loop {
@@ -99,6 +109,7 @@ impl Edges {
                 spec: spec.clone(),
                 agent_tls: agent_tls.clone(),
                 conns: conns.clone(),
+                stats: stats.clone(),
                 reply,
             }));
             if self.links[index].requests.send(request).is_err() {

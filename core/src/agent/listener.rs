@@ -2,6 +2,7 @@
 //! [`Forwarder`] that sends them to an upstream.
 
 use super::conn::Conn;
+use super::observe::{EndpointInfo, EndpointStats};
 use super::proxy_proto::{self, ProxyProto};
 use super::spec::{EndpointSpec, TerminateAt, Termination};
 use super::upstream::{Dialer, Upstream};
@@ -44,8 +45,23 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
         metadata: spec.metadata.clone(),
         pooling_enabled: spec.pooling_enabled,
     };
+    let stats = session.observer().endpoint(EndpointInfo {
+        id: endpoint_id.clone(),
+        name: spec.name.clone().unwrap_or_else(|| endpoint_id.clone()),
+        terminate_at: mode,
+        metadata: spec.metadata.clone(),
+    });
+    if let Some(upstream) = &spec.forwards_to {
+        stats.set_forwards_to(upstream);
+    }
     let (tx, rx) = mpsc::channel(session.max_pending());
-    let url = session.bind(bind, agent_tls, tx).await?;
+    let url = match session.bind(bind, agent_tls, tx, stats.clone()).await {
+        Ok(url) => url,
+        Err(e) => {
+            session.observer().endpoint_closed(&endpoint_id);
+            return Err(e);
+        }
+    };
     tracing::info!(%url, terminate_at = %mode, "endpoint online");
     Ok(Listener {
         session,
@@ -57,6 +73,7 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
         forwards_to: spec.forwards_to.unwrap_or_default(),
         proxy_proto: spec.proxy_proto,
         conns: rx,
+        stats,
     })
 }
 
@@ -83,6 +100,7 @@ pub struct Listener {
     forwards_to: String,
     proxy_proto: Option<ProxyProto>,
     conns: mpsc::Receiver<Conn>,
+    stats: Arc<EndpointStats>,
 }
 
 impl fmt::Debug for Listener {
@@ -145,6 +163,7 @@ impl Listener {
         let mut listener = self;
         if listener.forwards_to.is_empty() {
             listener.forwards_to = upstream.to_string();
+            listener.stats.set_forwards_to(&listener.forwards_to);
         }
         Ok(Forwarder::start(listener, dialer))
     }
@@ -309,8 +328,17 @@ impl Drop for Forwarder {
 }
 
 async fn forward(mut conn: Conn, dialer: &Dialer, proxy_proto: Option<ProxyProto>) -> Result<()> {
+    let started = std::time::Instant::now();
     // Boxed: dialling's timers and address lookup are not kept for the splice.
-    let mut upstream = Box::pin(dialer.dial()).await?;
+    let dialled = Box::pin(dialer.dial()).await;
+    conn.stats().dialled(started.elapsed(), dialled.is_ok());
+    let mut upstream = match dialled {
+        Ok(u) => u,
+        Err(e) => {
+            conn.failed(format!("upstream dial failed: {}", e.message()));
+            return Err(e);
+        }
+    };
     if let Some(version) = proxy_proto {
         let header = proxy_proto::header(version, conn.client_addr(), conn.server_addr())?;
         upstream
@@ -319,6 +347,9 @@ async fn forward(mut conn: Conn, dialer: &Dialer, proxy_proto: Option<ProxyProto
             .map_err(|e| Error::io("PROXY header to upstream", e))?;
     }
     let result = splice(&mut conn, &mut upstream).await;
+    if let Err(e) = &result {
+        conn.failed(format!("reset: {}", e.message()));
+    }
     // On failure `conn` is dropped unclosed, which resets the tunnel stream (and sends
     // no close_notify under agent termination): the edge passes that on to the client.
     if result.is_err() {

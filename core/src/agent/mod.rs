@@ -1,5 +1,6 @@
 //! The agent: a session with an edge, its endpoints, and forwarding to upstreams.
 
+mod api;
 mod builder;
 pub mod config;
 mod conn;
@@ -7,6 +8,7 @@ mod edges;
 mod hooks;
 pub mod http;
 mod listener;
+mod observe;
 pub mod options;
 mod proxy_proto;
 mod runner;
@@ -14,6 +16,7 @@ mod spec;
 mod tunnel;
 mod upstream;
 
+pub use api::{parse_web_addr, AgentApi, ApiKind, DEFAULT_WEB_ADDR};
 pub use builder::{
     EndpointBuilder, HttpEndpointBuilder, HttpKind, TcpEndpointBuilder, TcpKind,
     TlsEndpointBuilder, TlsKind,
@@ -21,6 +24,7 @@ pub use builder::{
 pub use conn::Conn;
 pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRequest};
 pub use listener::{Forwarder, Listener};
+pub use observe::{ConnMetrics, ConnectionRecord, EndpointStatus};
 pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
 pub(crate) use spec::{http_phases_refused, tcp_pooling_refused};
@@ -269,6 +273,7 @@ impl SessionBuilder {
             stop: stop.clone(),
             tasks: tasks.clone(),
             failure: Mutex::new(None),
+            observer: observe::Observer::new(),
             edge,
         });
         // Binds made as soon as this returns go to the edge that accepted the session.
@@ -298,6 +303,7 @@ pub(crate) struct Registered {
     pub(crate) origin: usize,
     pub(crate) conns: mpsc::Sender<Conn>,
     pub(crate) agent_tls: Option<TlsAcceptor>,
+    pub(crate) stats: Arc<observe::EndpointStats>,
 }
 
 pub(crate) struct SessionInner {
@@ -309,6 +315,8 @@ pub(crate) struct SessionInner {
     pub(crate) tasks: TaskTracker,
     /// Why the session ended by itself (the edge refused it for good), if it did.
     pub(crate) failure: Mutex<Option<Error>>,
+    /// What the session has seen, for its metrics, the agent API and the console.
+    pub(crate) observer: observe::Observer,
     edge: Option<Edge>,
 }
 
@@ -339,6 +347,38 @@ impl SessionInner {
             .clone()
             .unwrap_or_else(|| Error::new(ErrorCode::Closed, "the session is closed"))
     }
+}
+
+/// A session as [`Session::status`] sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionStatus {
+    /// The session id.
+    pub id: String,
+    /// `online` (a tunnel is up), `reconnecting` or `closed`.
+    pub status: String,
+    /// burrow's version.
+    pub version: String,
+    /// Each edge address and whether its tunnel is up.
+    pub edges: Vec<EdgeStatus>,
+    /// The last heartbeat's round trip, in milliseconds.
+    pub heartbeat_ms: Option<f64>,
+    /// Seconds since the session connected.
+    pub uptime_secs: f64,
+    /// Tunnel connections re-established after a loss.
+    pub reconnects: u64,
+    /// The endpoints, in the order they were bound.
+    pub endpoints: Vec<EndpointStatus>,
+    /// The last connections, newest first.
+    pub recent: Vec<ConnectionRecord>,
+}
+
+/// One edge address of a session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EdgeStatus {
+    /// The address as given.
+    pub addr: String,
+    /// Whether its tunnel connection is up.
+    pub connected: bool,
 }
 
 /// A connection to an edge (or to several, see [`SessionBuilder::server_addrs`]) that
@@ -417,6 +457,51 @@ impl Session {
             .clone()
     }
 
+    /// The session's metrics in Prometheus text format: connections, bytes, upstream
+    /// dials, heartbeats and reconnects (see the README's "Observing burrow").
+    pub fn metrics_text(&self) -> String {
+        let up = self
+            .inner
+            .edges
+            .states()
+            .iter()
+            .filter(|(_, up)| *up)
+            .count();
+        self.inner.observer.set_tunnels_up(up);
+        self.inner.observer.metrics_text()
+    }
+
+    /// What the session looks like now: its edges, endpoints with their counters, and
+    /// the recent connections (what the agent API and the console show).
+    pub fn status(&self) -> SessionStatus {
+        let observer = &self.inner.observer;
+        let edges: Vec<EdgeStatus> = self
+            .inner
+            .edges
+            .states()
+            .into_iter()
+            .map(|(addr, connected)| EdgeStatus { addr, connected })
+            .collect();
+        let status = if !self.is_open() {
+            "closed"
+        } else if edges.iter().any(|e| e.connected) {
+            "online"
+        } else {
+            "reconnecting"
+        };
+        SessionStatus {
+            id: self.id(),
+            status: status.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            edges,
+            heartbeat_ms: observer.last_heartbeat().map(|d| d.as_secs_f64() * 1000.0),
+            uptime_secs: observer.uptime().as_secs_f64(),
+            reconnects: observer.reconnects(),
+            endpoints: observer.endpoints(),
+            recent: observer.recent(),
+        }
+    }
+
     /// Closes every endpoint and the tunnel, and waits until all of the session's tasks ended.
     pub async fn close(&self) {
         self.inner.stop.cancel();
@@ -430,12 +515,13 @@ impl Session {
         spec: BindSpec,
         agent_tls: Option<TlsAcceptor>,
         conns: mpsc::Sender<Conn>,
+        stats: Arc<observe::EndpointStats>,
     ) -> Result<String> {
         if self.inner.stop.is_cancelled() {
             return Err(Error::new(ErrorCode::Closed, "the session is closed"));
         }
         let inner = &self.inner;
-        let bind = inner.edges.bind(inner, spec, agent_tls, conns);
+        let bind = inner.edges.bind(inner, spec, agent_tls, conns, stats);
         match tokio::time::timeout(BIND_TIMEOUT, bind).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(
@@ -447,9 +533,14 @@ impl Session {
 
     /// Stops serving an endpoint.
     pub(crate) fn unbind(&self, endpoint_id: &str) {
+        self.inner.observer.endpoint_closed(endpoint_id);
         if self.inner.endpoints().remove(endpoint_id).is_some() {
             self.inner.edges.unbind(endpoint_id);
         }
+    }
+
+    pub(crate) fn observer(&self) -> &observe::Observer {
+        &self.inner.observer
     }
 
     pub(crate) fn max_pending(&self) -> usize {

@@ -4,6 +4,7 @@
 
 use super::conn::{Conn, ConnIo};
 use super::hooks::AfterCommand;
+use super::observe::EndpointStats;
 use super::spec::EndpointKind;
 use super::tunnel::{establish, Connected, EdgeAddr, Ids, Settings};
 use super::{Registered, SessionInner};
@@ -34,6 +35,7 @@ pub(crate) struct BindRequest {
     pub(crate) spec: BindSpec,
     pub(crate) agent_tls: Option<TlsAcceptor>,
     pub(crate) conns: mpsc::Sender<Conn>,
+    pub(crate) stats: Arc<EndpointStats>,
     pub(crate) reply: oneshot::Sender<BindReply>,
 }
 
@@ -222,6 +224,7 @@ impl Runner {
             match establish(&self.settings, &self.edge, ids, CancellationToken::new()).await {
                 Ok(conn) => {
                     tracing::info!(edge = %self.edge.addr, attempt, "tunnel established");
+                    self.inner.observer.reconnected();
                     return Ok(conn);
                 }
                 Err(e) if repeats(e.code()) => return Err(Some(e)),
@@ -415,6 +418,7 @@ impl Runner {
     /// Hands a measured round trip to the heartbeat hook, off the session's task.
     fn heartbeat_answered(&self, latency: Duration) {
         tracing::trace!(?latency, "heartbeat answered");
+        self.inner.observer.heartbeat(latency);
         if let Some(hook) = self.settings.hooks.heartbeat.clone() {
             let stop = self.inner.stop.clone();
             self.inner.tasks.spawn(async move {
@@ -508,9 +512,11 @@ impl Runner {
                             mut spec,
                             agent_tls,
                             conns,
+                            stats,
                             reply,
                         } = *req;
                         pin_to_url(&mut spec, &url);
+                        stats.bound(&url);
                         self.inner.endpoints().insert(
                             endpoint_id.clone(),
                             Registered {
@@ -519,6 +525,7 @@ impl Runner {
                                 origin: self.index,
                                 conns,
                                 agent_tls,
+                                stats,
                             },
                         );
                         if reply.send(BindReply::Bound(url)).is_err() {
@@ -627,26 +634,37 @@ async fn dispatch(inner: Arc<SessionInner>, mut stream: MuxStream) {
     let target = inner
         .endpoints()
         .get(&header.endpoint_id)
-        .map(|r| (r.conns.clone(), r.agent_tls.clone()));
-    let Some((conns, agent_tls)) = target else {
+        .map(|r| (r.conns.clone(), r.agent_tls.clone(), r.stats.clone()));
+    let Some((conns, agent_tls, stats)) = target else {
         tracing::debug!(endpoint_id = %header.endpoint_id, "stream for a closed endpoint");
         return;
     };
+    let refused = |why: &str| stats.refused(header.client_addr, header.sni.as_deref(), why);
     let io = match agent_tls {
         Some(acceptor) if !header.edge_terminated => {
             match timeout(AGENT_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => ConnIo::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
-                    return tracing::info!(client = %header.client_addr, error = %e, "agent TLS handshake failed")
+                    refused("agent TLS handshake failed");
+                    return tracing::info!(client = %header.client_addr, error = %e, "agent TLS handshake failed");
                 }
                 Err(_) => {
-                    return tracing::info!(client = %header.client_addr, "agent TLS handshake timed out")
+                    refused("agent TLS handshake timed out");
+                    return tracing::info!(client = %header.client_addr, "agent TLS handshake timed out");
                 }
             }
         }
         _ => ConnIo::Plain(stream),
     };
-    if let Err(mpsc::error::TrySendError::Full(conn)) = conns.try_send(Conn::new(header, io)) {
+    if conns.capacity() == 0 {
+        refused("refused: too many connections pending (max_pending)");
+        return tracing::warn!(client = %header.client_addr, "refused: the endpoint already has max_pending connections waiting to be accepted");
+    }
+    let track = stats.opened(header.client_addr, header.sni.as_deref());
+    if let Err(mpsc::error::TrySendError::Full(mut conn)) =
+        conns.try_send(Conn::new(header, io, track))
+    {
+        conn.failed("refused: too many connections pending (max_pending)");
         tracing::warn!(client = %conn.client_addr(), "refused: the endpoint already has max_pending connections waiting to be accepted");
     }
 }

@@ -239,6 +239,10 @@ pub struct EndpointSpec {
     pub forwards_to: Option<String>,
     /// Free-form description.
     pub description: Option<String>,
+    /// The endpoint's name in the agent API (a config file's endpoint name, or
+    /// `command_line` for the CLI's); kept by the agent, never sent to the edge.
+    #[serde(default)]
+    pub name: Option<String>,
     /// True when the traffic policy has a `terminate-tls` action (decided when the
     /// spec was resolved, so the policy is not parsed again).
     pub policy_terminates: bool,
@@ -477,6 +481,7 @@ impl EndpointDraft {
             metadata: self.metadata,
             forwards_to: self.forwards_to,
             description: self.description,
+            name: None,
             pooling_enabled: self.pooling_enabled,
         })
     }

@@ -1,6 +1,7 @@
 //! The `burrow` command line: run an edge, or put a local service behind one.
 
 use anyhow::{bail, Context, Result};
+use burrow_core::agent::{AgentApi, ApiKind};
 use burrow_core::config::AgentConfig;
 use burrow_core::{
     Edge, EdgeConfig, Forwarder, OptionValue, ProxyProto, Scope, Session, TerminateAt,
@@ -8,6 +9,7 @@ use burrow_core::{
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -91,6 +93,13 @@ struct SessionArgs {
     /// long to finish (e.g. 30s, 500ms; a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
+    /// The agent API and status page (ngrok's web_addr): host:port, or false for none
+    /// [default: 127.0.0.1:4040, or the next free port up to 4050]
+    #[arg(long, env = "BURROW_WEB_ADDR")]
+    web_addr: Option<String>,
+    /// Serve the session's Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "BURROW_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// `30s`, `500ms`, `2m` or a bare number of seconds.
@@ -645,7 +654,10 @@ async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) 
     else {
         return Ok(());
     };
-    let endpoint = forward.endpoint;
+    let mut endpoint = forward.endpoint;
+    endpoint
+        .name
+        .get_or_insert_with(|| "command_line".to_owned());
     let bind = async { Ok(session.forward(endpoint, &upstream).await?) };
     let Some(forwarder) = signals.unless_stopped(bind).await? else {
         session.close().await;
@@ -661,8 +673,68 @@ async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) 
     if let Some(edge) = session.embedded_edge() {
         print_hint(edge, &forwarder, &mut run_dir)?;
     }
+    let _apis = start_apis(
+        &session,
+        session_args.web_addr.as_deref(),
+        None,
+        session_args.metrics_addr,
+    )
+    .await?;
     let grace = session_args.shutdown_timeout;
     serve_until_signal(vec![forwarder], &session, grace, signals).await
+}
+
+/// Starts the agent API (`--web-addr`, else the config file's `web_addr`, else 127.0.0.1:4040
+/// or the next free port up to 4050) and the metrics listener, and prints where they are.
+async fn start_apis(
+    session: &Session,
+    flag: Option<&str>,
+    file: Option<Option<SocketAddr>>,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<Vec<AgentApi>> {
+    let mut apis = Vec::new();
+    let chosen = match flag {
+        Some(text) => Some(burrow_core::agent::parse_web_addr(text).context("--web-addr")?),
+        None => file,
+    };
+    let api = match chosen {
+        Some(None) => None,
+        Some(Some(addr)) => Some(
+            AgentApi::serve(session, addr, ApiKind::Full)
+                .await
+                .context("--web-addr")?,
+        ),
+        None => {
+            let default: SocketAddr = burrow_core::agent::DEFAULT_WEB_ADDR.parse()?;
+            let mut found = None;
+            for port in default.port()..=default.port() + 10 {
+                let addr = SocketAddr::new(default.ip(), port);
+                if let Ok(api) = AgentApi::serve(session, addr, ApiKind::Full).await {
+                    found = Some(api);
+                    break;
+                }
+            }
+            if found.is_none() {
+                tracing::warn!("the agent API is off: ports 4040 to 4050 are all taken (choose one with --web-addr)");
+            }
+            found
+        }
+    };
+    if let Some(api) = api {
+        println!(
+            "Web Interface: http://{}  (agent API: /api/tunnels)",
+            api.local_addr()
+        );
+        apis.push(api);
+    }
+    if let Some(addr) = metrics_addr {
+        let api = AgentApi::serve(session, addr, ApiKind::MetricsOnly)
+            .await
+            .context("--metrics-addr")?;
+        println!("Metrics: http://{}/metrics", api.local_addr());
+        apis.push(api);
+    }
+    Ok(apis)
 }
 
 /// Serves until SIGINT/SIGTERM (then shuts down gracefully) or until the session ends
@@ -748,6 +820,13 @@ async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
         }
         forwarders.push(fwd);
     }
+    let _apis = start_apis(
+        &session,
+        args.session.web_addr.as_deref(),
+        config.agent.web_addr,
+        args.session.metrics_addr,
+    )
+    .await?;
     serve_until_signal(forwarders, &session, args.session.shutdown_timeout, signals).await
 }
 
