@@ -124,9 +124,67 @@ export declare class Edge {
   close(): Promise<void>
 }
 
+/** ngrok's connection counters: rates per second, duration percentiles in nanoseconds. */
+export interface ConnMetrics {
+  count: number
+  gauge: number
+  rate1: number
+  rate5: number
+  rate15: number
+  p50: number
+  p90: number
+  p95: number
+  p99: number
+}
+
+/** One endpoint as `Session.status()` and the agent API show it. */
+export interface EndpointStatus {
+  id: string
+  name: string
+  url: string
+  proto: string
+  terminate_at: string
+  forwards_to: string
+  metadata: string
+  conns: ConnMetrics
+  bytes_in: number
+  bytes_out: number
+  refused: number
+  dial_failures: number
+}
+
+/** One recent connection. */
+export interface ConnectionRecord {
+  time: string
+  endpoint: string
+  client_addr: string
+  sni: string | null
+  outcome: string
+  duration_ms: number | null
+  bytes_in: number
+  bytes_out: number
+}
+
+/** A session now (the agent API's `GET /api/status`). */
+export interface SessionStatus {
+  id: string
+  status: 'online' | 'reconnecting' | 'closed'
+  version: string
+  edges: Array<{ addr: string, connected: boolean }>
+  heartbeat_ms: number | null
+  uptime_secs: number
+  reconnects: number
+  endpoints: EndpointStatus[]
+  recent: ConnectionRecord[]
+}
+
 export declare class Session {
   /** The session id the edge gave. */
   id(): string
+  /** The session's Prometheus metrics (text format). */
+  metricsText(): string
+  /** The session now: edges, endpoints with their counters, recent connections. */
+  status(): SessionStatus
   /** An HTTP endpoint (an https:// URL; the edge terminates TLS). */
   httpEndpoint(): HttpListenerBuilder
   tlsEndpoint(): TlsEndpointBuilder

@@ -186,6 +186,10 @@ class Session {
   tcpEndpoint () { return new TcpEndpointBuilder(this, 'tcp') }
   /** The session id the edge gave. */
   id () { return this._native.id() }
+  /** The session's Prometheus metrics (text format). */
+  metricsText () { return this._native.metricsText() }
+  /** The session now: edges, endpoints with ngrok's `conns` counters, recent connections. */
+  status () { return JSON.parse(this._native.statusJson()) }
   /** This session's open listeners (ngrok's `session.listeners()`). */
   async listeners () { return listenersList().filter((l) => l._session === this._native) }
   /** Closes this session's listener with `id` (ngrok's `closeListener`). */

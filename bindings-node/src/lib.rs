@@ -184,6 +184,18 @@ impl NativeSession {
         self.session.is_open()
     }
 
+    /// The session's Prometheus metrics (text format).
+    #[napi]
+    pub fn metrics_text(&self) -> String {
+        self.session.metrics_text()
+    }
+
+    /// The session's status (edges, endpoints with counters, recent connections) as JSON.
+    #[napi]
+    pub fn status_json(&self) -> String {
+        serde_json::to_string(&self.session.status()).unwrap_or_default()
+    }
+
     /// The embedded edge's [tunnel, tls, ca] when this session started one.
     #[napi]
     pub fn embedded_edge(&self) -> Option<Vec<String>> {

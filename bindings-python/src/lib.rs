@@ -275,6 +275,16 @@ impl NativeSession {
         self.session.is_open()
     }
 
+    /// The session's Prometheus metrics (text format).
+    fn metrics_text(&self) -> String {
+        self.session.metrics_text()
+    }
+
+    /// The session's status (edges, endpoints with counters, recent connections) as JSON.
+    fn status_json(&self) -> String {
+        serde_json::to_string(&self.session.status()).unwrap_or_default()
+    }
+
     /// Closes every endpoint and the tunnel.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let session = self.session.clone();

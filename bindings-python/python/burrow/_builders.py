@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
@@ -23,6 +24,18 @@ class Session:
     def id(self) -> str:
         """The session id the edge gave."""
         return self._native.id()
+
+    def metrics_text(self) -> str:
+        """The session's Prometheus metrics in text format: connections, bytes, upstream
+        dials per endpoint, heartbeat round trips, reconnects."""
+        return self._native.metrics_text()
+
+    def status(self) -> Dict[str, Any]:
+        """The session now: ``status``, ``edges``, ``heartbeat_ms``, ``endpoints`` (each
+        with ngrok's ``conns`` counters and bytes) and the ``recent`` connections; the
+        same JSON as the agent API's ``GET /api/status``."""
+        result: Dict[str, Any] = json.loads(self._native.status_json())
+        return result
 
     def http_endpoint(self) -> "HttpListenerBuilder":
         """Starts building an HTTP endpoint (an ``https://`` URL; the edge terminates TLS

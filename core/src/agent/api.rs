@@ -118,7 +118,7 @@ fn answer(session: &Session, kind: ApiKind, req: &Request<Incoming>) -> Response
     if path == "/metrics" {
         return respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             session.metrics_text(),
         );
     }

@@ -603,6 +603,7 @@ impl Drop for RunDir {
 
 async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) -> Result<()> {
     let (session_args, t) = (args.session, args.termination);
+    let web_addr = web_addr_flag(session_args.web_addr.as_deref())?;
     options.push(("addr", args.upstream.into()));
     push(&mut options, "authtoken", session_args.authtoken);
     push(&mut options, "server_addr", session_args.server_addr);
@@ -673,31 +674,28 @@ async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) 
     if let Some(edge) = session.embedded_edge() {
         print_hint(edge, &forwarder, &mut run_dir)?;
     }
-    let _apis = start_apis(
-        &session,
-        session_args.web_addr.as_deref(),
-        None,
-        session_args.metrics_addr,
-    )
-    .await?;
+    let _apis = start_apis(&session, web_addr, session_args.metrics_addr).await?;
     let grace = session_args.shutdown_timeout;
     serve_until_signal(vec![forwarder], &session, grace, signals).await
 }
 
-/// Starts the agent API (`--web-addr`, else the config file's `web_addr`, else 127.0.0.1:4040
-/// or the next free port up to 4050) and the metrics listener, and prints where they are.
+/// The `--web-addr` flag: `None` when not given, `Some(None)` for `false`.
+fn web_addr_flag(flag: Option<&str>) -> Result<Option<Option<SocketAddr>>> {
+    flag.map(burrow_core::agent::parse_web_addr)
+        .transpose()
+        .context("--web-addr")
+}
+
+/// Starts the agent API (at `web_addr`: `Some(None)` for none; when not given,
+/// 127.0.0.1:4040 or the next free port up to 4050) and the metrics listener, and
+/// prints where they are.
 async fn start_apis(
     session: &Session,
-    flag: Option<&str>,
-    file: Option<Option<SocketAddr>>,
+    web_addr: Option<Option<SocketAddr>>,
     metrics_addr: Option<SocketAddr>,
 ) -> Result<Vec<AgentApi>> {
     let mut apis = Vec::new();
-    let chosen = match flag {
-        Some(text) => Some(burrow_core::agent::parse_web_addr(text).context("--web-addr")?),
-        None => file,
-    };
-    let api = match chosen {
+    let api = match web_addr {
         Some(None) => None,
         Some(Some(addr)) => Some(
             AgentApi::serve(session, addr, ApiKind::Full)
@@ -782,6 +780,7 @@ async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
     }
     let config = AgentConfig::from_file(&args.config)?;
     let selected = config.select(&args.names)?;
+    let web_addr = web_addr_flag(args.session.web_addr.as_deref())?.or(config.agent.web_addr);
     let mut builder = config.session_builder();
     if let Some(token) = args.session.authtoken {
         builder = builder.authtoken(token);
@@ -820,13 +819,7 @@ async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
         }
         forwarders.push(fwd);
     }
-    let _apis = start_apis(
-        &session,
-        args.session.web_addr.as_deref(),
-        config.agent.web_addr,
-        args.session.metrics_addr,
-    )
-    .await?;
+    let _apis = start_apis(&session, web_addr, args.session.metrics_addr).await?;
     serve_until_signal(forwarders, &session, args.session.shutdown_timeout, signals).await
 }
 
