@@ -110,6 +110,10 @@ export declare class NativeSession {
   id(): string
   /** True until the session is closed. */
   isOpen(): boolean
+  /** The session's Prometheus metrics (text format). */
+  metricsText(): string
+  /** The session's status (edges, endpoints with counters, recent connections) as JSON. */
+  statusJson(): string
   /** The embedded edge's [tunnel, tls, ca] when this session started one. */
   embeddedEdge(): Array<string> | null
   /** Closes every endpoint and the tunnel. */

@@ -11,7 +11,7 @@ repo="$PWD"
 REQUIREMENTS=(
   "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0" "pytest-timeout==2.4.0"
   "mypy==2.4.1" "cryptography==50.0.2" "flask==3.1.3" "werkzeug==3.1.9" "aiohttp==3.14.5"
-  "uvicorn==0.54.0" "gunicorn==27.0.1"
+  "uvicorn==0.54.0" "gunicorn==27.0.1" "prometheus-client==0.26.0"
 )
 
 if [ ! -x .venv/bin/python ]; then
