@@ -68,6 +68,8 @@ function startCli (port) {
       `\`CARGO_BUILD_TARGET=${TARGET} cargo build -p burrow-core\`, or set BURROW_BIN`)
   }
   cli = spawn(BIN, ['http', String(port), '--web-addr', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  // Should jest's worker end before afterAll runs, the CLI goes with it.
+  process.once('exit', () => { if (cli.exitCode === null) cli.kill('SIGKILL') })
   cli.stdout.setEncoding('utf8')
   cli.stderr.setEncoding('utf8')
   cli.stderr.on('data', (d) => { cliOutput.stderr += d })
