@@ -25,6 +25,9 @@ fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Debian's Chromium (and ChromeDriver) for the web status page's browser test
+# (tests-js/status_page.test.js drives it with playwright-core, which downloads no browser).
+[ -x /usr/bin/chromium ] || missing+=(chromium chromium-driver)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -41,4 +44,4 @@ fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
-echo "setup: ok (${SYSTEM_PACKAGES[*]}, python3-venv, node, npm present)"
+echo "setup: ok (${SYSTEM_PACKAGES[*]}, python3-venv, node, npm, chromium present)"

@@ -15,6 +15,10 @@ echo "-- napi build ${profile[*]:-(dev profile)}"
 npx napi build --platform "${profile[@]}" --manifest-path bindings-node/Cargo.toml --output-dir bindings-node \
   --js native.js --dts native.d.ts >/dev/null
 
+# The CLI too: tests-js/status_page.test.js runs it (target/$CARGO_BUILD_TARGET/debug/burrow).
+echo "-- cargo build -p burrow-core (the CLI)"
+cargo build -q -p burrow-core --bin burrow
+
 echo "-- npm pack, installed into a fresh project outside the repo"
 outside="$(mktemp -d)"
 trap 'rm -rf "$outside"' EXIT

@@ -1,7 +1,9 @@
 //! The agent API: a session's endpoints and counters as JSON, in the shape of ngrok's
-//! agent API (`GET /api/tunnels` at `web_addr`), plus Prometheus metrics.
+//! agent API (`GET /api/tunnels` at `web_addr`), plus Prometheus metrics and the web
+//! status page (`GET /`).
 
 use super::observe::EndpointStatus;
+use super::status_page::{status_page_headers, STATUS_PAGE};
 use super::Session;
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -114,6 +116,9 @@ fn answer(session: &Session, kind: ApiKind, req: &Request<Incoming>) -> Response
             "the agent API is read-only: use GET",
         );
     }
+    if kind == ApiKind::Full && matches!(req.uri().path(), "/" | "/status") {
+        return status_page();
+    }
     let path = req.uri().path().trim_end_matches('/');
     if path == "/metrics" {
         return respond(
@@ -132,6 +137,7 @@ fn answer(session: &Session, kind: ApiKind, req: &Request<Incoming>) -> Response
             "tunnels_uri": "/api/tunnels",
             "endpoints_uri": "/api/endpoints",
             "status_uri": "/api/status",
+            "status_page_uri": "/",
             "metrics_uri": "/metrics",
         }),
         "/api/tunnels" => json!({
@@ -158,6 +164,17 @@ fn answer(session: &Session, kind: ApiKind, req: &Request<Incoming>) -> Response
         }
     };
     respond(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// The web status page (see `status_page.rs`), which polls `api/status`.
+fn status_page() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    for (name, value) in status_page_headers() {
+        response
+            .headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The endpoint named (or with the id) `name`.

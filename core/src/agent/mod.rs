@@ -13,6 +13,7 @@ pub mod options;
 mod proxy_proto;
 mod runner;
 mod spec;
+mod status_page;
 mod tunnel;
 mod upstream;
 
@@ -29,6 +30,7 @@ pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
 pub(crate) use spec::{http_phases_refused, tcp_pooling_refused};
 pub use spec::{CertPem, EndpointKind, EndpointSpec, TerminateAt, Termination, TlsMaterial};
+pub use status_page::{status_page_csp, status_page_headers, STATUS_PAGE};
 pub use upstream::Upstream;
 
 use crate::edge::Edge;

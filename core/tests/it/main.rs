@@ -22,4 +22,5 @@ mod pools;
 mod readme;
 mod refusals;
 mod session_surface;
+mod status_page;
 mod web;
