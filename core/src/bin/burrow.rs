@@ -50,10 +50,10 @@ struct Cli {
 const CONSOLE_HELP: &str = "\
 Live console: when stdout is a terminal, `burrow tls|tcp|http|start` draw a status screen
 (session, edge, latency, forwarding lines, connection counters, recent connections) instead
-of printing lines. Ctrl-C or q stops burrow gracefully, as SIGINT does. While it is up,
-warnings and errors show in its bottom pane and nothing else is logged to the terminal.
-`--log stdout`, `--log-format json`, TERM=dumb or a stdout that is not a terminal give
-plain lines instead.";
+of printing lines. Ctrl-C or q stops burrow gracefully, as SIGINT does. Only warnings and
+errors are logged then: in the console's bottom pane while it is up (printed to stderr when
+it ends), never over the screen. `--log stdout` (every line the --log filter passes),
+`--log-format json`, TERM=dumb or a stdout that is not a terminal give plain lines instead.";
 
 /// How log lines are written.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,14 +68,18 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Expose a local web app on an https:// endpoint (the edge's reverse proxy).
+    #[command(after_help = CONSOLE_HELP)]
     Http(Box<HttpArgs>),
     /// Expose a local service on a tls:// endpoint, routed by SNI.
+    #[command(after_help = CONSOLE_HELP)]
     Tls(TlsArgs),
     /// Expose a local service on a tcp:// endpoint with a port of its own.
+    #[command(after_help = CONSOLE_HELP)]
     Tcp(TcpArgs),
     /// Run an edge that agents connect to.
     Edge(EdgeArgs),
     /// Start endpoints from an agent config file (ngrok's v3 format).
+    #[command(after_help = CONSOLE_HELP)]
     Start(StartArgs),
     /// Work with agent config files.
     Config {

@@ -262,9 +262,22 @@ mod tests {
         );
     }
 
+    /// One test for everything that touches [`TERMINAL_TAKEN`]: tests run in parallel.
     #[test]
-    fn restoring_a_terminal_that_was_never_taken_does_nothing() {
+    fn the_terminal_is_given_back_once_and_on_a_panic() {
         restore_terminal();
-        assert!(!TERMINAL_TAKEN.load(Ordering::SeqCst));
+        assert!(
+            !TERMINAL_TAKEN.load(Ordering::SeqCst),
+            "never taken: nothing to do"
+        );
+        install_panic_hook();
+        install_panic_hook();
+        TERMINAL_TAKEN.store(true, Ordering::SeqCst);
+        let panicked = std::thread::spawn(|| panic!("a panic while the console is up")).join();
+        assert!(panicked.is_err());
+        assert!(
+            !TERMINAL_TAKEN.load(Ordering::SeqCst),
+            "the panic hook restored the terminal"
+        );
     }
 }
