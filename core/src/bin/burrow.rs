@@ -978,10 +978,11 @@ fn mode_words(fwd: &Forwarder) -> String {
 pub(crate) fn describe_mode(proto: &str, url: &str, at: TerminateAt) -> String {
     match (proto, at) {
         ("tcp", TerminateAt::Upstream) => "TCP: bytes are forwarded as they are".to_owned(),
-        ("http", _) if url.starts_with("http://") => {
+        // A Forwarder's proto is its URL's scheme: `https`, or `http` for plain HTTP only.
+        ("http" | "https", _) if url.starts_with("http://") => {
             "plain HTTP, reverse proxy at the edge".to_owned()
         }
-        ("http", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
+        ("http" | "https", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
         (_, at) => format!("TLS terminated at {at}"),
     }
 }

@@ -472,6 +472,10 @@ mod tests {
             rows.iter().filter(|r| r.starts_with("Forwarding")).count(),
             2
         );
+        let wide = draw(&status, &View::default(), 160, 24);
+        assert!(wide.iter().any(|r| r.ends_with(
+            "https://web.console.test:4443 -> localhost:8443 (HTTPS terminated at the edge, reverse proxy)"
+        )));
         assert!(row(&rows, "command_line").contains("1       0"));
         assert!(row(&rows, "web ").contains("7       2"));
         let stopping = View {
