@@ -2,7 +2,7 @@
 //! session, the test reads the screen with `capture-pane`, connects through the tunnel,
 //! resizes the window and quits with Ctrl-C, `q` or SIGTERM.
 
-use crate::cli::parse_hint;
+use crate::cli::{parse_hint, Proc};
 use crate::common::*;
 use crate::web::web_app;
 use anyhow::{anyhow, bail, Context, Result};
@@ -346,5 +346,71 @@ async fn log_stdout_and_json_logs_keep_plain_lines_in_a_terminal() -> Result<()>
             "{flags:?}: {log_line} in\n{screen}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warnings_go_to_the_log_pane_not_over_the_screen() -> Result<()> {
+    // Two edges: a real one, and a port nothing listens on, which the session keeps
+    // retrying with a warning each time.
+    let mut edge = Proc::spawn(&["edge"], &[])?;
+    let (tunnel, _) = edge.edge_addrs().await?;
+    let ca = edge.field("root-cas:").await?;
+    let dead = free_port()?;
+    let service = echo_server().await;
+    let tmux = Tmux::start(&burrow(&[
+        "tls",
+        &service.addr.to_string(),
+        "--domain",
+        "warn.console.test",
+        "--server-addr",
+        &format!("{tunnel},127.0.0.1:{dead}"),
+        "--root-cas",
+        &ca,
+        "--web-addr",
+        "false",
+    ]))?;
+    let dead_edge = format!("127.0.0.1:{dead}");
+    let screen = tmux
+        .wait_for("a warning in the log pane", |s| {
+            s.contains("Log (warnings and errors") && s.contains("WARN")
+        })
+        .await?;
+    let rows: Vec<&str> = screen.lines().collect();
+    assert!(
+        rows[0].starts_with("burrow"),
+        "the header is intact:\n{screen}"
+    );
+    assert!(
+        line(&screen, "Session Status")?.ends_with("online"),
+        "{screen}"
+    );
+    let edges: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.starts_with("Edge"))
+        .collect();
+    assert_eq!(edges.len(), 2, "{screen}");
+    assert!(edges[0].ends_with(&format!("{tunnel} up")), "{screen}");
+    assert!(edges[1].ends_with(&format!("{dead_edge} down")), "{screen}");
+    let pane = rows
+        .iter()
+        .position(|r| r.starts_with("Log (warnings and errors"))
+        .ok_or_else(|| anyhow!("no log pane"))?;
+    assert!(
+        rows[..pane].iter().all(|r| !r.contains("WARN")),
+        "log lines only in the pane:\n{screen}"
+    );
+    assert!(rows[pane + 1..]
+        .iter()
+        .all(|r| r.contains("WARN") || r.trim().is_empty()));
+    tmux.run(&["send-keys", "-t", "console", "C-c"])?;
+    exited_cleanly(&tmux).await?;
+    let after = tmux.screen()?;
+    assert!(
+        after.contains("connecting failed"),
+        "the pane's warnings are printed once the terminal is back:\n{after}"
+    );
+    edge.kill_and_stderr().await?;
     Ok(())
 }

@@ -109,9 +109,10 @@ fn top_lines(status: &SessionStatus, view: &View, width: usize) -> Vec<Line<'sta
         let state = if edge.connected { "up" } else { "down" };
         lines.push(field("Edge", format!("{} {state}{embedded}", edge.addr)));
     }
-    let latency = status
-        .heartbeat_ms
-        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}ms"));
+    let latency = status.heartbeat_ms.map_or_else(
+        || "-".to_owned(),
+        |ms| short_duration(Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+    );
     lines.push(field("Latency", latency));
     lines.push(field("Uptime", uptime(status.uptime_secs)));
     if status.reconnects > 0 {
@@ -128,10 +129,8 @@ fn top_lines(status: &SessionStatus, view: &View, width: usize) -> Vec<Line<'sta
             Ok(at) => crate::describe_mode(&e.proto, &e.url, at),
             Err(_) => format!("TLS terminated at {}", e.terminate_at),
         };
-        lines.push(field(
-            "Forwarding",
-            format!("{} -> {} ({mode})", e.url, e.forwards_to),
-        ));
+        let forwarding = format!("{} -> {} ({mode})", e.url, e.forwards_to);
+        lines.extend(wrapped_field("Forwarding", &forwarding, width));
     }
     lines.push(Line::raw(""));
     let header: String = ["ttl", "opn", "rt1", "rt5", "p50", "p90"]
@@ -149,7 +148,7 @@ fn top_lines(status: &SessionStatus, view: &View, width: usize) -> Vec<Line<'sta
     }
     for hint in &view.hints {
         lines.push(Line::raw(""));
-        lines.extend(hint_lines(hint, width));
+        lines.extend(wrapped_field("Try", hint, width));
     }
     lines.push(Line::raw(""));
     lines
@@ -186,20 +185,20 @@ fn recent_lines(recent: &[ConnectionRecord], rows: usize) -> Vec<Line<'static>> 
     lines
 }
 
-/// `Try  COMMAND` on one row when it fits; else the label, then the command cut into
-/// rows of `width` characters (cut, not truncated: the whole command stays readable).
-fn hint_lines(hint: &str, width: usize) -> Vec<Line<'static>> {
-    if LABEL + hint.chars().count() <= width || width == 0 {
-        return vec![field("Try", hint.to_owned())];
+/// A label and a value too long for one row, perhaps (a URL and its upstream, a
+/// command): cut into rows under the value column rather than truncated, so that all
+/// of it stays readable. A screen too narrow for that truncates.
+fn wrapped_field(name: &str, value: &str, width: usize) -> Vec<Line<'static>> {
+    let room = width.saturating_sub(LABEL);
+    if value.chars().count() <= room || room < 20 {
+        return vec![field(name, value.to_owned())];
     }
-    let mut lines = vec![Line::raw("Try (one command):")];
-    let chars: Vec<char> = hint.chars().collect();
-    lines.extend(
-        chars
-            .chunks(width)
-            .map(|row| Line::raw(row.iter().collect::<String>())),
-    );
-    lines
+    let chars: Vec<char> = value.chars().collect();
+    chars
+        .chunks(room)
+        .enumerate()
+        .map(|(i, row)| field(if i == 0 { name } else { "" }, row.iter().collect()))
+        .collect()
 }
 
 /// A label padded to the label column.
@@ -399,7 +398,7 @@ mod tests {
             format!("{:<30}online", "Session Status")
         );
         assert!(row(&rows, "Edge").ends_with("127.0.0.1:4443 up (embedded edge)"));
-        assert!(row(&rows, "Latency").ends_with(" 3ms"));
+        assert!(row(&rows, "Latency").ends_with(" 3.2ms"));
         assert!(row(&rows, "Uptime").ends_with(" 1m 05s"));
         assert!(row(&rows, "Web Interface").ends_with(" http://127.0.0.1:4040"));
         assert_eq!(
@@ -436,11 +435,18 @@ mod tests {
         let narrow = draw(&status(), &long, 80, 40);
         let at = narrow
             .iter()
-            .position(|r| r.starts_with("Try (one command):"))
-            .expect("a long hint gets rows of its own");
+            .position(|r| r.starts_with("Try"))
+            .expect("the hint's first row");
+        let cut: Vec<&str> = narrow[at..at + 3].iter().map(|r| &r[30..]).collect();
+        assert_eq!(cut.concat(), long.hints[0], "cut into rows, not truncated");
+        let forwarding: Vec<&String> = narrow
+            .iter()
+            .skip_while(|r| !r.starts_with("Forwarding"))
+            .take(2)
+            .collect();
         assert_eq!(
-            format!("{}{}", narrow[at + 1], narrow[at + 2]),
-            long.hints[0]
+            format!("{}{}", &forwarding[0][30..], &forwarding[1][30..]),
+            "tls://app.console.test:4443 -> localhost:8443 (TLS terminated at agent)"
         );
         let conn = row(&rows, "01:02:03");
         for part in [
