@@ -53,7 +53,8 @@ Live console: when stdout is a terminal, `burrow tls|tcp|http|start` draw a stat
 of printing lines. Ctrl-C or q stops burrow gracefully, as SIGINT does. Only warnings and
 errors are logged then: in the console's bottom pane while it is up (printed to stderr when
 it ends), never over the screen. `--log stdout` (every line the --log filter passes),
-`--log-format json`, TERM=dumb or a stdout that is not a terminal give plain lines instead.";
+`--log-format json`, TERM=dumb, a stdout that is not a terminal or a background job (&) give
+plain lines instead.";
 
 /// How log lines are written.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -369,7 +370,27 @@ fn console_wanted(command: &Command, stdout_asked: bool, format: LogFormat) -> b
         Command::Http(_) | Command::Tls(_) | Command::Tcp(_) | Command::Start(_)
     );
     let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
-    agent && !stdout_asked && format == LogFormat::Text && !dumb && std::io::stdout().is_terminal()
+    agent
+        && !stdout_asked
+        && format == LogFormat::Text
+        && !dumb
+        && std::io::stdout().is_terminal()
+        && in_foreground()
+}
+
+/// Whether this process is in its terminal's foreground process group. A job started
+/// with `&` is not: taking the terminal there (raw mode) would stop it (SIGTTOU), so it
+/// prints plain lines instead.
+#[cfg(unix)]
+fn in_foreground() -> bool {
+    rustix::termios::tcgetpgrp(std::io::stdout())
+        .is_ok_and(|group| group == rustix::process::getpgrp())
+}
+
+/// Elsewhere a terminal has no process groups to ask about.
+#[cfg(not(unix))]
+fn in_foreground() -> bool {
+    true
 }
 
 /// How an agent command shows what it runs: printed lines, or the live console (whose

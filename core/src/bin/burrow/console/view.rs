@@ -187,17 +187,28 @@ fn recent_lines(recent: &[ConnectionRecord], rows: usize) -> Vec<Line<'static>> 
 
 /// A label and a value too long for one row, perhaps (a URL and its upstream, a
 /// command): cut into rows under the value column rather than truncated, so that all
-/// of it stays readable. A screen too narrow for that truncates.
+/// of it stays readable; at a space in the second half of a row, else anywhere. A
+/// screen too narrow for that truncates.
 fn wrapped_field(name: &str, value: &str, width: usize) -> Vec<Line<'static>> {
     let room = width.saturating_sub(LABEL);
     if value.chars().count() <= room || room < 20 {
         return vec![field(name, value.to_owned())];
     }
-    let chars: Vec<char> = value.chars().collect();
-    chars
-        .chunks(room)
+    let mut rows = Vec::new();
+    let mut rest: Vec<char> = value.chars().collect();
+    while rest.len() > room {
+        let space = rest[room / 2..=room].iter().rposition(|c| *c == ' ');
+        let (cut, skip) = match space {
+            Some(at) => (room / 2 + at, 1),
+            None => (room, 0),
+        };
+        rows.push(rest[..cut].iter().collect::<String>());
+        rest.drain(..cut + skip);
+    }
+    rows.push(rest.into_iter().collect());
+    rows.into_iter()
         .enumerate()
-        .map(|(i, row)| field(if i == 0 { name } else { "" }, row.iter().collect()))
+        .map(|(i, row)| field(if i == 0 { name } else { "" }, row))
         .collect()
 }
 
@@ -438,15 +449,24 @@ mod tests {
             .position(|r| r.starts_with("Try"))
             .expect("the hint's first row");
         let cut: Vec<&str> = narrow[at..at + 3].iter().map(|r| &r[30..]).collect();
-        assert_eq!(cut.concat(), long.hints[0], "cut into rows, not truncated");
+        let bare = |s: &str| s.split_whitespace().collect::<String>();
+        assert_eq!(
+            bare(&cut.concat()),
+            bare(&long.hints[0]),
+            "cut, not truncated"
+        );
         let forwarding: Vec<&String> = narrow
             .iter()
             .skip_while(|r| !r.starts_with("Forwarding"))
             .take(2)
             .collect();
         assert_eq!(
-            format!("{}{}", &forwarding[0][30..], &forwarding[1][30..]),
-            "tls://app.console.test:4443 -> localhost:8443 (TLS terminated at agent)"
+            [&forwarding[0][30..], &forwarding[1][30..]],
+            [
+                "tls://app.console.test:4443 -> localhost:8443 (TLS",
+                "terminated at agent)"
+            ],
+            "cut at a space"
         );
         let conn = row(&rows, "01:02:03");
         for part in [
