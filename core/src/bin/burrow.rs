@@ -407,25 +407,34 @@ impl Ui {
     fn notices(&self) -> Notices {
         Notices {
             keep: matches!(self, Ui::Console(_)),
+            kept: Vec::new(),
             view: console::view::View::default(),
         }
     }
 
-    /// Starts the console (plain mode: nothing to start).
+    /// Starts the console (plain mode: nothing to start). A terminal that cannot be
+    /// taken (no controlling terminal for raw mode, say) is not fatal: the kept lines
+    /// are printed after a warning, and burrow runs without the console.
     fn start(
         &self,
         session: &Session,
         notices: Notices,
         signals: &Signals,
-    ) -> Result<Option<console::Console>> {
-        match self {
-            Ui::Plain => Ok(None),
-            Ui::Console(sink) => Ok(Some(console::Console::start(
-                session,
-                notices.view,
-                sink.clone(),
-                signals.stopper(),
-            )?)),
+    ) -> Option<console::Console> {
+        let Ui::Console(sink) = self else {
+            return None;
+        };
+        let started =
+            console::Console::start(session, notices.view, sink.clone(), signals.stopper());
+        match started {
+            Ok(console) => Some(console),
+            Err(e) => {
+                tracing::warn!("no live console: {e:#}");
+                for line in notices.kept {
+                    println!("{line}");
+                }
+                None
+            }
         }
     }
 }
@@ -436,14 +445,18 @@ impl Ui {
 struct Notices {
     /// Keep for the console instead of printing.
     keep: bool,
+    /// The lines kept, printed after all if the console cannot start.
+    kept: Vec<String>,
     /// What is kept.
     view: console::view::View,
 }
 
 impl Notices {
     /// A line that plain mode prints and the console draws from the session's status.
-    fn line(&self, text: String) {
-        if !self.keep {
+    fn line(&mut self, text: String) {
+        if self.keep {
+            self.kept.push(text);
+        } else {
             println!("{text}");
         }
     }
@@ -887,7 +900,7 @@ async fn run_agent(
     )
     .await?;
     let grace = session_args.shutdown_timeout;
-    let console = ui.start(&session, notices, &signals)?;
+    let console = ui.start(&session, notices, &signals);
     serve_until_signal(vec![forwarder], &session, grace, signals, console).await
 }
 
@@ -1062,7 +1075,7 @@ async fn run_start(args: StartArgs, mut signals: Signals, ui: Ui) -> Result<()> 
     )
     .await?;
     let grace = args.session.shutdown_timeout;
-    let console = ui.start(&session, notices, &signals)?;
+    let console = ui.start(&session, notices, &signals);
     serve_until_signal(forwarders, &session, grace, signals, console).await
 }
 

@@ -414,3 +414,69 @@ async fn warnings_go_to_the_log_pane_not_over_the_screen() -> Result<()> {
     edge.kill_and_stderr().await?;
     Ok(())
 }
+
+/// A field's value, with the rows it was cut into (under the value column) joined.
+fn field_value(screen: &str, label: &str) -> Result<String> {
+    let mut rows = screen.lines().skip_while(|l| !l.starts_with(label));
+    let first = rows
+        .next()
+        .ok_or_else(|| anyhow!("no {label:?} line on the screen:\n{screen}"))?;
+    let mut value = first[label.len()..].trim().to_owned();
+    for row in rows.take_while(|r| r.starts_with(&" ".repeat(30)) && !r.trim().is_empty()) {
+        value.push(' ');
+        value.push_str(row.trim());
+    }
+    Ok(value)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_lets_an_open_connection_finish_as_sigint_does() -> Result<()> {
+    let service = echo_server().await;
+    let tmux = Tmux::start(&burrow(&[
+        "tls",
+        &service.addr.to_string(),
+        "--url",
+        "tls://grace.test",
+        "--terminate-at",
+        "edge",
+        "--web-addr",
+        "false",
+        "--shutdown-timeout",
+        "30s",
+    ]))?;
+    let screen = tmux
+        .wait_for("the forwarding line", |s| s.contains("Forwarding"))
+        .await?;
+    let (addr, name, ca) = parse_hint(&field_value(&screen, "Try")?)?;
+    let ca = std::fs::read_to_string(ca.ok_or_else(|| anyhow!("edge mode gives -CAfile"))?)?;
+    let tls = tls_connect(addr, &name, &ca).await?;
+    let (mut r, mut w) = tokio::io::split(tls);
+    let mut echoed = [0u8; 6];
+    w.write_all(b"before").await?;
+    r.read_exact(&mut echoed)
+        .await
+        .context("the echo before Ctrl-C")?;
+    assert_eq!(&echoed, b"before");
+    tmux.wait_for("one open connection", |s| {
+        counters(s).get(1).map(String::as_str) == Some("1")
+    })
+    .await?;
+
+    tmux.run(&["send-keys", "-t", "console", "C-c"])?;
+    tmux.wait_for("the session stopping", |s| {
+        line(s, "Session Status").is_ok_and(|l| l.contains("stopping"))
+    })
+    .await?;
+    let mut echoed = [0u8; 5];
+    w.write_all(b"after").await?;
+    r.read_exact(&mut echoed)
+        .await
+        .context("the echo after Ctrl-C")?;
+    assert_eq!(&echoed, b"after", "the open connection still works");
+    assert!(!tmux.screen()?.contains("EXITED:"), "burrow waits for it");
+    w.shutdown().await?;
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await?;
+    drop((r, w));
+    exited_cleanly(&tmux).await
+}
