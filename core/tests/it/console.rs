@@ -123,10 +123,15 @@ impl Tmux {
 }
 
 impl Drop for Tmux {
+    /// Kills the server and removes its socket file (tmux leaves it behind).
     fn drop(&mut self) {
+        let socket = self.run(&["display-message", "-p", "#{socket_path}"]);
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
+        if let Ok(path) = socket {
+            let _ = std::fs::remove_file(path.trim());
+        }
     }
 }
 
