@@ -8,8 +8,9 @@ set -euo pipefail
 # Debian packages the build and tests use (openssl: test certificates; pebble: the ACME
 # tests; etcd-server: the cluster tests; protobuf-compiler: protoc, which the etcd client
 # crate needs at build time; curl: the HTTP tests' client; wrk and nghttp2-client
-# (h2load): the benchmark's HTTP rows).
-SYSTEM_PACKAGES=(openssl ca-certificates pebble etcd-server protobuf-compiler curl wrk nghttp2-client)
+# (h2load): the benchmark's HTTP rows; tmux: the live console's tests run burrow in a
+# detached tmux window and read its screen).
+SYSTEM_PACKAGES=(openssl ca-certificates pebble etcd-server protobuf-compiler curl wrk nghttp2-client tmux)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -17,7 +18,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
 else
-  for tool in openssl pebble etcd protoc curl wrk h2load; do  # no dpkg: check the commands (package names) themselves
+  for tool in openssl pebble etcd protoc curl wrk h2load tmux; do  # no dpkg: check the commands (package names) themselves
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
 fi

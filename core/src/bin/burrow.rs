@@ -1,5 +1,10 @@
 //! The `burrow` command line: run an edge, or put a local service behind one.
 
+#[path = "burrow/console.rs"]
+mod console;
+#[path = "burrow/logs.rs"]
+mod logs;
+
 use anyhow::{bail, Context, Result};
 use burrow_core::agent::{AgentApi, ApiKind};
 use burrow_core::config::AgentConfig;
@@ -20,25 +25,62 @@ use std::time::Duration;
     version,
     about = "A TLS tunnel: put a local service on a public tls:// address"
 )]
+#[command(after_help = CONSOLE_HELP)]
 struct Cli {
-    /// Log filter (e.g. info, debug, burrow_core=trace); RUST_LOG also works.
+    /// Log filter (e.g. info, debug, burrow_core=trace); RUST_LOG also works. `stdout`
+    /// (ngrok's spelling, alone or in the list: `stdout,debug`) turns the live console
+    /// off: plain lines instead.
     #[arg(long, global = true, default_value = "info", env = "BURROW_LOG")]
     log: String,
+    /// Log lines as `text` (default) or `json` (one JSON object a line on stderr, for
+    /// machines; no live console).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "BURROW_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The end of `--help`: when the live console is drawn, and how to turn it off.
+const CONSOLE_HELP: &str = "\
+Live console: when stdout is a terminal, `burrow tls|tcp|http|start` draw a status screen
+(session, edge, latency, forwarding lines, connection counters, recent connections) instead
+of printing lines. Ctrl-C or q stops burrow gracefully, as SIGINT does. Only warnings and
+errors are logged then: in the console's bottom pane while it is up (printed to stderr when
+it ends), never over the screen. `--log stdout` (every line the --log filter passes),
+`--log-format json`, TERM=dumb, a stdout that is not a terminal or a background job (&) give
+plain lines instead.";
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    #[value(alias = "term", alias = "logfmt")]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Expose a local web app on an https:// endpoint (the edge's reverse proxy).
+    #[command(after_help = CONSOLE_HELP)]
     Http(Box<HttpArgs>),
     /// Expose a local service on a tls:// endpoint, routed by SNI.
+    #[command(after_help = CONSOLE_HELP)]
     Tls(TlsArgs),
     /// Expose a local service on a tcp:// endpoint with a port of its own.
+    #[command(after_help = CONSOLE_HELP)]
     Tcp(TcpArgs),
     /// Run an edge that agents connect to.
     Edge(EdgeArgs),
     /// Start endpoints from an agent config file (ngrok's v3 format).
+    #[command(after_help = CONSOLE_HELP)]
     Start(StartArgs),
     /// Work with agent config files.
     Config {
@@ -266,7 +308,12 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
+    let (log, stdout_asked) = split_log_flag(&cli.log);
+    let ui = match console_wanted(&cli.command, stdout_asked, cli.log_format) {
+        true => Ui::Console(logs::LogSink::default()),
+        false => Ui::Plain,
+    };
+    let mut filter = std::env::var("RUST_LOG").unwrap_or(log);
     // yamux warns about every tunnel whose peer closed first (`Broken pipe`): noise
     // at a normal shutdown. Its errors still show, and a filter naming yamux wins.
     if !filter.contains("yamux") {
@@ -276,18 +323,164 @@ async fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(anyhow::anyhow!("--log {filter:?}: {e}")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_wanted())
-        .init();
+    let logger = tracing_subscriber::fmt().with_env_filter(filter);
+    match (&ui, cli.log_format) {
+        (_, LogFormat::Json) => logger.json().with_writer(std::io::stderr).init(),
+        // No colour codes in lines the console's pane shows.
+        (Ui::Console(sink), _) => logger.with_writer(sink.clone()).with_ansi(false).init(),
+        (Ui::Plain, _) => logger
+            .with_writer(std::io::stderr)
+            .with_ansi(colour_wanted())
+            .init(),
+    }
     let signals = match Signals::listen() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    match run(cli.command, signals).await {
+    match run(cli.command, signals, ui).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// `--log` without the words that choose plain lines (`stdout`, `stderr`), and whether
+/// one was there; `info` when nothing else is left.
+fn split_log_flag(flag: &str) -> (String, bool) {
+    let mut plain = false;
+    let rest: Vec<&str> = flag
+        .split(',')
+        .filter(|part| {
+            let word = matches!(part.trim(), "stdout" | "stderr");
+            plain |= word;
+            !word
+        })
+        .collect();
+    let rest = rest.join(",");
+    match rest.trim() {
+        "" => ("info".to_owned(), plain),
+        _ => (rest, plain),
+    }
+}
+
+/// The live console is for a person at a terminal: an agent command, stdout a terminal
+/// that can draw (not TERM=dumb), and neither `--log stdout` nor `--log-format json`.
+fn console_wanted(command: &Command, stdout_asked: bool, format: LogFormat) -> bool {
+    let agent = matches!(
+        command,
+        Command::Http(_) | Command::Tls(_) | Command::Tcp(_) | Command::Start(_)
+    );
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    agent
+        && !stdout_asked
+        && format == LogFormat::Text
+        && !dumb
+        && std::io::stdout().is_terminal()
+        && in_foreground()
+}
+
+/// Whether this process is in its terminal's foreground process group. A job started
+/// with `&` is not: taking the terminal there (raw mode) would stop it (SIGTTOU), so it
+/// prints plain lines instead.
+#[cfg(unix)]
+fn in_foreground() -> bool {
+    rustix::termios::tcgetpgrp(std::io::stdout())
+        .is_ok_and(|group| group == rustix::process::getpgrp())
+}
+
+/// Elsewhere a terminal has no process groups to ask about.
+#[cfg(not(unix))]
+fn in_foreground() -> bool {
+    true
+}
+
+/// How an agent command shows what it runs: printed lines, or the live console (whose
+/// log lines go to the sink's ring while it is up).
+enum Ui {
+    /// Lines on stdout, logs on stderr (not a terminal, `--log stdout`, JSON logs).
+    Plain,
+    /// The full-screen console.
+    Console(logs::LogSink),
+}
+
+impl Ui {
+    /// Whether the lines are printed (plain) or kept for the console.
+    fn notices(&self) -> Notices {
+        Notices {
+            keep: matches!(self, Ui::Console(_)),
+            kept: Vec::new(),
+            view: console::view::View::default(),
+        }
+    }
+
+    /// Starts the console (plain mode: nothing to start). A terminal that cannot be
+    /// taken (no controlling terminal for raw mode, say) is not fatal: the kept lines
+    /// are printed after a warning, and burrow runs without the console.
+    fn start(
+        &self,
+        session: &Session,
+        notices: Notices,
+        signals: &Signals,
+    ) -> Option<console::Console> {
+        let Ui::Console(sink) = self else {
+            return None;
+        };
+        let started =
+            console::Console::start(session, notices.view, sink.clone(), signals.stopper());
+        match started {
+            Ok(console) => Some(console),
+            Err(e) => {
+                tracing::warn!("no live console: {e:#}");
+                for line in notices.kept {
+                    println!("{line}");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What an agent command tells the user besides its endpoints (the web interface, the
+/// metrics address, how to reach an embedded edge): printed at once in plain mode, kept
+/// for the console's screen otherwise.
+struct Notices {
+    /// Keep for the console instead of printing.
+    keep: bool,
+    /// The lines kept, printed after all if the console cannot start.
+    kept: Vec<String>,
+    /// What is kept.
+    view: console::view::View,
+}
+
+impl Notices {
+    /// A line that plain mode prints and the console draws from the session's status.
+    fn line(&mut self, text: String) {
+        if self.keep {
+            self.kept.push(text);
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// The agent API's address.
+    fn web_interface(&mut self, addr: SocketAddr) {
+        self.line(format!(
+            "Web Interface: http://{addr}  (agent API: /api/tunnels)"
+        ));
+        self.view.web_interface = Some(format!("http://{addr}"));
+    }
+
+    /// The metrics listener's address.
+    fn metrics(&mut self, addr: SocketAddr) {
+        self.line(format!("Metrics: http://{addr}/metrics"));
+        self.view.metrics = Some(format!("http://{addr}/metrics"));
+    }
+
+    /// A command that reaches an endpoint through the embedded edge.
+    fn hint(&mut self, command: String) {
+        self.line(format!(
+            "Embedded edge (this process only). Try:\n  {command}"
+        ));
+        self.view.hints.push(command);
     }
 }
 
@@ -302,10 +495,10 @@ fn colour_wanted() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty())
 }
 
-async fn run(command: Command, signals: Signals) -> Result<()> {
+async fn run(command: Command, signals: Signals, ui: Ui) -> Result<()> {
     match command {
         Command::Edge(args) => run_edge(args, signals).await,
-        Command::Start(args) => run_start(args, signals).await,
+        Command::Start(args) => run_start(args, signals, ui).await,
         Command::Config {
             command: ConfigCommand::Check(args),
         } => {
@@ -376,7 +569,7 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
                 "pooling_enabled",
                 args.pooling_enabled.then_some(true),
             );
-            run_agent(args.agent, options, signals).await
+            run_agent(args.agent, options, signals, &ui).await
         }
         Command::Tls(args) => {
             let mut options = vec![("proto", "tls".into())];
@@ -387,12 +580,12 @@ async fn run(command: Command, signals: Signals) -> Result<()> {
                 "pooling_enabled",
                 args.pooling_enabled.then_some(true),
             );
-            run_agent(args.agent, options, signals).await
+            run_agent(args.agent, options, signals, &ui).await
         }
         Command::Tcp(args) => {
             let mut options = vec![("proto", "tcp".into())];
             push(&mut options, "remote_addr", args.remote_addr);
-            run_agent(args.agent, options, signals).await
+            run_agent(args.agent, options, signals, &ui).await
         }
     }
 }
@@ -410,11 +603,25 @@ fn push(options: &mut Options, name: &'static str, value: Option<impl Into<Optio
 /// from the start, so that a signal arriving while the command starts up is neither
 /// lost nor fatal before the clean-up; a clone sees the same signals.
 #[derive(Clone)]
-struct Signals(tokio::sync::watch::Receiver<Option<&'static str>>);
+struct Signals(tokio::sync::watch::Receiver<Option<&'static str>>, Stopper);
+
+/// Stops the command as a signal does (the console's Ctrl-C and `q` keys); cheap to clone,
+/// usable from any thread.
+#[derive(Clone)]
+pub(crate) struct Stopper(std::sync::Arc<tokio::sync::watch::Sender<Option<&'static str>>>);
+
+impl Stopper {
+    /// Starts the graceful shutdown; `name` is what the log calls the cause.
+    pub(crate) fn stop(&self, name: &'static str) {
+        self.0.send_replace(Some(name));
+    }
+}
 
 impl Signals {
     fn listen() -> Result<Signals> {
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let tx = std::sync::Arc::new(tx);
+        let stopper = Stopper(tx.clone());
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -440,7 +647,12 @@ impl Signals {
                 }
             }
         });
-        Ok(Signals(rx))
+        Ok(Signals(rx, stopper))
+    }
+
+    /// A handle that stops the command as SIGINT would.
+    fn stopper(&self) -> Stopper {
+        self.1.clone()
     }
 
     /// Resolves once a signal has arrived (at once if one already has) and names it.
@@ -601,7 +813,12 @@ impl Drop for RunDir {
     }
 }
 
-async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) -> Result<()> {
+async fn run_agent(
+    args: AgentArgs,
+    mut options: Options,
+    mut signals: Signals,
+    ui: &Ui,
+) -> Result<()> {
     let (session_args, t) = (args.session, args.termination);
     let web_addr = web_addr_flag(session_args.web_addr.as_deref())?;
     options.push(("addr", args.upstream.into()));
@@ -664,19 +881,21 @@ async fn run_agent(args: AgentArgs, mut options: Options, mut signals: Signals) 
         session.close().await;
         return Ok(());
     };
-    println!(
+    let mut notices = ui.notices();
+    notices.line(format!(
         "Forwarding {} -> {} ({})",
         forwarder.url(),
         upstream,
         mode_words(&forwarder)
-    );
+    ));
     let mut run_dir = None;
     if let Some(edge) = session.embedded_edge() {
-        print_hint(edge, &forwarder, &mut run_dir)?;
+        print_hint(edge, &forwarder, &mut run_dir, &mut notices)?;
     }
-    let _apis = start_apis(&session, web_addr, session_args.metrics_addr).await?;
+    let _apis = start_apis(&session, web_addr, session_args.metrics_addr, &mut notices).await?;
     let grace = session_args.shutdown_timeout;
-    serve_until_signal(vec![forwarder], &session, grace, signals).await
+    let console = ui.start(&session, notices, &signals);
+    serve_until_signal(vec![forwarder], &session, grace, signals, console).await
 }
 
 /// The `--web-addr` flag: `None` when not given, `Some(None)` for `false`.
@@ -693,6 +912,7 @@ async fn start_apis(
     session: &Session,
     web_addr: Option<Option<SocketAddr>>,
     metrics_addr: Option<SocketAddr>,
+    notices: &mut Notices,
 ) -> Result<Vec<AgentApi>> {
     let mut apis = Vec::new();
     let api = match web_addr {
@@ -719,29 +939,43 @@ async fn start_apis(
         }
     };
     if let Some(api) = api {
-        println!(
-            "Web Interface: http://{}  (agent API: /api/tunnels)",
-            api.local_addr()
-        );
+        notices.web_interface(api.local_addr());
         apis.push(api);
     }
     if let Some(addr) = metrics_addr {
         let api = AgentApi::serve(session, addr, ApiKind::MetricsOnly)
             .await
             .context("--metrics-addr")?;
-        println!("Metrics: http://{}/metrics", api.local_addr());
+        notices.metrics(api.local_addr());
         apis.push(api);
     }
     Ok(apis)
 }
 
-/// Serves until SIGINT/SIGTERM (then shuts down gracefully) or until the session ends
-/// by itself (then fails with the edge's reason, if it gave one).
+/// Serves until SIGINT/SIGTERM (or the console's Ctrl-C/`q`; then shuts down gracefully)
+/// or until the session ends by itself (then fails with the edge's reason, if it gave
+/// one). The console, if any, shows the shutdown and gives the terminal back at the end.
 async fn serve_until_signal(
+    forwarders: Vec<Forwarder>,
+    session: &Session,
+    grace: Duration,
+    signals: Signals,
+    console: Option<console::Console>,
+) -> Result<()> {
+    let served = serve(forwarders, session, grace, signals, console.as_ref()).await;
+    if let Some(console) = console {
+        console.stop().await?;
+    }
+    served
+}
+
+/// [`serve_until_signal`] while the console (if any) is up.
+async fn serve(
     mut forwarders: Vec<Forwarder>,
     session: &Session,
     grace: Duration,
     mut signals: Signals,
+    console: Option<&console::Console>,
 ) -> Result<()> {
     let all_stopped = async {
         for fwd in forwarders.iter_mut() {
@@ -752,6 +986,9 @@ async fn serve_until_signal(
         s = signals.next() => Some(s?),
         _ = all_stopped => None,
     };
+    if let Some(console) = console {
+        console.show_stopping();
+    }
     match signal {
         Some(signal) => shut_down(signal, &forwarders, session, grace).await,
         None => session.close().await,
@@ -764,17 +1001,24 @@ async fn serve_until_signal(
 
 /// How the endpoint carries bytes, in words for the `Forwarding` line.
 fn mode_words(fwd: &Forwarder) -> String {
-    match (fwd.proto(), fwd.terminate_at()) {
+    describe_mode(fwd.proto(), fwd.url(), fwd.terminate_at())
+}
+
+/// [`mode_words`] from an endpoint's proto, URL and termination (what the console reads
+/// from the session's status).
+pub(crate) fn describe_mode(proto: &str, url: &str, at: TerminateAt) -> String {
+    match (proto, at) {
         ("tcp", TerminateAt::Upstream) => "TCP: bytes are forwarded as they are".to_owned(),
-        ("http", _) if fwd.url().starts_with("http://") => {
+        // A Forwarder's proto is its URL's scheme: `https`, or `http` for plain HTTP only.
+        ("http" | "https", _) if url.starts_with("http://") => {
             "plain HTTP, reverse proxy at the edge".to_owned()
         }
-        ("http", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
+        ("http" | "https", _) => "HTTPS terminated at the edge, reverse proxy".to_owned(),
         (_, at) => format!("TLS terminated at {at}"),
     }
 }
 
-async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
+async fn run_start(args: StartArgs, mut signals: Signals, ui: Ui) -> Result<()> {
     if !args.all && args.names.is_empty() {
         bail!("name the endpoints to start, or pass --all");
     }
@@ -799,6 +1043,7 @@ async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
     };
     let mut forwarders = Vec::new();
     let mut run_dir = None;
+    let mut notices = ui.notices();
     for endpoint in selected {
         let Some(fwd) = signals
             .unless_stopped(async { Ok(endpoint.start(&session).await?) })
@@ -807,25 +1052,33 @@ async fn run_start(args: StartArgs, mut signals: Signals) -> Result<()> {
             session.close().await;
             return Ok(());
         };
-        println!(
+        notices.line(format!(
             "{}: forwarding {} -> {} ({})",
             endpoint.name,
             fwd.url(),
             fwd.forwards_to(),
             mode_words(&fwd)
-        );
+        ));
         if let Some(edge) = session.embedded_edge() {
-            print_hint(edge, &fwd, &mut run_dir)?;
+            print_hint(edge, &fwd, &mut run_dir, &mut notices)?;
         }
         forwarders.push(fwd);
     }
-    let _apis = start_apis(&session, web_addr, args.session.metrics_addr).await?;
-    serve_until_signal(forwarders, &session, args.session.shutdown_timeout, signals).await
+    let _apis = start_apis(&session, web_addr, args.session.metrics_addr, &mut notices).await?;
+    let grace = args.session.shutdown_timeout;
+    let console = ui.start(&session, notices, &signals);
+    serve_until_signal(forwarders, &session, grace, signals, console).await
 }
 
-/// Prints a command that reaches the endpoint through the embedded edge. The edge's CA
-/// is written to a file (removed at exit) only when the client needs it.
-fn print_hint(edge: &Edge, fwd: &Forwarder, run_dir: &mut Option<RunDir>) -> Result<()> {
+/// Prints (or keeps for the console) a command that reaches the endpoint through the
+/// embedded edge. The edge's CA is written to a file (removed at exit) only when the
+/// client needs it.
+fn print_hint(
+    edge: &Edge,
+    fwd: &Forwarder,
+    run_dir: &mut Option<RunDir>,
+    notices: &mut Notices,
+) -> Result<()> {
     let url = fwd.url();
     let (scheme, rest) = url.split_once("://").unwrap_or(("tls", url));
     let host = rest.split(':').next().unwrap_or(rest);
@@ -873,6 +1126,6 @@ fn print_hint(edge: &Edge, fwd: &Forwarder, run_dir: &mut Option<RunDir>) -> Res
             )
         }
     };
-    println!("Embedded edge (this process only). Try:\n  {line}");
+    notices.hint(line);
     Ok(())
 }

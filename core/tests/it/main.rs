@@ -6,6 +6,7 @@ mod cli_hardening;
 mod cluster;
 mod common;
 mod config;
+mod console;
 mod faults;
 mod hardening;
 mod hostile;
