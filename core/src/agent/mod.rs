@@ -180,11 +180,12 @@ impl SessionBuilder {
         self
     }
 
-    /// Called when the edge asks the session to stop; replaces the default, which
-    /// closes the session. An `Err` is reported to the edge.
+    /// Called when the edge asks the session to stop, with the operator's reason if it
+    /// gave one; replaces the default, which closes the session. An `Err` is reported
+    /// to the edge.
     pub fn handle_stop_command(
         mut self,
-        hook: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
+        hook: impl Fn(Option<&str>) -> std::result::Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.hooks.stop = Some(Arc::new(hook));
         self

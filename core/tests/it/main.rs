@@ -15,6 +15,7 @@ mod lifecycle;
 mod load;
 mod modes;
 mod multi_edge;
+mod observe_edge;
 mod option_table;
 mod policy;
 mod pools;
