@@ -140,9 +140,8 @@ fn seconds_histogram() -> Histogram {
 impl EdgeMetrics {
     /// Registers every family in a fresh registry.
     pub(crate) fn new(per_endpoint: bool) -> EdgeMetrics {
-        let mut registry = Registry::with_prefix("burrow_edge");
-        let m = EdgeMetrics {
-            registry: Registry::default(),
+        let mut m = EdgeMetrics {
+            registry: Registry::with_prefix("burrow_edge"),
             per_endpoint,
             sessions: Gauge::default(),
             sessions_refused: Family::default(),
@@ -166,7 +165,7 @@ impl EdgeMetrics {
             endpoint_bytes_in: Family::default(),
             endpoint_bytes_out: Family::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "sessions",
             "Authenticated agent sessions",
@@ -274,7 +273,7 @@ impl EdgeMetrics {
                 m.endpoint_bytes_out.clone(),
             );
         }
-        EdgeMetrics { registry, ..m }
+        m
     }
 
     /// A public connection was accepted; the guard counts it as active until dropped.
