@@ -105,6 +105,12 @@ export interface EdgeConfig {
   max_connections?: number
   tcp_ports?: [number, number]
   state_dir?: string
+  /** Prometheus metrics at `GET /metrics` on this address, e.g. "127.0.0.1:0". */
+  metrics_addr?: string
+  /** The admin API on this address; needs `admin_token`. */
+  admin_addr?: string
+  /** The admin API's bearer token (at least 16 characters). */
+  admin_token?: string
   [key: string]: unknown
 }
 
@@ -115,12 +121,18 @@ export declare class Edge {
   readonly tlsPort: number
   /** The plain-HTTP listener of http endpoints, or null when the edge has none. */
   readonly httpAddr: string | null
+  /** The admin API (`host:port`), or null without `admin_addr` (and `admin_token`). */
+  readonly adminAddr: string | null
+  /** The Prometheus listener (`host:port`, `GET /metrics`), or null without `metrics_addr`. */
+  readonly metricsAddr: string | null
+  /** The edge's metrics in the OpenMetrics text format (what `GET /metrics` serves). */
+  metricsText(): string
   readonly caPem: string
   options(): { server_addr: string, root_cas: string }
   /** Authenticated sessions (for tests and operators). */
   sessions(): Array<{ id: string, clientInfo: string[], metadata: string }>
   /** Sends ngrok's stop, restart or update command to a session; rejects with its refusal. */
-  sendCommand(sessionId: string, command: 'stop' | 'restart' | 'update', version?: string, permitMajorVersion?: boolean): Promise<void>
+  sendCommand(sessionId: string, command: 'stop' | 'restart' | 'update', version?: string, permitMajorVersion?: boolean, reason?: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -218,7 +230,8 @@ export declare class SessionBuilder {
   handleHeartbeat(handler: (latency: number) => void): this
   /** Called on each tunnel loss and failed reconnect; returning false stops reconnecting. */
   handleDisconnection(handler: (addr: string, error: string) => boolean | void): this
-  handleStopCommand(handler: () => void): this
+  /** `handler(reason)`: the operator's reason, or null (ngrok's no-argument handlers work too). */
+  handleStopCommand(handler: (reason?: string | null) => void): this
   handleRestartCommand(handler: () => void): this
   handleUpdateCommand(handler: (update: UpdateRequest) => void): this
   connect(): Promise<Session>

@@ -163,15 +163,22 @@ class Edge {
   static async start (config = {}) { return new Edge(await call(() => native.NativeEdge.start(JSON.stringify(config)))) }
   /** Authenticated sessions: `{ id, clientInfo, metadata }` each. */
   sessions () { return this._native.sessions().map(([id, clientInfo, metadata]) => ({ id, clientInfo, metadata })) }
-  /** Sends ngrok's "stop", "restart" or "update" command to a session; rejects with its refusal. */
-  sendCommand (sessionId, command, version, permitMajorVersion) {
-    return call(() => this._native.sendCommand(sessionId, command, version, permitMajorVersion))
+  /** Sends ngrok's "stop", "restart" or "update" command to a session; rejects with its refusal.
+   * `reason` goes with "stop" (the agent logs it; `handleStopCommand` handlers get it). */
+  sendCommand (sessionId, command, version, permitMajorVersion, reason) {
+    return call(() => this._native.sendCommand(sessionId, command, version, permitMajorVersion, reason))
   }
   get tunnelAddr () { return this._native.tunnelAddr() }
   get tlsAddr () { return this._native.tlsAddr() }
   get tlsPort () { return Number(this._native.tlsAddr().split(':').pop()) }
   /** The plain-HTTP listener of http endpoints (`host:port`), or null when the edge has none. */
   get httpAddr () { return this._native.httpAddr() ?? null }
+  /** The admin API (`host:port`), or null without `admin_addr`. */
+  get adminAddr () { return this._native.adminAddr() ?? null }
+  /** The Prometheus listener (`host:port`, `GET /metrics`), or null without `metrics_addr`. */
+  get metricsAddr () { return this._native.metricsAddr() ?? null }
+  /** The edge's metrics in the OpenMetrics text format. */
+  metricsText () { return this._native.metricsText() }
   get caPem () { return this._native.caPem() }
   /** Config keys that point forward() at this edge. */
   options () { return { server_addr: this.tunnelAddr, root_cas: this.caPem } }

@@ -20,15 +20,21 @@ export declare class NativeEdge {
   sessions(): Array<[string, Array<string>, string]>
   /**
    * Sends ngrok's "stop", "restart" or "update" command to a session; rejects with the
-   * agent's refusal.
+   * agent's refusal. `reason` goes with "stop".
    */
-  sendCommand(sessionId: string, command: string, version?: string | undefined | null, permitMajorVersion?: boolean | undefined | null): Promise<void>
+  sendCommand(sessionId: string, command: string, version?: string | undefined | null, permitMajorVersion?: boolean | undefined | null, reason?: string | undefined | null): Promise<void>
   /** Where agents connect. */
   tunnelAddr(): string
   /** The public TLS listener. */
   tlsAddr(): string
   /** The plain-HTTP listener of http endpoints, when the edge has one. */
   httpAddr(): string | null
+  /** The admin API listener, when `admin_addr` is set. */
+  adminAddr(): string | null
+  /** The metrics listener (`GET /metrics`), when `metrics_addr` is set. */
+  metricsAddr(): string | null
+  /** The edge's metrics (OpenMetrics text), as `GET /metrics` serves them. */
+  metricsText(): string
   /** The edge CA (PEM). */
   caPem(): string
   /** Stops the edge (idempotent). */
@@ -52,8 +58,11 @@ export declare class NativeHooks {
    * stops reconnecting.
    */
   handleDisconnection(handler: (addr: string, error: string) => boolean | void): void
-  /** `handler()` when the edge asks the session to stop (instead of closing it). */
-  handleStopCommand(handler: () => void): void
+  /**
+   * `handler(reason)` when the edge asks the session to stop (instead of closing it);
+   * `reason` is the operator's, or `null` (ngrok's handlers take no argument: fine).
+   */
+  handleStopCommand(handler: (reason?: string | null) => void): void
   /** `handler()` when the edge asks for a restart (instead of reconnecting). */
   handleRestartCommand(handler: () => void): void
   /** `handler(update)` when the edge asks for an update (refused without one). */

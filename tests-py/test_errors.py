@@ -31,7 +31,7 @@ CODES = {
     "INVALID_POLICY": burrow.PolicyError,
     "CONNECT_FAILED": burrow.ConnectionError, "TIMEOUT": burrow.ConnectionError,
     "CLOSED": burrow.ConnectionError, "VERSION_MISMATCH": burrow.ConnectionError,
-    "PROTOCOL": burrow.ConnectionError,
+    "PROTOCOL": burrow.ConnectionError, "EDGE_DRAINING": burrow.ConnectionError,
     "INVALID_URL": burrow.Error, "INVALID_OPTION": burrow.Error, "UNSUPPORTED": burrow.Error,
     "CONFIG": burrow.Error, "IO": burrow.Error, "INTERNAL": burrow.Error,
 }

@@ -39,7 +39,7 @@ pub struct NativeHooks {
     heartbeat_tolerance: Option<Duration>,
     heartbeat: Option<Callback<u32, ()>>,
     disconnection: Option<DisconnectCallback>,
-    stop: Option<Callback<(), ()>>,
+    stop: Option<Callback<Option<String>, ()>>,
     restart: Option<Callback<(), ()>>,
     update: Option<Callback<UpdateRequest, ()>>,
 }
@@ -100,9 +100,10 @@ impl NativeHooks {
         Ok(())
     }
 
-    /// `handler()` when the edge asks the session to stop (instead of closing it).
-    #[napi(ts_args_type = "handler: () => void")]
-    pub fn handle_stop_command(&mut self, handler: Function<'_, (), ()>) -> Result<()> {
+    /// `handler(reason)` when the edge asks the session to stop (instead of closing it);
+    /// `reason` is the operator's, or `null` (ngrok's handlers take no argument: fine).
+    #[napi(ts_args_type = "handler: (reason?: string | null) => void")]
+    pub fn handle_stop_command(&mut self, handler: Function<'_, Option<String>, ()>) -> Result<()> {
         self.stop = Some(Arc::new(weak(&handler)?));
         Ok(())
     }
@@ -171,8 +172,11 @@ impl NativeHooks {
             });
         }
         if let Some(h) = self.stop.clone() {
-            b = b.handle_stop_command(move || {
-                called(h.call((), ThreadsafeFunctionCallMode::NonBlocking))
+            b = b.handle_stop_command(move |reason| {
+                called(h.call(
+                    reason.map(str::to_owned),
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                ))
             });
         }
         if let Some(h) = self.restart.clone() {

@@ -365,6 +365,8 @@ pub struct NativeEdge {
     tunnel_addr: String,
     tls_addr: String,
     http_addr: Option<String>,
+    admin_addr: Option<String>,
+    metrics_addr: Option<String>,
     ca_pem: String,
 }
 
@@ -381,6 +383,8 @@ impl NativeEdge {
                 tunnel_addr: edge.tunnel_addr().to_string(),
                 tls_addr: edge.tls_addr().to_string(),
                 http_addr: edge.http_addr().map(|a| a.to_string()),
+                admin_addr: edge.admin_addr().map(|a| a.to_string()),
+                metrics_addr: edge.metrics_addr().map(|a| a.to_string()),
                 ca_pem: edge.ca_pem().to_owned(),
                 edge: Mutex::new(Some(edge)),
             })
@@ -402,7 +406,7 @@ impl NativeEdge {
     }
 
     /// Sends ngrok's "stop", "restart" or "update" command to a session; rejects with the
-    /// agent's refusal.
+    /// agent's refusal. `reason` goes with "stop".
     #[napi(ts_return_type = "Promise<void>")]
     pub fn send_command<'env>(
         &self,
@@ -411,9 +415,10 @@ impl NativeEdge {
         command: String,
         version: Option<String>,
         permit_major_version: Option<bool>,
+        reason: Option<String>,
     ) -> Result<PromiseRaw<'env, ()>> {
         let command = match command.as_str() {
-            "stop" => Command::Stop,
+            "stop" => Command::Stop { reason },
             "restart" => Command::Restart,
             "update" => Command::Update {
                 version: version.unwrap_or_default(),
@@ -453,6 +458,24 @@ impl NativeEdge {
     #[napi]
     pub fn http_addr(&self) -> Option<String> {
         self.http_addr.clone()
+    }
+    /// The admin API listener, when `admin_addr` is set.
+    #[napi]
+    pub fn admin_addr(&self) -> Option<String> {
+        self.admin_addr.clone()
+    }
+    /// The metrics listener (`GET /metrics`), when `metrics_addr` is set.
+    #[napi]
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics_addr.clone()
+    }
+    /// The edge's metrics (OpenMetrics text), as `GET /metrics` serves them.
+    #[napi]
+    pub fn metrics_text(&self) -> String {
+        lock(&self.edge)
+            .as_ref()
+            .map(Edge::metrics_text)
+            .unwrap_or_default()
     }
     /// The edge CA (PEM).
     #[napi]

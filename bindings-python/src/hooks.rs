@@ -101,7 +101,16 @@ impl SessionExtras {
             });
         }
         if let Some(h) = self.on_stop {
-            b = b.handle_stop_command(move || command(&h, |py, h| h.call0(py)));
+            // ngrok's stop hook takes no argument; one that takes a positional
+            // parameter gets the operator's reason (or None).
+            let with_reason = takes_positional(&h);
+            b = b.handle_stop_command(move |reason| {
+                let reason = reason.map(str::to_owned);
+                command(&h, |py, h| match with_reason {
+                    true => h.call1(py, (reason,)),
+                    false => h.call0(py),
+                })
+            });
         }
         if let Some(h) = self.on_restart {
             b = b.handle_restart_command(move || command(&h, |py, h| h.call0(py)));
@@ -130,6 +139,37 @@ fn call<T>(hook: &Py<PyAny>, f: impl FnOnce(Python<'_>, &Py<PyAny>) -> PyResult<
 }
 
 /// A command hook's outcome for the edge: `Err` with the exception's text if it raised.
+/// True when `hook` takes a positional argument (`inspect.signature`); false when
+/// it takes none or its signature cannot be read (a builtin), as ngrok's hooks.
+fn takes_positional(hook: &Py<PyAny>) -> bool {
+    call(hook, |py, h| {
+        let inspect = py.import("inspect")?;
+        let Ok(signature) = inspect.call_method1("signature", (h.bind(py),)) else {
+            return Ok(false);
+        };
+        let kinds = inspect.getattr("Parameter")?;
+        let positional = [
+            kinds.getattr("POSITIONAL_ONLY")?,
+            kinds.getattr("POSITIONAL_OR_KEYWORD")?,
+            kinds.getattr("VAR_POSITIONAL")?,
+        ];
+        for param in signature
+            .getattr("parameters")?
+            .call_method0("values")?
+            .try_iter()?
+        {
+            let kind = param?.getattr("kind")?;
+            for k in &positional {
+                if kind.eq(k)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    })
+    .unwrap_or(false)
+}
+
 fn command(
     hook: &Py<PyAny>,
     f: impl FnOnce(Python<'_>, &Py<PyAny>) -> PyResult<Py<PyAny>>,

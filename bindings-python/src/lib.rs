@@ -486,6 +486,8 @@ struct NativeEdge {
     tunnel_addr: String,
     tls_addr: String,
     http_addr: Option<String>,
+    admin_addr: Option<String>,
+    metrics_addr: Option<String>,
     ca_pem: String,
 }
 
@@ -503,6 +505,8 @@ impl NativeEdge {
             tunnel_addr: edge.tunnel_addr().to_string(),
             tls_addr: edge.tls_addr().to_string(),
             http_addr: edge.http_addr().map(|a| a.to_string()),
+            admin_addr: edge.admin_addr().map(|a| a.to_string()),
+            metrics_addr: edge.metrics_addr().map(|a| a.to_string()),
             ca_pem: edge.ca_pem().to_owned(),
             edge: Mutex::new(Some(edge)),
         })
@@ -519,6 +523,19 @@ impl NativeEdge {
     /// The plain-HTTP listener of http endpoints (`host:port`), when the edge has one.
     fn http_addr(&self) -> Option<&str> {
         self.http_addr.as_deref()
+    }
+    /// The admin API listener (`host:port`), when `admin_addr` is set.
+    fn admin_addr(&self) -> Option<&str> {
+        self.admin_addr.as_deref()
+    }
+    /// The metrics listener (`host:port`), when `metrics_addr` is set.
+    fn metrics_addr(&self) -> Option<&str> {
+        self.metrics_addr.as_deref()
+    }
+    /// The edge's metrics (OpenMetrics text), as `GET /metrics` serves them.
+    fn metrics_text(&self) -> String {
+        let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner());
+        edge.as_ref().map(Edge::metrics_text).unwrap_or_default()
     }
     /// The edge's CA certificate (PEM): trust it to reach the tunnel and edge-made certs.
     fn ca_pem(&self) -> &str {
@@ -539,8 +556,8 @@ impl NativeEdge {
     }
 
     /// Sends ngrok's `"stop"`, `"restart"` or `"update"` command to a session and waits
-    /// for the agent's answer; raises the agent's refusal.
-    #[pyo3(signature = (session_id, command, version = String::new(), permit_major_version = false))]
+    /// for the agent's answer; raises the agent's refusal. `reason` goes with `"stop"`.
+    #[pyo3(signature = (session_id, command, version = String::new(), permit_major_version = false, reason = None))]
     fn send_command(
         &self,
         py: Python<'_>,
@@ -548,9 +565,10 @@ impl NativeEdge {
         command: &str,
         version: String,
         permit_major_version: bool,
+        reason: Option<String>,
     ) -> PyResult<()> {
         let command = match command {
-            "stop" => Command::Stop,
+            "stop" => Command::Stop { reason },
             "restart" => Command::Restart,
             "update" => Command::Update {
                 version,

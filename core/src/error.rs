@@ -62,6 +62,8 @@ pub enum ErrorCode {
     AcmeUnreachable,
     /// The ACME directory rate-limited this edge; retry after the time it names.
     AcmeRateLimited,
+    /// The edge is draining (an operator is taking it down): it takes no new sessions.
+    EdgeDraining,
 }
 
 impl ErrorCode {
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::AcmeFailed => "ACME_FAILED",
             ErrorCode::AcmeUnreachable => "ACME_UNREACHABLE",
             ErrorCode::AcmeRateLimited => "ACME_RATE_LIMITED",
+            ErrorCode::EdgeDraining => "EDGE_DRAINING",
         }
     }
 }
@@ -125,6 +128,7 @@ impl ErrorCode {
         ErrorCode::AcmeFailed,
         ErrorCode::AcmeUnreachable,
         ErrorCode::AcmeRateLimited,
+        ErrorCode::EdgeDraining,
     ];
 
     /// ngrok's code (`ERR_NGROK_<n>`) for the same failure, where ngrok documents one.
@@ -158,7 +162,8 @@ impl ErrorCode {
             | ErrorCode::Internal
             | ErrorCode::AcmeFailed
             | ErrorCode::AcmeUnreachable
-            | ErrorCode::AcmeRateLimited => None,
+            | ErrorCode::AcmeRateLimited
+            | ErrorCode::EdgeDraining => None,
         }
     }
 
@@ -182,7 +187,8 @@ impl ErrorCode {
             | ErrorCode::Timeout
             | ErrorCode::Closed
             | ErrorCode::VersionMismatch
-            | ErrorCode::Protocol => ErrorKind::Connection,
+            | ErrorCode::Protocol
+            | ErrorCode::EdgeDraining => ErrorKind::Connection,
             ErrorCode::InvalidUrl
             | ErrorCode::InvalidOption
             | ErrorCode::Unsupported
@@ -305,7 +311,8 @@ mod tests {
             | ErrorCode::Internal
             | ErrorCode::AcmeFailed
             | ErrorCode::AcmeUnreachable
-            | ErrorCode::AcmeRateLimited => 25,
+            | ErrorCode::AcmeRateLimited
+            | ErrorCode::EdgeDraining => 26,
         };
         assert_eq!(ErrorCode::ALL.len(), listed(ErrorCode::Io));
         let names: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();

@@ -146,9 +146,11 @@ class SessionBuilder:
         self._extras["handle_disconnection"] = handler
         return self
 
-    def handle_stop_command(self, handler: Callable[[], Any]) -> "SessionBuilder":
+    def handle_stop_command(
+            self, handler: Union[Callable[[], Any], Callable[[Optional[str]], Any]]) -> "SessionBuilder":
         """``handler()`` when the edge asks the session to stop, instead of closing it;
-        an exception is reported to the edge."""
+        an exception is reported to the edge. A handler that takes a positional
+        parameter gets the operator's reason (a str, or None when none was given)."""
         self._extras["handle_stop_command"] = handler
         return self
 

@@ -41,6 +41,20 @@ class Edge:
         return self._native.http_addr()
 
     @property
+    def admin_addr(self) -> Optional[str]:
+        """The admin API (``host:port``) when ``admin_addr`` and ``admin_token`` are set."""
+        return self._native.admin_addr()
+
+    @property
+    def metrics_addr(self) -> Optional[str]:
+        """The Prometheus listener (``host:port``, ``GET /metrics``) when ``metrics_addr`` is set."""
+        return self._native.metrics_addr()
+
+    def metrics_text(self) -> str:
+        """The edge's metrics in the OpenMetrics text format (what ``GET /metrics`` serves)."""
+        return self._native.metrics_text()
+
+    @property
     def ca_pem(self) -> str:
         """The edge's CA (PEM): pass it as ``root_cas``; it also signs automatic certificates."""
         return self._native.ca_pem()
@@ -54,10 +68,11 @@ class Edge:
         return [{"id": i, "client_info": c, "metadata": m} for i, c, m in self._native.sessions()]
 
     def send_command(self, session_id: str, command: str, version: str = "",
-                     permit_major_version: bool = False) -> None:
+                     permit_major_version: bool = False, reason: Optional[str] = None) -> None:
         """Sends ngrok's ``"stop"``, ``"restart"`` or ``"update"`` command to a session;
-        raises the agent's refusal (e.g. ``UNSUPPORTED`` for an update nobody handles)."""
-        self._native.send_command(session_id, command, version, permit_major_version)
+        raises the agent's refusal (e.g. ``UNSUPPORTED`` for an update nobody handles).
+        ``reason`` goes with ``"stop"`` (the agent logs it; its stop hook may take it)."""
+        self._native.send_command(session_id, command, version, permit_major_version, reason)
 
     def close(self) -> None:
         """Stops the edge; calling it again does nothing."""

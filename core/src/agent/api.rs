@@ -3,7 +3,7 @@
 //! status page (`GET /`).
 
 use super::observe::EndpointStatus;
-use super::status_page::{status_page_headers, STATUS_PAGE};
+use super::status_page::page_response as status_page;
 use super::Session;
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -164,17 +164,6 @@ fn answer(session: &Session, kind: ApiKind, req: &Request<Incoming>) -> Response
         }
     };
     respond(StatusCode::OK, "application/json", body.to_string())
-}
-
-/// The web status page (see `status_page.rs`), which polls `api/status`.
-fn status_page() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
-    for (name, value) in status_page_headers() {
-        response
-            .headers_mut()
-            .insert(name, header::HeaderValue::from_static(value));
-    }
-    response
 }
 
 /// The endpoint named (or with the id) `name`.

@@ -12,8 +12,11 @@ pub type HeartbeatHook = Arc<dyn Fn(Duration) + Send + Sync>;
 /// Called with the edge address and the reason each time the tunnel is lost or a
 /// reconnect attempt fails; returning `false` stops reconnecting and closes the session.
 pub type DisconnectHook = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
-/// Called when the edge sends Stop or Restart; an `Err` is reported back to the edge.
+/// Called when the edge sends Restart; an `Err` is reported back to the edge.
 pub type CommandHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Called when the edge sends Stop, with the operator's reason if it gave one; an
+/// `Err` is reported back to the edge.
+pub type StopHook = Arc<dyn Fn(Option<&str>) -> Result<(), String> + Send + Sync>;
 /// Called when the edge sends Update; an `Err` is reported back to the edge.
 pub type UpdateHook = Arc<dyn Fn(&UpdateRequest) -> Result<(), String> + Send + Sync>;
 
@@ -31,7 +34,7 @@ pub struct UpdateRequest {
 pub(crate) struct Hooks {
     pub(crate) heartbeat: Option<HeartbeatHook>,
     pub(crate) disconnection: Option<DisconnectHook>,
-    pub(crate) stop: Option<CommandHook>,
+    pub(crate) stop: Option<StopHook>,
     pub(crate) restart: Option<CommandHook>,
     pub(crate) update: Option<UpdateHook>,
 }
@@ -67,8 +70,11 @@ impl Hooks {
             message,
         };
         match command {
-            Command::Stop => match &self.stop {
-                Some(hook) => (hook().err().map(refused), AfterCommand::Continue),
+            Command::Stop { reason } => match &self.stop {
+                Some(hook) => (
+                    hook(reason.as_deref()).err().map(refused),
+                    AfterCommand::Continue,
+                ),
                 None => (None, AfterCommand::Close),
             },
             Command::Restart => match &self.restart {

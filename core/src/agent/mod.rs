@@ -25,11 +25,13 @@ pub use builder::{
 pub use conn::Conn;
 pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRequest};
 pub use listener::{Forwarder, Listener};
+pub(crate) use observe::Recent;
 pub use observe::{ConnMetrics, ConnectionRecord, EndpointStatus};
 pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;
 pub(crate) use spec::{http_phases_refused, tcp_pooling_refused};
 pub use spec::{CertPem, EndpointKind, EndpointSpec, TerminateAt, Termination, TlsMaterial};
+pub(crate) use status_page::page_response;
 pub use status_page::{status_page_csp, status_page_headers, STATUS_PAGE};
 pub use upstream::Upstream;
 
@@ -186,11 +188,12 @@ impl SessionBuilder {
         self
     }
 
-    /// Called when the edge asks the session to stop; replaces the default, which
-    /// closes the session. An `Err` is reported to the edge.
+    /// Called when the edge asks the session to stop, with the operator's reason if it
+    /// gave one; replaces the default, which closes the session. An `Err` is reported
+    /// to the edge.
     pub fn handle_stop_command(
         mut self,
-        hook: impl Fn() -> std::result::Result<(), String> + Send + Sync + 'static,
+        hook: impl Fn(Option<&str>) -> std::result::Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.hooks.stop = Some(Arc::new(hook));
         self

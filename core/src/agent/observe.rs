@@ -139,11 +139,7 @@ impl Observer {
 
     /// The most recent connections, newest first.
     pub(crate) fn recent(&self) -> Vec<ConnectionRecord> {
-        lock(&self.shared.recent.list)
-            .iter()
-            .rev()
-            .map(|r| r.record.clone())
-            .collect()
+        self.shared.recent.list()
     }
 }
 
@@ -374,9 +370,9 @@ impl Drop for ConnTrack {
     }
 }
 
-/// The last [`RECENT`] connections of every endpoint.
+/// The last [`RECENT`] connections of every endpoint (of a session, or of an edge).
 #[derive(Debug)]
-struct Recent {
+pub(crate) struct Recent {
     started: Instant,
     next: AtomicU64,
     list: Mutex<VecDeque<Entry>>,
@@ -399,7 +395,8 @@ impl Default for Recent {
 }
 
 impl Recent {
-    fn push(&self, record: ConnectionRecord) -> u64 {
+    /// Adds a connection; the id lets its end [`Self::update`] it.
+    pub(crate) fn push(&self, record: ConnectionRecord) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut list = lock(&self.list);
         if list.len() == RECENT {
@@ -409,11 +406,21 @@ impl Recent {
         id
     }
 
-    fn update(&self, id: u64, f: impl FnOnce(&mut ConnectionRecord)) {
+    /// Changes connection `id`'s record, if it is still in the list.
+    pub(crate) fn update(&self, id: u64, f: impl FnOnce(&mut ConnectionRecord)) {
         let mut list = lock(&self.list);
         if let Some(entry) = list.iter_mut().rev().find(|e| e.id == id) {
             f(&mut entry.record);
         }
+    }
+
+    /// The connections, newest first.
+    pub(crate) fn list(&self) -> Vec<ConnectionRecord> {
+        lock(&self.list)
+            .iter()
+            .rev()
+            .map(|e| e.record.clone())
+            .collect()
     }
 }
 

@@ -36,6 +36,18 @@ pub fn status_page_headers() -> [(&'static str, &'static str); 5] {
     ]
 }
 
+/// The page with its headers (served by the agent API and the edge's admin API).
+pub(crate) fn page_response() -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let body = bytes::Bytes::from_static(STATUS_PAGE.as_bytes());
+    let mut response = http::Response::new(http_body_util::Full::new(body));
+    for (name, value) in status_page_headers() {
+        response
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// `'sha256-...'` of the text inside the page's one `<tag>...</tag>` element (`'none'`
 /// if there is none, which the page's tests rule out).
 fn inline_hash(page: &str, tag: &str) -> String {

@@ -749,6 +749,12 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
     if let Some(http) = edge.http_addr() {
         println!("http:   {http}");
     }
+    if let Some(metrics) = edge.metrics_addr() {
+        println!("metrics: http://{metrics}/metrics");
+    }
+    if let Some(admin) = edge.admin_addr() {
+        println!("admin:  http://{admin}/api/status");
+    }
     // Without a state_dir the CA lives in memory, and a cluster's CA lives in etcd:
     // agents need it in a file.
     let mut run_dir = None;
@@ -768,8 +774,15 @@ async fn run_edge(args: EdgeArgs, mut signals: Signals) -> Result<()> {
             ca.display()
         );
     }
-    let signal = signals.next().await?;
-    tracing::info!(%signal, "edge shutting down");
+    // A drain (admin API) ends the edge by itself: the process then exits 0.
+    let drained = edge.drained();
+    tokio::select! {
+        signal = signals.next() => {
+            let signal = signal?;
+            tracing::info!(%signal, "edge shutting down");
+        }
+        _ = drained => tracing::info!("edge drained; exiting"),
+    }
     edge.shutdown().await;
     Ok(())
 }

@@ -76,6 +76,8 @@ pub(crate) struct Owner<'a> {
     pub(crate) tunnel: &'a MuxHandle,
     /// The tunnel connection (see `SessionEntry::conn`).
     pub(crate) conn: u64,
+    /// The new endpoint's live counters.
+    pub(crate) stats: &'a Arc<super::EndpointStats>,
 }
 
 /// Serves a prepared bind for `owner`; returns what the session must hold until the
@@ -96,6 +98,24 @@ impl Prepared {
     /// The endpoint id the agent chose.
     pub(crate) fn endpoint_id(&self) -> &str {
         &self.spec.endpoint_id
+    }
+
+    /// The endpoint's protocol, as a metric label.
+    pub(crate) fn proto(&self) -> &'static str {
+        match self.spec.proto() {
+            crate::wire::Proto::Tls => "tls",
+            crate::wire::Proto::Tcp => "tcp",
+            crate::wire::Proto::Http => "http",
+        }
+    }
+
+    /// Where TLS is terminated, as a metric label.
+    pub(crate) fn termination(&self) -> &'static str {
+        match self.terminate_at() {
+            crate::agent::TerminateAt::Edge => "edge",
+            crate::agent::TerminateAt::Agent => "agent",
+            crate::agent::TerminateAt::Upstream => "upstream",
+        }
     }
 
     /// Where TLS is terminated, for logs.
@@ -235,6 +255,7 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
         pooled: prepared.spec.pooling_enabled,
         handling: handling(&prepared.spec),
         http,
+        stats: owner.stats.clone(),
     })
 }
 

@@ -67,6 +67,15 @@ pub struct EdgeConfig {
     pub certs: Vec<super::certs::CertFiles>,
     /// Several edges as one, sharing routes through etcd; `None`: this edge alone.
     pub cluster: Option<super::cluster::ClusterConfig>,
+    /// Serves Prometheus metrics at `GET /metrics` here; `None`: no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Adds per-endpoint families labelled with each endpoint's URL (opt-in: one series
+    /// per endpoint, so a busy edge's series count grows with its endpoints).
+    pub metrics_per_endpoint: bool,
+    /// Serves the admin API (JSON) here; requires `admin_token`. Keep it on loopback.
+    pub admin_addr: Option<SocketAddr>,
+    /// The bearer token every admin API request must present (never logged).
+    pub admin_token: Option<crate::wire::SecretPem>,
 }
 
 impl Default for EdgeConfig {
@@ -100,6 +109,10 @@ impl Default for EdgeConfig {
             acme: None,
             certs: Vec::new(),
             cluster: None,
+            metrics_addr: None,
+            metrics_per_endpoint: false,
+            admin_addr: None,
+            admin_token: None,
         }
     }
 }
@@ -239,6 +252,17 @@ impl EdgeConfig {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+        }
+        match (&self.admin_addr, &self.admin_token) {
+            (Some(addr), None) => {
+                return bad(format!(
+                    "admin_addr = \"{addr}\" needs admin_token: the admin API refuses every request without it (set admin_token to a long random secret)"
+                ))
+            }
+            (_, Some(token)) if token.0.trim().len() < 16 => {
+                return bad("admin_token must be at least 16 characters (a long random secret)".into())
+            }
+            _ => {}
         }
         for rule in &self.authtokens {
             if rule.token.is_empty() {

@@ -2,6 +2,7 @@
 //! TLS listener and TCP ports, and routes each public connection to its agent.
 
 pub(crate) mod acme;
+mod admin;
 mod auth;
 mod bind;
 pub(crate) mod certs;
@@ -9,6 +10,7 @@ pub(crate) mod cluster;
 mod config;
 mod gate;
 pub(crate) mod http;
+pub(crate) mod metrics;
 mod public;
 mod routes;
 pub(crate) mod session;
@@ -19,6 +21,7 @@ pub use auth::{glob_match, Grant, TokenRule};
 pub use certs::CertFiles;
 pub use cluster::ClusterConfig;
 pub use config::EdgeConfig;
+pub use metrics::EndpointStats;
 pub use routes::{lookup, EdgePolicy, MemoryRoutes, Route, Routes};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -56,6 +59,22 @@ pub(crate) struct Shared {
     pub(crate) unauthenticated: Arc<gate::Gate>,
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
+    /// Every metric family of this edge.
+    pub(crate) metrics: metrics::EdgeMetrics,
+    /// Bound endpoints by (session id, endpoint id), for the admin API and the metrics.
+    pub(crate) endpoints: Mutex<HashMap<(String, String), EndpointEntry>>,
+    /// Cancelled when the edge starts draining (no new sessions or public connections).
+    pub(crate) draining: CancellationToken,
+    /// Cancelled once a drain has finished and the edge has stopped.
+    pub(crate) drained: CancellationToken,
+}
+
+/// An endpoint a session holds, as the admin API and the metrics see it.
+pub(crate) struct EndpointEntry {
+    pub(crate) url: String,
+    pub(crate) proto: &'static str,
+    pub(crate) termination: &'static str,
+    pub(crate) stats: Arc<EndpointStats>,
 }
 
 pub(crate) struct SessionEntry {
@@ -69,6 +88,10 @@ pub(crate) struct SessionEntry {
     /// Commands for the session's control loop.
     pub(crate) commands: mpsc::UnboundedSender<session::CommandRequest>,
     pub(crate) info: SessionInfo,
+    /// Which configured authtoken opened the session (`authtokens[i]`), never the token.
+    pub(crate) token_name: Option<String>,
+    /// When the session authenticated.
+    pub(crate) since: std::time::SystemTime,
 }
 
 /// What the edge knows about an authenticated session, for operators and tests.
@@ -91,6 +114,45 @@ impl Shared {
     pub(crate) fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    pub(crate) fn endpoints(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), EndpointEntry>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts draining: refuses new sessions and public connections, and stops the edge
+    /// once no public connection is open, or at `deadline`.
+    pub(crate) fn drain(self: &Arc<Self>, deadline: Option<std::time::Duration>) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        tracing::info!(?deadline, "draining: no new sessions or connections; the edge stops when the open connections end");
+        self.draining.cancel();
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            let until = deadline.map(|d| tokio::time::Instant::now() + d);
+            loop {
+                if shared.metrics.active() <= 0 {
+                    tracing::info!("drained: no public connection is open");
+                    break;
+                }
+                if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                    tracing::info!(open = shared.metrics.active(), "drain deadline reached");
+                    break;
+                }
+                tokio::select! {
+                    _ = shared.stop.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                }
+            }
+            if let Some(cluster) = &shared.cluster {
+                cluster.leave().await;
+            }
+            shared.stop.cancel();
+            shared.drained.cancel();
+        });
+    }
 }
 
 /// A running edge. Dropping it stops every listener and session.
@@ -99,6 +161,8 @@ pub struct Edge {
     tunnel_addr: SocketAddr,
     tls_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Edge {
@@ -112,6 +176,9 @@ impl Edge {
         config.validate()?;
         if config.authtokens.is_empty() && !config.open {
             tracing::warn!("this edge has no authtokens and open is not set: it will refuse every agent (add [[authtokens]], or open = true for a test edge)");
+        }
+        if let Some(addr) = config.admin_addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(%addr, "admin_addr is not a loopback address: the admin API is reachable from the network (its token is the only guard)");
         }
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
@@ -170,6 +237,16 @@ impl Edge {
             None => None,
         };
         let http_addr = http_listener.as_ref().map(local_addr).transpose()?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind(addr, "metrics_addr").await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(local_addr).transpose()?;
+        let admin_listener = match config.admin_addr {
+            Some(addr) => Some(bind(addr, "admin_addr").await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(local_addr).transpose()?;
 
         let mut names = vec!["localhost".to_owned(), tunnel_addr.ip().to_string()];
         names.extend(config.tunnel_names.iter().cloned());
@@ -183,6 +260,10 @@ impl Edge {
                 config.max_unauthenticated_per_ip,
                 config.max_unauthenticated,
             ),
+            metrics: metrics::EdgeMetrics::new(config.metrics_per_endpoint),
+            endpoints: Mutex::new(HashMap::new()),
+            draining: CancellationToken::new(),
+            drained: CancellationToken::new(),
             config,
             routes,
             ca,
@@ -228,12 +309,26 @@ impl Edge {
                     .instrument(tracing::info_span!("http", addr = %addr)),
             );
         }
-        tracing::info!(%tunnel_addr, %tls_addr, http_addr = ?http_addr, "edge listening");
+        if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
+            shared.tasks.spawn(
+                admin::serve(shared.clone(), listener, admin::Surface::Metrics)
+                    .instrument(tracing::info_span!("metrics", %addr)),
+            );
+        }
+        if let (Some(listener), Some(addr)) = (admin_listener, admin_addr) {
+            shared.tasks.spawn(
+                admin::serve(shared.clone(), listener, admin::Surface::Admin)
+                    .instrument(tracing::info_span!("admin", %addr)),
+            );
+        }
+        tracing::info!(%tunnel_addr, %tls_addr, http_addr = ?http_addr, metrics_addr = ?metrics_addr, admin_addr = ?admin_addr, "edge listening");
         Ok(Edge {
             shared,
             tunnel_addr,
             tls_addr,
             http_addr,
+            metrics_addr,
+            admin_addr,
         })
     }
 
@@ -255,6 +350,39 @@ impl Edge {
     /// The plain HTTP listener, when `http_addr` is set.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The metrics listener (`GET /metrics`), when `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The admin API listener, when `admin_addr` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// This edge's metrics in the OpenMetrics text format (what `GET /metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        metrics::scrape(&self.shared)
+    }
+
+    /// Starts draining: new agent sessions are refused (`EDGE_DRAINING`), the public
+    /// listeners stop accepting, open connections go on; once none is open, or at
+    /// `deadline`, the edge stops ([`Edge::drained`] resolves).
+    pub fn drain(&self, deadline: Option<std::time::Duration>) {
+        self.shared.drain(deadline);
+    }
+
+    /// True once [`Edge::drain`] (or `POST /api/drain`) was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.is_cancelled()
+    }
+
+    /// Resolves once a drain has finished and the edge has stopped (never without one).
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let drained = self.shared.drained.clone();
+        async move { drained.cancelled().await }
     }
 
     /// The edge CA certificate (PEM): agents trust it for the tunnel, clients for
@@ -296,30 +424,7 @@ impl Edge {
         session_id: &str,
         command: Command,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .shared
-            .sessions()
-            .get(session_id)
-            .map(|s| s.commands.send(session::CommandRequest { command, reply }));
-        let session_id = session_id.to_owned();
-        async move {
-            let gone = || Error::new(ErrorCode::Closed, format!("no session {session_id:?}"));
-            match sent {
-                Some(Ok(())) => {}
-                Some(Err(_)) | None => return Err(gone()),
-            }
-            match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(gone()),
-                Err(_) => Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "session {session_id:?} did not answer the command within {COMMAND_TIMEOUT:?}"
-                    ),
-                )),
-            }
-        }
+        send_command(&self.shared, session_id, command)
     }
 
     /// How many names of other edges this edge's cluster cache holds (0 alone).
@@ -349,6 +454,38 @@ impl Edge {
 impl Drop for Edge {
     fn drop(&mut self) {
         self.shared.stop.cancel();
+    }
+}
+
+/// Sends `command` to session `session_id` and waits for the agent's answer (see
+/// [`Edge::send_command`]).
+pub(crate) fn send_command(
+    shared: &Shared,
+    session_id: &str,
+    command: Command,
+) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    let (reply, answer) = oneshot::channel();
+    let sent = shared
+        .sessions()
+        .get(session_id)
+        .map(|s| s.commands.send(session::CommandRequest { command, reply }));
+    let session_id = session_id.to_owned();
+    async move {
+        let gone = || Error::new(ErrorCode::Closed, format!("no session {session_id:?}"));
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return Err(gone()),
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "session {session_id:?} did not answer the command within {COMMAND_TIMEOUT:?}"
+                ),
+            )),
+        }
     }
 }
 

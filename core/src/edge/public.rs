@@ -2,6 +2,7 @@
 
 use super::acme::ACME_TLS_ALPN;
 use super::cluster::link::{LinkHeader, MAX_HOPS};
+use super::metrics::{Counted, EdgeMetrics, Refusal, StreamClient};
 use super::routes::{find, lookup_stand_in, Found, Route, Routes};
 use super::Shared;
 use crate::error::{Error, ErrorCode, Result};
@@ -36,22 +37,31 @@ pub(crate) async fn accept_loop<F, Fut>(
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    // Draining: the listener closes; connections already accepted go on.
+    let draining = shared.draining.clone();
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = draining.cancelled() => return,
             p = shared.connections.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
-        let Some((tcp, peer)) = super::accept_next(&listener, &stop, "public").await else {
+        let accepted = tokio::select! {
+            _ = draining.cancelled() => return,
+            a = super::accept_next(&listener, &stop, "public") => a,
+        };
+        let Some((tcp, peer)) = accepted else {
             return;
         };
+        let active = shared.metrics.accepted();
         let conn_stop = stop.clone();
         let fut = serve(shared.clone(), tcp, peer);
         shared.tasks.spawn(
             async move {
                 let _permit: OwnedSemaphorePermit = permit;
+                let _active = active;
                 tokio::select! {
                     _ = conn_stop.cancelled() => {}
                     _ = fut => {}
@@ -145,6 +155,7 @@ pub(crate) async fn serve_forwarded(shared: Arc<Shared>, mut stream: MuxStream) 
         }
         Err(_) => return tracing::info!("forwarded connection refused: no link header in time"),
     };
+    shared.metrics.link_stream("in");
     if header.hops == 0 || header.hops > MAX_HOPS {
         return tracing::warn!(hops = header.hops, sni = %header.sni, "forwarded connection refused: it crossed too many edges (a routing loop)");
     }
@@ -181,11 +192,21 @@ where
 {
     let deadline = shared.config.handshake_timeout();
     let max = shared.config.max_client_hello_bytes;
+    let start = std::time::Instant::now();
     let info = match read_client_hello(io, deadline, max).await {
-        Ok(h) => h,
+        Ok(h) => {
+            shared.metrics.hello(start.elapsed());
+            h
+        }
         Err(HelloError::Eof) => return None,
         Err(e) => {
             tracing::info!(reason = %e, "refused");
+            match &e {
+                HelloError::Timeout(_) => shared.metrics.refused(Refusal::HelloTimeout),
+                HelloError::TooLarge => shared.metrics.refused(Refusal::Limits),
+                HelloError::Invalid(_) => shared.metrics.refused(Refusal::HandshakeFailed),
+                _ => {}
+            }
             if matches!(e, HelloError::Invalid(_) | HelloError::TooLarge) {
                 send_alert(io, RefusalAlert::HandshakeFailure).await;
             }
@@ -194,6 +215,7 @@ where
     };
     let Some(sni) = info.sni.clone() else {
         tracing::info!("refused: the ClientHello carries no SNI, so no endpoint can be chosen");
+        shared.metrics.refused(Refusal::NoSni);
         send_alert(io, RefusalAlert::UnrecognizedName).await;
         return None;
     };
@@ -228,6 +250,7 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
     let route = match find(&shared, &sni, client.hops) {
         Some(Found::Local(route)) => route,
         Some(Found::Remote(edges)) => {
+            shared.metrics.remote_lookup();
             let raw = hello.info.raw;
             drop(hello.info.accepted);
             if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
@@ -237,6 +260,7 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
         }
         None => {
             tracing::info!(%sni, "refused: no endpoint serves this SNI");
+            shared.metrics.refused(Refusal::UnknownName);
             send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
             return;
         }
@@ -254,6 +278,7 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
         Ok(t) => t,
         Err(reason) => {
             tracing::info!(%sni, %reason, "refused by traffic policy");
+            shared.metrics.refused(Refusal::of_policy(&reason));
             send_alert(&mut io, RefusalAlert::AccessDenied).await;
             return;
         }
@@ -302,11 +327,19 @@ async fn serve_http<IO: PublicIo + 'static>(
     };
     let denied = route.decide(&conn_info).err();
     let start = StartHandshake::from_parts(*hello.info.accepted, io);
+    let began = std::time::Instant::now();
     let tls = match timeout(shared.config.handshake_timeout(), start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::info!(reason = %e, "edge TLS handshake failed"),
-        Err(_) => return tracing::info!("edge TLS handshake timed out"),
+        Ok(Err(e)) => {
+            shared.metrics.refused(Refusal::HandshakeFailed);
+            return tracing::info!(reason = %e, "edge TLS handshake failed");
+        }
+        Err(_) => {
+            shared.metrics.refused(Refusal::HandshakeFailed);
+            return tracing::info!("edge TLS handshake timed out");
+        }
     };
+    shared.metrics.handshake(began.elapsed());
     let subject = tls
         .get_ref()
         .1
@@ -354,6 +387,7 @@ async fn forward<IO: PublicIo>(
         };
         match opened.await {
             Ok(mut stream) => {
+                shared.metrics.link_stream("out");
                 tracing::info!(%sni, edge = %edge, via = %cluster.edge_id(), mode = "forwarded", "connection");
                 let result = splice_idle(&mut io, &mut stream, shared.config.idle_timeout()).await;
                 end_abnormally_on_error(&result, &io);
@@ -365,6 +399,7 @@ async fn forward<IO: PublicIo>(
             }
         }
     }
+    shared.metrics.refused(Refusal::EdgeUnreachable);
     send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
     Err(last.unwrap_or_else(|| Error::new(ErrorCode::ConnectFailed, "no edge to forward to")))
 }
@@ -398,6 +433,7 @@ async fn serve_tcp_conn(
     let client = Client::direct(&tcp, peer);
     let target = Target::new(&shared, &route, client, None);
     let termination = route.decide(&target.conn_info()).map_err(|reason| {
+        shared.metrics.refused(Refusal::of_policy(&reason));
         Error::new(
             ErrorCode::Closed,
             format!("refused by traffic policy: {reason}"),
@@ -412,10 +448,13 @@ async fn serve_tcp_conn(
         let start = accept.await?;
         start.into_stream(config).await
     };
+    let began = std::time::Instant::now();
     let tls = timeout(shared.config.handshake_timeout(), handshake)
         .await
-        .map_err(|_| Error::new(ErrorCode::Timeout, "edge TLS handshake timed out"))?
-        .map_err(|e| Error::io("edge TLS handshake", e))?;
+        .map_err(|_| Error::new(ErrorCode::Timeout, "edge TLS handshake timed out"))
+        .and_then(|r| r.map_err(|e| Error::io("edge TLS handshake", e)))
+        .inspect_err(|_| shared.metrics.refused(Refusal::HandshakeFailed))?;
+    shared.metrics.handshake(began.elapsed());
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
     tracing::info!(mode = "tcp+edge-tls", "connection");
     proxy_terminated(Target { sni, ..target }, tls).await
@@ -434,11 +473,13 @@ struct Target<'a> {
     server_addr: Option<SocketAddr>,
     sni: Option<String>,
     idle: Option<Duration>,
+    metrics: &'a EdgeMetrics,
 }
 
 impl<'a> Target<'a> {
-    fn new(shared: &Shared, route: &'a Route, client: Client, sni: Option<String>) -> Self {
+    fn new(shared: &'a Shared, route: &'a Route, client: Client, sni: Option<String>) -> Self {
         Target {
+            metrics: &shared.metrics,
             route,
             routes: None,
             peer: client.peer,
@@ -498,8 +539,13 @@ impl<'a> Target<'a> {
         alpn: Option<String>,
         client_cert_subject: Option<String>,
         first_bytes: &[u8],
-    ) -> Result<crate::wire::mux::MuxStream> {
-        let (route, mut stream) = self.open_stream().await?;
+    ) -> Result<Counted<crate::wire::mux::MuxStream>> {
+        let (route, mut stream) = self.open_stream().await.inspect_err(|e| {
+            self.metrics.refused(match e.code() {
+                ErrorCode::LimitExceeded => Refusal::Limits,
+                _ => Refusal::AgentUnavailable,
+            })
+        })?;
         let header = StreamHeader {
             endpoint_id: route.endpoint_id.clone(),
             client_addr: self.peer,
@@ -510,7 +556,16 @@ impl<'a> Target<'a> {
             client_cert_subject,
         };
         write_header(&mut stream, &header, first_bytes).await?;
-        Ok(stream)
+        let client = StreamClient {
+            addr: self.peer,
+            sni: header.sni.as_deref(),
+        };
+        Ok(Counted::new(
+            stream,
+            route.stats.clone(),
+            self.metrics,
+            client,
+        ))
     }
 }
 
@@ -523,7 +578,14 @@ async fn terminate<IO: PublicIo>(
     deadline: Duration,
 ) -> Result<()> {
     let start = StartHandshake::from_parts(accepted, tcp);
-    match timeout(deadline, start.into_stream(config)).await {
+    let began = std::time::Instant::now();
+    let metrics = target.metrics;
+    let handshake = timeout(deadline, start.into_stream(config)).await;
+    match &handshake {
+        Ok(Ok(_)) => metrics.handshake(began.elapsed()),
+        _ => metrics.refused(Refusal::HandshakeFailed),
+    }
+    match handshake {
         Ok(Ok(tls)) => {
             tracing::info!(
                 sni = target.sni.as_deref().unwrap_or("-"),
@@ -644,6 +706,7 @@ mod tests {
             server_addr: None,
             sni: Some("app.test".into()),
             idle: None,
+            metrics: Box::leak(Box::new(EdgeMetrics::new(false))),
         }
     }
 }

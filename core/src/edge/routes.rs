@@ -38,6 +38,8 @@ pub struct Route {
     pub handling: u64,
     /// Set for an http endpoint: the edge serves its requests as a reverse proxy.
     pub http: Option<Arc<super::http::HttpRoute>>,
+    /// The endpoint's live counters (connections, bytes), shared by every copy.
+    pub stats: Arc<super::EndpointStats>,
 }
 
 /// A traffic policy ready to run at the edge.
@@ -313,6 +315,7 @@ pub(crate) mod tests {
             policy: None,
             pooled,
             handling: 7,
+            stats: Default::default(),
             http: None,
         };
         (route, peer, stop)

@@ -32,6 +32,7 @@ pub(crate) async fn accept_agents(
         let Some(pass) = shared.unauthenticated.enter(peer.ip()) else {
             // Closed at once: a client holding its share cannot hold more sockets.
             tracing::debug!(%peer, "tunnel connection refused: too many unauthenticated connections (max_unauthenticated_per_ip, max_unauthenticated)");
+            shared.metrics.session_refused(ErrorCode::LimitExceeded);
             continue;
         };
         let shared2 = shared.clone();
@@ -100,7 +101,7 @@ async fn serve_agent(
                     ErrorCode::VersionMismatch,
                     format!("agent speaks protocol {version}, this edge speaks {PROTOCOL_VERSION}"),
                 );
-                refuse(&mut control, &err).await;
+                refuse_session(&shared, &mut control, &err).await;
                 return Err(err);
             }
             let hello = Hello {
@@ -112,7 +113,7 @@ async fn serve_agent(
         }
         _ => {
             let err = Error::protocol("the first control message must be Auth");
-            refuse(&mut control, &err).await;
+            refuse_session(&shared, &mut control, &err).await;
             return Err(err);
         }
     };
@@ -133,10 +134,20 @@ async fn serve_agent(
         Ok(g) => g,
         Err(err) => {
             tracing::info!(%peer, reason = %err, "agent refused");
-            refuse(&mut control, &err).await;
+            refuse_session(&shared, &mut control, &err).await;
             return Err(err);
         }
     };
+    if shared.draining.is_cancelled() {
+        let err = Error::new(
+            ErrorCode::EdgeDraining,
+            "this edge is draining (an operator asked it to stop): connect to another edge",
+        );
+        tracing::info!(%peer, "agent refused: the edge is draining");
+        refuse_session(&shared, &mut control, &err).await;
+        return Err(err);
+    }
+    let token_name = token_name(&shared.config.authtokens, authtoken.as_deref());
     drop(pass);
     if let Some(old) = resume {
         if let Some(old_done) = replace_session(&shared, &old, authtoken.as_deref()) {
@@ -151,7 +162,7 @@ async fn serve_agent(
         // Recorded before anything is bound, and only while this edge holds its lease.
         if let Err(err) = cluster.add_session(&session_id, authtoken.as_deref()).await {
             tracing::info!(%peer, reason = %err, "agent refused: the cluster store is out of reach");
-            refuse(&mut control, &err).await;
+            refuse_session(&shared, &mut control, &err).await;
             return Err(err);
         }
     }
@@ -171,6 +182,8 @@ async fn serve_agent(
                 metadata: hello.metadata,
                 peer,
             },
+            token_name,
+            since: std::time::SystemTime::now(),
         },
     );
     tracing::info!(%session_id, client = %client, "agent authenticated");
@@ -286,6 +299,22 @@ fn replace_session(
     Some(old.done)
 }
 
+/// Which configured authtoken `token` is, as `authtokens[i]` (never the token itself);
+/// `None` for an open edge's agent that presented no known token.
+fn token_name(rules: &[super::TokenRule], token: Option<&str>) -> Option<String> {
+    let token = token?;
+    rules
+        .iter()
+        .position(|r| r.token == token)
+        .map(|i| format!("authtokens[{i}]"))
+}
+
+/// Refuses an agent session: counts it, tells the agent why and closes.
+async fn refuse_session(shared: &Shared, control: &mut ControlChannel<MuxStream>, err: &Error) {
+    shared.metrics.session_refused(err.code());
+    refuse(control, err).await;
+}
+
 async fn refuse(control: &mut ControlChannel<MuxStream>, err: &Error) {
     let _ = control
         .send(&EdgeMsg::Error {
@@ -298,7 +327,7 @@ async fn refuse(control: &mut ControlChannel<MuxStream>, err: &Error) {
 }
 
 /// The answer to `Bind` request `request_id`.
-fn bind_reply(request_id: u64, result: Result<(String, String)>) -> EdgeMsg {
+fn bind_reply(shared: &Shared, request_id: u64, result: Result<(String, String)>) -> EdgeMsg {
     match result {
         Ok((endpoint_id, url)) => EdgeMsg::BindOk {
             request_id,
@@ -307,6 +336,7 @@ fn bind_reply(request_id: u64, result: Result<(String, String)>) -> EdgeMsg {
         },
         Err(e) => {
             tracing::info!(reason = %e, "bind refused");
+            shared.metrics.bind_refused(e.code());
             EdgeMsg::Error {
                 request_id: Some(request_id),
                 code: e.code(),
@@ -351,6 +381,7 @@ impl AgentSession {
         let mut ticker = interval(heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let mut last_heartbeat: Option<Instant> = None;
         // Binds waiting for an ACME certificate, beside the loop (see bind::pending_cert).
         let mut waiting = futures::stream::FuturesUnordered::<bind::PendingBind>::new();
         loop {
@@ -360,7 +391,7 @@ impl AgentSession {
                         Ok(()) => self.bind(*prepared).await,
                         Err(e) => Err(e),
                     };
-                    control.send(&bind_reply(request_id, result)).await?;
+                    control.send(&bind_reply(&self.shared, request_id, result)).await?;
                 }
                 _ = kill.cancelled() => {
                     let _ = control.send(&EdgeMsg::Stop { reason: "edge is closing the session".into() }).await;
@@ -393,6 +424,10 @@ impl AgentSession {
                     match msg {
                         None => return Ok("the agent closed it"),
                         Some(AgentMsg::Heartbeat { seq }) => {
+                            let now = Instant::now();
+                            if let Some(previous) = last_heartbeat.replace(now) {
+                                self.shared.metrics.heartbeat_gap(now - previous);
+                            }
                             control.send(&EdgeMsg::HeartbeatAck { seq }).await?;
                         }
                         Some(AgentMsg::CommandResult { command_id, error }) => {
@@ -409,7 +444,7 @@ impl AgentSession {
                             let prepared = match bind::Prepared::new(*spec) {
                                 Ok(p) => Box::new(p),
                                 Err(e) => {
-                                    control.send(&bind_reply(request_id, Err(e))).await?;
+                                    control.send(&bind_reply(&self.shared, request_id, Err(e))).await?;
                                     continue;
                                 }
                             };
@@ -417,7 +452,7 @@ impl AgentSession {
                                 Some(wait) => waiting.push(Box::pin(async move { (request_id, prepared, wait.await) })),
                                 None => {
                                     let result = self.bind(*prepared).await;
-                                    control.send(&bind_reply(request_id, result)).await?;
+                                    control.send(&bind_reply(&self.shared, request_id, result)).await?;
                                 }
                             }
                         }
@@ -434,6 +469,13 @@ impl AgentSession {
     /// Serves a prepared bind, replacing an endpoint of the same id; returns the
     /// endpoint id and public URL.
     async fn bind(&mut self, prepared: bind::Prepared) -> Result<(String, String)> {
+        let start = Instant::now();
+        let result = self.bind_timed(prepared).await;
+        self.shared.metrics.bind(start.elapsed());
+        result
+    }
+
+    async fn bind_timed(&mut self, prepared: bind::Prepared) -> Result<(String, String)> {
         self.unbind(prepared.endpoint_id());
         let limit = self.shared.config.max_endpoints_per_session;
         if self.bound.len() >= limit {
@@ -442,15 +484,27 @@ impl AgentSession {
                 format!("this session already has {limit} endpoints (max_endpoints_per_session)"),
             ));
         }
+        let stats = Arc::new(super::EndpointStats::default());
         let owner = bind::Owner {
             shared: &self.shared,
             session_id: &self.id,
             grant: &self.grant,
             tunnel: &self.tunnel,
             conn: self.conn,
+            stats: &stats,
         };
         let (bound, url) = bind::bind(&owner, &prepared).await?;
+        stats.bound(&url);
         let endpoint_id = prepared.endpoint_id().to_owned();
+        self.shared.endpoints().insert(
+            (self.id.clone(), endpoint_id.clone()),
+            super::EndpointEntry {
+                url: url.clone(),
+                proto: prepared.proto(),
+                termination: prepared.termination(),
+                stats,
+            },
+        );
         tracing::info!(%endpoint_id, %url, terminate_at = %prepared.terminate_at(), "endpoint bound");
         self.bound.insert(endpoint_id.clone(), bound);
         Ok((endpoint_id, url))
@@ -458,14 +512,24 @@ impl AgentSession {
 
     pub(crate) fn unbind(&mut self, endpoint_id: &str) {
         if let Some(bound) = self.bound.remove(endpoint_id) {
+            self.forget(endpoint_id);
             bound.release(&self.shared, &self.id, endpoint_id);
             tracing::info!(%endpoint_id, "endpoint closed");
         }
     }
 
     fn release_all(&mut self) {
-        for (endpoint_id, bound) in self.bound.drain() {
+        let bound: Vec<_> = self.bound.drain().collect();
+        for (endpoint_id, bound) in bound {
+            self.forget(&endpoint_id);
             bound.release(&self.shared, &self.id, &endpoint_id);
         }
+    }
+
+    /// Drops the endpoint from the admin API's and the metrics' list.
+    fn forget(&self, endpoint_id: &str) {
+        self.shared
+            .endpoints()
+            .remove(&(self.id.clone(), endpoint_id.to_owned()));
     }
 }

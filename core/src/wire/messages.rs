@@ -105,7 +105,16 @@ impl fmt::Display for ClientInfo {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Command {
     /// End the session.
-    Stop,
+    ///
+    /// Wire-compatible with the reason-less `{"kind":"stop"}`: the reason is left out
+    /// when there is none, an agent that predates it ignores it, and an edge that
+    /// predates it sends none.
+    Stop {
+        /// Why the operator stops the session (the agent logs it and passes it to its
+        /// `handle_stop_command` hook).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Reconnect the session.
     Restart,
     /// Update the agent to `version`.
@@ -250,4 +259,38 @@ pub struct StreamHeader {
     /// Subject of the client certificate the edge verified (mutual TLS at the edge).
     #[serde(default)]
     pub client_cert_subject: Option<String>,
+}
+
+#[cfg(test)]
+mod stop_reason_tests {
+    use super::Command;
+    use serde::Deserialize;
+
+    /// `Command` as it was before Stop carried a reason.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum OldCommand {
+        Stop,
+        Restart,
+    }
+
+    #[test]
+    fn stop_reason_is_wire_compatible_both_ways() {
+        let plain = Command::Stop { reason: None };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"{"kind":"stop"}"#);
+        let old: Command = serde_json::from_str(r#"{"kind":"stop"}"#).unwrap();
+        assert_eq!(old, plain);
+        let with = Command::Stop {
+            reason: Some("maintenance".into()),
+        };
+        let text = serde_json::to_string(&with).unwrap();
+        assert_eq!(
+            serde_json::from_str::<OldCommand>(&text).unwrap(),
+            OldCommand::Stop,
+            "an older agent ignores the reason"
+        );
+        assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), with);
+        let restart: OldCommand = serde_json::from_str(r#"{"kind":"restart"}"#).unwrap();
+        assert_eq!(restart, OldCommand::Restart);
+    }
 }

@@ -17,6 +17,7 @@ mod load;
 mod modes;
 mod multi_edge;
 mod observe_agent;
+mod observe_edge;
 mod option_table;
 mod policy;
 mod pools;

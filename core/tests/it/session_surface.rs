@@ -129,7 +129,8 @@ async fn a_disconnection_hook_returning_false_closes_the_session() -> Result<()>
 async fn stop_closes_the_session_unless_a_hook_handles_it() -> Result<()> {
     let edge = open_edge().await;
     let session = session_for(&edge).await;
-    edge.send_command(&session.id(), Command::Stop).await?;
+    edge.send_command(&session.id(), Command::Stop { reason: None })
+        .await?;
     assert!(
         eventually(WAIT, || !session.is_open()).await,
         "default stop closes the session"
@@ -141,13 +142,14 @@ async fn stop_closes_the_session_unless_a_hook_handles_it() -> Result<()> {
     let session = Session::builder()
         .server_addr(edge.tunnel_addr().to_string())
         .root_cas(edge.ca_pem())
-        .handle_stop_command(move || {
+        .handle_stop_command(move |_reason| {
             count.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
         .connect()
         .await?;
-    edge.send_command(&session.id(), Command::Stop).await?;
+    edge.send_command(&session.id(), Command::Stop { reason: None })
+        .await?;
     assert_eq!(stops.load(Ordering::SeqCst), 1);
     assert!(session.is_open(), "the hook replaced the default");
     let service = echo_server().await;
@@ -160,11 +162,11 @@ async fn stop_closes_the_session_unless_a_hook_handles_it() -> Result<()> {
     let refusing = Session::builder()
         .server_addr(edge.tunnel_addr().to_string())
         .root_cas(edge.ca_pem())
-        .handle_stop_command(|| Err("not now".into()))
+        .handle_stop_command(|_| Err("not now".into()))
         .connect()
         .await?;
     let err = edge
-        .send_command(&refusing.id(), Command::Stop)
+        .send_command(&refusing.id(), Command::Stop { reason: None })
         .await
         .expect_err("the hook's error reaches the edge");
     assert!(err.message().contains("not now"), "{err}");
@@ -248,7 +250,7 @@ async fn update_is_refused_unless_a_hook_handles_it() -> Result<()> {
     assert_eq!(req.version, "9.9.9");
     assert!(req.permit_major_version);
     let err = edge
-        .send_command("no-such-session", Command::Stop)
+        .send_command("no-such-session", Command::Stop { reason: None })
         .await
         .expect_err("unknown session");
     assert_eq!(err.code(), ErrorCode::Closed);
@@ -362,7 +364,7 @@ async fn the_answer_to_restart_and_stop_reaches_the_edge_every_time() -> Result<
             eventually(WAIT, || edge.sessions().iter().any(|s| s.id == after)).await,
             "round {round}: the edge lists the new session"
         );
-        edge.send_command(&after, Command::Stop)
+        edge.send_command(&after, Command::Stop { reason: None })
             .await
             .map_err(|e| anyhow!("stop, round {round}: {e}"))?;
         assert!(eventually(WAIT, || !session.is_open()).await);

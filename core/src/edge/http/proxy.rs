@@ -72,7 +72,11 @@ where
     });
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        async move {
+            let res = handle(&state, req).await;
+            state.shared.metrics.http_response(res.status());
+            Ok::<_, Infallible>(res)
+        }
     });
     builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -125,6 +129,10 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
             }
             None => {
                 tracing::info!(%host, "refused: no http endpoint serves this host");
+                state
+                    .shared
+                    .metrics
+                    .refused(crate::edge::metrics::Refusal::UnknownName);
                 return Refusal::NotFound.response();
             }
         },
@@ -134,6 +142,10 @@ async fn handle(state: &ConnState, req: Request<Incoming>) -> Response<Body> {
     };
     if let Some(reason) = denied {
         tracing::info!(%host, %reason, "refused by the endpoint's IP restriction or policy");
+        state
+            .shared
+            .metrics
+            .refused(crate::edge::metrics::Refusal::of_policy(&reason));
         return Refusal::IpRestricted.response();
     }
     if !http.options.serves(state.ctx.scheme) {
@@ -243,6 +255,9 @@ async fn proxy(
             match policy.on_http_request(&conn_info, scheme, &mut parts) {
                 RequestOutcome::Respond(generated) => {
                     tracing::info!(%host, reason = generated.reason, status = %generated.status, "answered by the traffic policy");
+                    if let Some(why) = policy_refusal(generated.reason) {
+                        state.shared.metrics.refused(why);
+                    }
                     return respond::from_policy(generated);
                 }
                 RequestOutcome::Forward { compress: c } if !c.is_empty() => *compress = c,
@@ -448,4 +463,15 @@ fn finish(
         res = compress::apply(method, enc, res);
     }
     res
+}
+
+/// The refusal a policy-generated response counts as, if it is one.
+fn policy_refusal(reason: &str) -> Option<crate::edge::metrics::Refusal> {
+    use crate::edge::metrics::Refusal;
+    match reason {
+        "RATE_LIMITED" => Some(Refusal::RateLimited),
+        "IP_RESTRICTED" => Some(Refusal::IpRestriction),
+        "POLICY_DENY" => Some(Refusal::PolicyDeny),
+        _ => None,
+    }
 }

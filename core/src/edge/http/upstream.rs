@@ -6,6 +6,7 @@
 use super::respond::Refusal;
 use super::{Body, ConnCtx};
 use crate::agent::http::AppProtocol;
+use crate::edge::metrics::{Counted, StreamClient};
 use crate::edge::routes::{lookup_stand_in, Route};
 use crate::edge::Shared;
 use crate::wire::mux::MuxStream;
@@ -83,7 +84,7 @@ pub(crate) async fn open_stream(
     ctx: &ConnCtx,
     host: &str,
     alpn: Option<&str>,
-) -> Result<MuxStream, Refusal> {
+) -> Result<Counted<MuxStream>, Refusal> {
     let mut route = std::borrow::Cow::Borrowed(route);
     let mut stream = loop {
         match route.tunnel.open().await {
@@ -92,6 +93,9 @@ pub(crate) async fn open_stream(
                 Some(stand_in) => route = std::borrow::Cow::Owned(stand_in),
                 None => {
                     tracing::info!(reason = %e, endpoint = %route.endpoint_id, "refused: the endpoint's agent is unreachable");
+                    shared
+                        .metrics
+                        .refused(crate::edge::metrics::Refusal::AgentUnavailable);
                     return Err(Refusal::EndpointOffline);
                 }
             },
@@ -110,7 +114,16 @@ pub(crate) async fn open_stream(
         tracing::info!(reason = %e, "refused: the endpoint's agent is unreachable");
         Refusal::EndpointOffline
     })?;
-    Ok(stream)
+    let client = StreamClient {
+        addr: ctx.peer,
+        sni: ctx.sni.as_deref(),
+    };
+    Ok(Counted::new(
+        stream,
+        route.stats.clone(),
+        &shared.metrics,
+        client,
+    ))
 }
 
 impl Upstreams {

@@ -111,8 +111,10 @@ pub(crate) async fn convert(
 }
 
 /// Message payloads to the stream; the stream's bytes back as binary messages.
-async fn relay<S>(ws: WebSocketStream<S>, stream: crate::wire::mux::MuxStream)
-where
+async fn relay<S>(
+    ws: WebSocketStream<S>,
+    stream: crate::edge::metrics::Counted<crate::wire::mux::MuxStream>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut messages) = ws.split();
