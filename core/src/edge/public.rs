@@ -56,7 +56,9 @@ pub(crate) async fn accept_loop<F, Fut>(
             return;
         };
         let active = shared.metrics.accepted();
-        let conn_stop = stop.clone();
+        // Accepted connections end with the edge, not with `stop`: a tcp:// endpoint's
+        // listener stops when it is unbound, and its open connections finish.
+        let conn_stop = shared.stop.clone();
         let fut = serve(shared.clone(), tcp, peer);
         shared.tasks.spawn(
             async move {

@@ -556,28 +556,28 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Decodes standard base64 (padding optional); `None` when it is not base64.
+/// Basic credentials' base64, padded or not (RFC 7235 clients differ).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    use base64::engine::{general_purpose, DecodePaddingMode, Engine, GeneralPurpose};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(s).ok()
+}
+
+/// True when the digests are equal, compared in constant time.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// True when `presented` is the secret `expected` (a bearer token, say): compared as
+/// SHA-256 digests in constant time, so neither the length nor a common prefix shows
+/// in the timing. An empty `presented` never matches.
+pub(crate) fn same_secret(expected: &str, presented: &str) -> bool {
+    same_digest(&sha256(expected.as_bytes()), &sha256(presented.as_bytes()))
+        && !presented.is_empty()
 }
 
 /// True when `headers` carry Basic credentials whose digest is one of `digests`; every
@@ -599,15 +599,10 @@ fn authorized(headers: &HeaderMap, digests: &[[u8; 32]]) -> bool {
         return false;
     };
     let got = sha256(&decoded);
-    let mut ok = false;
-    for d in digests {
-        let diff = d
-            .iter()
-            .zip(got.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        ok |= diff == 0;
-    }
-    ok
+    // Every digest is compared, so the time does not tell which one matched.
+    digests
+        .iter()
+        .fold(false, |ok, d| same_digest(d, &got) | ok)
 }
 
 /// A generated response with a short plain-text body.
@@ -1419,11 +1414,21 @@ mod tests {
             Some(&b"ann:password1"[..])
         );
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("YQ").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("not base64!"), None);
         let debug = format!("{p:?}");
         assert!(
             debug.contains("<1 credentials>") && !debug.contains("password1"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn same_secret_needs_the_whole_secret() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        assert!(!same_secret("s3cret-token", "s3cret-toke"));
+        assert!(!same_secret("s3cret-token", "s3cret-token2"));
+        assert!(!same_secret("", ""));
     }
 
     #[test]

@@ -34,10 +34,10 @@ mod http;
 mod ratelimit;
 
 pub use expr::{ConnInfo, Expr, Scope};
-pub(crate) use http::Digests;
 pub use http::{
     choose_encoding, GeneratedResponse, RequestOutcome, RequestSnapshot, ResponseOutcome,
 };
+pub(crate) use http::{same_secret, Digests};
 
 use crate::agent::{CertPem, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};

@@ -133,6 +133,62 @@ async fn closing_one_endpoint_leaves_the_others_working() -> Result<()> {
     Ok(())
 }
 
+/// One round trip of `data` on an open connection.
+async fn round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut S,
+    data: &[u8],
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(data).await?;
+    let mut back = vec![0; data.len()];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut back)).await??;
+    anyhow::ensure!(back == data, "echo differs");
+    Ok(())
+}
+
+/// Closing an endpoint stops new connections; the ones already open finish (what the
+/// CLI's graceful shutdown relies on), for a tcp:// endpoint as for a tls:// one.
+#[tokio::test]
+async fn closing_an_endpoint_lets_its_open_connections_finish() -> Result<()> {
+    let edge = open_edge().await;
+    let service = echo_server().await;
+    let session = session_for(&edge).await;
+    let upstream = || service.addr.to_string().parse().expect("addr");
+
+    let tcp = session
+        .tcp_endpoint()
+        .listen_and_forward(upstream())
+        .await?;
+    let port = url_port(tcp.url());
+    let mut open = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    round_trip(&mut open, b"before").await?;
+    tcp.close();
+    let refused = eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    })
+    .await;
+    assert!(refused, "the closed tcp endpoint still accepts");
+    round_trip(&mut open, &pseudo_random(64 * 1024, 1)).await?;
+
+    let tls = session
+        .tls_endpoint()
+        .domain("finish.test")
+        .terminate_at(TerminateAt::Edge)
+        .listen_and_forward(upstream())
+        .await?;
+    let mut open = tls_connect(edge.tls_addr(), "finish.test", edge.ca_pem()).await?;
+    round_trip(&mut open, b"before").await?;
+    tls.close();
+    assert!(
+        eventually(Duration::from_secs(5), || edge
+            .route("finish.test")
+            .is_none())
+        .await
+    );
+    round_trip(&mut open, &pseudo_random(64 * 1024, 2)).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn agent_reconnects_after_an_edge_restart_and_keeps_its_urls() -> Result<()> {
     let state = tempdir()?;
