@@ -25,7 +25,7 @@ pub use builder::{
 pub use conn::Conn;
 pub use hooks::{CommandHook, DisconnectHook, HeartbeatHook, UpdateHook, UpdateRequest};
 pub use listener::{Forwarder, Listener};
-pub(crate) use observe::Recent;
+pub(crate) use observe::{rfc3339_string, Recent};
 pub use observe::{ConnMetrics, ConnectionRecord, EndpointStatus};
 pub use options::{ForwardOptions, OptionValue, Scope, SessionOptions};
 pub use proxy_proto::ProxyProto;

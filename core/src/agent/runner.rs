@@ -260,6 +260,8 @@ impl Runner {
         // The heartbeat waiting for its ack: its sequence number and when it left.
         let mut in_flight: Option<(u64, Instant)> = None;
         let mut seq = 0u64;
+        // The last measured round trip, reported to the edge with the next heartbeat.
+        let mut rtt_us: Option<u64> = None;
         loop {
             // Anything from the edge counts as well as the ack: under load the ack may
             // queue behind the data of thousands of streams.
@@ -287,7 +289,8 @@ impl Runner {
                     if in_flight.is_none() {
                         seq += 1;
                         in_flight = Some((seq, Instant::now()));
-                        if let Err(e) = conn.control.send(&AgentMsg::Heartbeat { seq }).await {
+                        let beat = AgentMsg::Heartbeat { seq, rtt_us: rtt_us.take() };
+                        if let Err(e) = conn.control.send(&beat).await {
                             return Ended::Lost(e.to_string());
                         }
                     }
@@ -315,7 +318,9 @@ impl Runner {
                             if let Some((expected, sent)) = in_flight {
                                 if acked == expected {
                                     in_flight = None;
-                                    self.heartbeat_answered(sent.elapsed());
+                                    let rtt = sent.elapsed();
+                                    rtt_us = Some(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+                                    self.heartbeat_answered(rtt);
                                 }
                             }
                         }

@@ -283,7 +283,8 @@ fn sessions(shared: &Shared) -> Vec<Value> {
                 "id": s.info.id,
                 "remote_addr": s.info.peer.to_string(),
                 "token_name": s.token_name,
-                "connected_since": rfc3339(s.since),
+                "connected_since": crate::agent::rfc3339_string(s.since),
+                "heartbeat_ms": s.heartbeat_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "client_info": s.info.client_info,
                 "metadata": s.info.metadata,
                 "endpoints": urls,
@@ -317,12 +318,6 @@ fn endpoints(shared: &Shared) -> Vec<Value> {
         .collect();
     list.sort_by(|a, b| a["url"].as_str().cmp(&b["url"].as_str()));
     list
-}
-
-fn rfc3339(t: std::time::SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn ok(value: Value) -> Response<Body> {

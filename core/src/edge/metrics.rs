@@ -119,6 +119,8 @@ pub(crate) struct EdgeMetrics {
     bind_seconds: Histogram,
     /// Time between two heartbeats from the same agent.
     heartbeat_gap_seconds: Histogram,
+    /// Heartbeat round trips, as the agents measured and reported them.
+    heartbeat_rtt_seconds: Histogram,
     /// ACME events (`event`: order, renewal, failure, loaded, validation), copied when scraped.
     acme: Family<Label, Counter>,
     /// 1 while this edge holds its cluster lease and serves, else 0 (0 alone).
@@ -163,6 +165,7 @@ impl EdgeMetrics {
             handshake_seconds: seconds_histogram(),
             bind_seconds: seconds_histogram(),
             heartbeat_gap_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            heartbeat_rtt_seconds: seconds_histogram(),
             acme: Family::default(),
             cluster_lease: Gauge::default(),
             remote_lookups: Counter::default(),
@@ -237,6 +240,11 @@ impl EdgeMetrics {
             "heartbeat_gap_seconds",
             "Time between two heartbeats received from the same agent",
             m.heartbeat_gap_seconds.clone(),
+        );
+        r.register(
+            "heartbeat_rtt_seconds",
+            "Heartbeat round trips of the sessions, as their agents measured them",
+            m.heartbeat_rtt_seconds.clone(),
         );
         r.register(
             "acme_events",
@@ -332,6 +340,11 @@ impl EdgeMetrics {
     /// An agent's heartbeat came `gap` after its previous one.
     pub(crate) fn heartbeat_gap(&self, gap: Duration) {
         self.heartbeat_gap_seconds.observe(gap.as_secs_f64());
+    }
+
+    /// An agent reported the round trip of its last heartbeat.
+    pub(crate) fn heartbeat_rtt(&self, rtt: Duration) {
+        self.heartbeat_rtt_seconds.observe(rtt.as_secs_f64());
     }
 
     /// A connection was routed to another edge.

@@ -92,6 +92,8 @@ pub(crate) struct SessionEntry {
     pub(crate) token_name: Option<String>,
     /// When the session authenticated.
     pub(crate) since: std::time::SystemTime,
+    /// The last heartbeat round trip its agent reported.
+    pub(crate) heartbeat_rtt: Option<std::time::Duration>,
 }
 
 /// What the edge knows about an authenticated session, for operators and tests.

@@ -184,6 +184,7 @@ async fn serve_agent(
             },
             token_name,
             since: std::time::SystemTime::now(),
+            heartbeat_rtt: None,
         },
     );
     tracing::info!(%session_id, client = %client, "agent authenticated");
@@ -358,6 +359,17 @@ pub(crate) struct AgentSession {
 }
 
 impl AgentSession {
+    /// The agent measured `us` microseconds for its last heartbeat's round trip.
+    fn heartbeat_rtt(&self, us: u64) {
+        let rtt = Duration::from_micros(us.min(3_600_000_000));
+        self.shared.metrics.heartbeat_rtt(rtt);
+        if let Some(entry) = self.shared.sessions().get_mut(&self.id) {
+            if entry.conn == self.conn {
+                entry.heartbeat_rtt = Some(rtt);
+            }
+        }
+    }
+
     async fn run(
         &mut self,
         control: &mut ControlChannel<MuxStream>,
@@ -423,10 +435,13 @@ impl AgentSession {
                     };
                     match msg {
                         None => return Ok("the agent closed it"),
-                        Some(AgentMsg::Heartbeat { seq }) => {
+                        Some(AgentMsg::Heartbeat { seq, rtt_us }) => {
                             let now = Instant::now();
                             if let Some(previous) = last_heartbeat.replace(now) {
                                 self.shared.metrics.heartbeat_gap(now - previous);
+                            }
+                            if let Some(us) = rtt_us {
+                                self.heartbeat_rtt(us);
                             }
                             control.send(&EdgeMsg::HeartbeatAck { seq }).await?;
                         }

@@ -68,6 +68,10 @@ pub enum AgentMsg {
         /// Echoed in the ack, so the agent can measure the round trip.
         #[serde(default)]
         seq: u64,
+        /// The round trip the agent measured for its previous heartbeat, in
+        /// microseconds (the edge's heartbeat metric and admin API show it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_us: Option<u64>,
     },
     /// The agent's answer to an edge `Command`.
     CommandResult {

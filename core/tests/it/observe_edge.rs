@@ -828,3 +828,33 @@ async fn burrow_edge_prints_its_metrics_and_admin_addresses_and_exits_0_after_a_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn agents_report_their_heartbeat_round_trips_to_the_edge() -> Result<()> {
+    let edge = Edge::start(EdgeConfig {
+        heartbeat_ms: 100,
+        ..config()
+    })
+    .await?;
+    let agent = session(&edge).await?;
+    let bodies = Bodies::default();
+    // The first round trip rides on the second heartbeat (a tenth of a second later).
+    let mut reported = Value::Null;
+    for _ in 0..100 {
+        let sessions = bodies
+            .admin(&edge, "GET", "/api/sessions", Some(ADMIN_TOKEN), "")
+            .await?
+            .json()?;
+        reported = sessions["sessions"][0]["heartbeat_ms"].clone();
+        if reported.is_number() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ms = reported.as_f64().context("no heartbeat_ms reported")?;
+    assert!(ms > 0.0 && ms < 10_000.0, "{ms}");
+    let scraped = scrape(&edge).await?;
+    assert!(observations(&scraped, "burrow_edge_heartbeat_rtt_seconds") >= 1.0);
+    agent.close().await;
+    Ok(())
+}
