@@ -255,7 +255,9 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             shared.metrics.remote_lookup();
             let raw = hello.info.raw;
             drop(hello.info.accepted);
-            if let Err(e) = forward(&shared, io, &raw, &sni, client, &edges).await {
+            // Boxed, as the http path below: a task's size is that of its largest state.
+            let forwarded = Box::pin(forward(&shared, io, &raw, &sni, client, &edges));
+            if let Err(e) = forwarded.await {
                 tracing::info!(%sni, reason = %e, "forwarded connection ended");
             }
             return;
@@ -272,7 +274,10 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             sni,
             info: hello.info,
         };
-        return serve_http(shared, io, hello, client, route).await;
+        // Boxed: a task is allocated at the size of its largest state, and an HTTP
+        // server's (hyper's connection, its buffers, the proxy) would otherwise be
+        // carried by every idle tls:// connection too (it was ~10 KiB of each).
+        return Box::pin(serve_http(shared, io, hello, client, route)).await;
     }
     let target =
         Target::new(&shared, &route, client, Some(sni.clone())).pooled_in(shared.routes.as_ref());
