@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Idle memory per proxied connection, edge and agent apart, on fresh processes:
+#
+#   bench/idle-profile.sh [upstream|edge] [CONNS]     # default: edge 10000
+#   HEAPTRACK=1 bench/idle-profile.sh edge 2000       # and a heap profile of the edge
+#
+# One edge, one agent (passthrough to a TLS echo, or edge termination to a plain echo)
+# and `burrow-bench idle`; RSS is read 2 s after every connection is up. With
+# HEAPTRACK=1 the edge runs under heaptrack and its peak consumers are printed.
+# Uses the release build of bench/run.sh (target/release); builds it if missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+MODE="${1:-edge}"; N="${2:-10000}"
+case "$MODE" in upstream|edge) ;; *) echo "mode: upstream or edge" >&2; exit 2 ;; esac
+BIN="$ROOT/target/release"
+if [ ! -x "$BIN/burrow" ] || [ ! -x "$BIN/burrow-bench" ]; then
+  (cd "$ROOT" && env -u CARGO_BUILD_TARGET cargo build -q --release -p burrow-core -p burrow-bench)
+fi
+WORK="$(mktemp -d)"; PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+cd "$WORK"
+ulimit -n "$(ulimit -Hn)"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -subj "/CN=idle CA" -days 2 -out ca.pem 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out leaf.ec 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in leaf.ec -out leaf.key
+openssl req -new -key leaf.key -subj "/CN=idle.test" -out leaf.csr 2>/dev/null
+printf 'subjectAltName=DNS:idle.test\n' > san.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out leaf.pem 2>/dev/null
+
+wait_for() {  # FILE PATTERN: the first line of FILE with PATTERN, within 30 s
+  for _ in $(seq 300); do grep -m1 "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+if [ "$MODE" = upstream ]; then
+  "$BIN/burrow-bench" echo --cert leaf.pem --key leaf.key > echo.log 2>&1 & PIDS+=($!)
+  tls_args=()
+else
+  "$BIN/burrow-bench" echo > echo.log 2>&1 & PIDS+=($!)
+  tls_args=(--crt leaf.pem --key leaf.key)
+fi
+printf 'open = true\nstate_dir = "%s"\n' "$WORK/state" > edge.toml
+if [ "${HEAPTRACK:-}" = 1 ]; then
+  heaptrack -o "$WORK/edge.heap" "$BIN/burrow" edge --config edge.toml --log warn > edge.log 2>&1 & PIDS+=($!)
+else
+  "$BIN/burrow" edge --config edge.toml --log warn > edge.log 2>&1 & PIDS+=($!)
+fi
+up=$(wait_for echo.log listening | awk '{print $2}')
+tunnel=$(wait_for edge.log "tunnel:" | awk '{print $2}')
+tls=$(wait_for edge.log "tls:" | awk '{print $2}')
+edge_pid=$(pgrep -n -f "$BIN/burrow edge --config edge.toml")
+"$BIN/burrow" tls "$up" --url tls://idle.test "${tls_args[@]}" --server-addr "$tunnel" \
+  --root-cas state/ca.pem --web-addr false --log warn > agent.log 2>&1 & PIDS+=($!); agent_pid=$!
+wait_for agent.log Forwarding > /dev/null
+e0=$(rss "$edge_pid"); a0=$(rss "$agent_pid")
+mkfifo hold
+"$BIN/burrow-bench" idle --target "$tls" --sni idle.test --ca ca.pem --conns "$N" < hold > idle.out 2> idle.err & PIDS+=($!)
+exec 3>hold
+wait_for idle.out ready > /dev/null
+sleep 2
+e1=$(rss "$edge_pid"); a1=$(rss "$agent_pid")
+per() { echo $(( ($2 - $1) * 1024 / N )); }
+echo "$MODE, $N idle connections: edge $(per "$e0" "$e1") B/conn, agent $(per "$a0" "$a1") B/conn, together $(( $(per "$e0" "$e1") + $(per "$a0" "$a1") )) B/conn"
+exec 3>&-
+if [ "${HEAPTRACK:-}" = 1 ]; then
+  kill "$edge_pid"; sleep 1
+  heaptrack_print -f "$WORK"/edge.heap.* --print-peaks 1 --print-allocators 0 \
+    --print-temporary 0 --print-leaks 0 -n 6 2>/dev/null \
+    | grep -E "peak memory consumed|consumed over|^    [A-Za-z_<\$]" \
+    | grep -vE "tokio::runtime|std::sys|FnOnce|thread_start|start_thread|clone3" | head -40
+fi
