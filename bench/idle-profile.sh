@@ -8,6 +8,7 @@
 # and `burrow-bench idle`; RSS is read 2 s after every connection is up. With
 # HEAPTRACK=1 the edge runs under heaptrack and its peak consumers are printed.
 # Uses the release build of bench/run.sh (target/release); builds it if missing.
+# HEAPTRACK=1 needs heaptrack (Debian: apt-get install heaptrack).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODE="${1:-edge}"; N="${2:-10000}"
