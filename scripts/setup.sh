@@ -34,7 +34,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Chromium pulls in a newer systemd on some images; an install that stops half way
+    # (dpkg's error, seen once here) is repaired with --fix-broken and tried once more.
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; then
+      echo "setup: apt-get install failed; repairing with --fix-broken and trying again"
+      DEBIAN_FRONTEND=noninteractive apt-get --fix-broken install -y -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
   else
     echo "setup: the tests need ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2
     exit 1
