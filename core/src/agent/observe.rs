@@ -213,16 +213,7 @@ impl EndpointStats {
         self.connections.inc();
         self.open.inc();
         lock(&self.opened).mark(self.recent.started.elapsed());
-        let id = self.recent.push(ConnectionRecord {
-            time: SystemTime::now(),
-            endpoint: self.url().to_owned(),
-            client_addr,
-            sni: sni.map(str::to_owned),
-            outcome: "open".into(),
-            duration: None,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        let id = self.recent.arrived(self.url(), client_addr, sni, "open");
         ConnTrack {
             stats: self.clone(),
             id,
@@ -236,16 +227,7 @@ impl EndpointStats {
     /// A connection for this endpoint that never reached it (`why`).
     pub(crate) fn refused(&self, client_addr: SocketAddr, sni: Option<&str>, why: &str) {
         self.refused.inc();
-        self.recent.push(ConnectionRecord {
-            time: SystemTime::now(),
-            endpoint: self.url().to_owned(),
-            client_addr,
-            sni: sni.map(str::to_owned),
-            outcome: why.to_owned(),
-            duration: None,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        self.recent.arrived(self.url(), client_addr, sni, why);
     }
 
     /// An upstream dial that took `took`, and whether it worked.
@@ -361,12 +343,9 @@ impl Drop for ConnTrack {
             durations.push_back(took);
         }
         let outcome = self.outcome.take().unwrap_or_else(|| "closed".into());
-        stats.recent.update(self.id, |r| {
-            r.outcome = outcome;
-            r.duration = Some(took);
-            r.bytes_in = self.bytes_in;
-            r.bytes_out = self.bytes_out;
-        });
+        stats
+            .recent
+            .closed(self.id, outcome, took, self.bytes_in, self.bytes_out);
     }
 }
 
@@ -395,9 +374,26 @@ impl Default for Recent {
 }
 
 impl Recent {
-    /// Adds a connection; the id lets its end [`Self::update`] it.
-    pub(crate) fn push(&self, record: ConnectionRecord) -> u64 {
+    /// A connection to `endpoint` arrived now, with `outcome` so far (`open`, or why it
+    /// was refused); the id lets [`Self::closed`] record its end.
+    pub(crate) fn arrived(
+        &self,
+        endpoint: &str,
+        client_addr: SocketAddr,
+        sni: Option<&str>,
+        outcome: &str,
+    ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let record = ConnectionRecord {
+            time: SystemTime::now(),
+            endpoint: endpoint.to_owned(),
+            client_addr,
+            sni: sni.map(str::to_owned),
+            outcome: outcome.to_owned(),
+            duration: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
         let mut list = lock(&self.list);
         if list.len() == RECENT {
             list.pop_front();
@@ -406,11 +402,23 @@ impl Recent {
         id
     }
 
-    /// Changes connection `id`'s record, if it is still in the list.
-    pub(crate) fn update(&self, id: u64, f: impl FnOnce(&mut ConnectionRecord)) {
+    /// Connection `id` ended after `took`, having carried these bytes (if it is still
+    /// in the list).
+    pub(crate) fn closed(
+        &self,
+        id: u64,
+        outcome: String,
+        took: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let mut list = lock(&self.list);
         if let Some(entry) = list.iter_mut().rev().find(|e| e.id == id) {
-            f(&mut entry.record);
+            let r = &mut entry.record;
+            r.outcome = outcome;
+            r.duration = Some(took);
+            r.bytes_in = bytes_in;
+            r.bytes_out = bytes_out;
         }
     }
 

@@ -8,7 +8,7 @@
 //! copied into the registry when it is scraped ([`refresh`]).
 
 use super::Shared;
-use crate::agent::{ConnectionRecord, Recent};
+use crate::agent::Recent;
 use crate::error::ErrorCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The content type of [`EdgeMetrics::text`] (OpenMetrics text).
@@ -508,16 +508,8 @@ impl<S> Counted<S> {
     ) -> Self {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
-        let record = metrics.recent.push(ConnectionRecord {
-            time: SystemTime::now(),
-            endpoint: stats.url.get().cloned().unwrap_or_default(),
-            client_addr: client.addr,
-            sni: client.sni.map(str::to_owned),
-            outcome: "open".into(),
-            duration: None,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        let url = stats.url.get().map_or("", String::as_str);
+        let record = metrics.recent.arrived(url, client.addr, client.sni, "open");
         Counted {
             inner,
             stats,
@@ -536,12 +528,8 @@ impl<S> Drop for Counted<S> {
     fn drop(&mut self) {
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         let (took, conn_in, conn_out) = (self.opened.elapsed(), self.conn_in, self.conn_out);
-        self.recent.update(self.record, |r| {
-            r.outcome = "closed".into();
-            r.duration = Some(took);
-            r.bytes_in = conn_in;
-            r.bytes_out = conn_out;
-        });
+        self.recent
+            .closed(self.record, "closed".into(), took, conn_in, conn_out);
     }
 }
 
