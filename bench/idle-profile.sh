@@ -14,27 +14,15 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODE="${1:-edge}"; N="${2:-10000}"
 case "$MODE" in upstream|edge) ;; *) echo "mode: upstream or edge" >&2; exit 2 ;; esac
 BIN="$ROOT/target/release"
-if [ ! -x "$BIN/burrow" ] || [ ! -x "$BIN/burrow-bench" ]; then
-  (cd "$ROOT" && env -u CARGO_BUILD_TARGET cargo build -q --release -p burrow-core -p burrow-bench)
-fi
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+release_binaries "$ROOT"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 cd "$WORK"
 ulimit -n "$(ulimit -Hn)"
-openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-openssl req -x509 -new -key ca.key -subj "/CN=idle CA" -days 2 -out ca.pem 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out leaf.ec 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in leaf.ec -out leaf.key
-openssl req -new -key leaf.key -subj "/CN=idle.test" -out leaf.csr 2>/dev/null
-printf 'subjectAltName=DNS:idle.test\n' > san.ext
-openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out leaf.pem 2>/dev/null
-
-wait_for() {  # FILE PATTERN: the first line of FILE with PATTERN, within 30 s
-  for _ in $(seq 300); do grep -m1 "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
-rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+make_certs "idle CA" "DNS:idle.test"
 
 if [ "$MODE" = upstream ]; then
   "$BIN/burrow-bench" echo --cert leaf.pem --key leaf.key > echo.log 2>&1 & PIDS+=($!)
@@ -49,20 +37,20 @@ if [ "${HEAPTRACK:-}" = 1 ]; then
 else
   "$BIN/burrow" edge --config edge.toml --log warn > edge.log 2>&1 & PIDS+=($!)
 fi
-up=$(wait_for echo.log listening | awk '{print $2}')
-tunnel=$(wait_for edge.log "tunnel:" | awk '{print $2}')
-tls=$(wait_for edge.log "tls:" | awk '{print $2}')
+up=$(wait_line echo.log listening | awk '{print $2}')
+tunnel=$(wait_line edge.log "tunnel:" | awk '{print $2}')
+tls=$(wait_line edge.log "tls:" | awk '{print $2}')
 edge_pid=$(pgrep -n -f "$BIN/burrow edge --config edge.toml")
 "$BIN/burrow" tls "$up" --url tls://idle.test "${tls_args[@]}" --server-addr "$tunnel" \
   --root-cas state/ca.pem --web-addr false --log warn > agent.log 2>&1 & PIDS+=($!); agent_pid=$!
-wait_for agent.log Forwarding > /dev/null
-e0=$(rss "$edge_pid"); a0=$(rss "$agent_pid")
+wait_line agent.log Forwarding > /dev/null
+e0=$(rss_of "$edge_pid"); a0=$(rss_of "$agent_pid")
 mkfifo hold
 "$BIN/burrow-bench" idle --target "$tls" --sni idle.test --ca ca.pem --conns "$N" < hold > idle.out 2> idle.err & PIDS+=($!)
 exec 3>hold
-wait_for idle.out ready > /dev/null
+wait_line idle.out ready > /dev/null
 sleep 2
-e1=$(rss "$edge_pid"); a1=$(rss "$agent_pid")
+e1=$(rss_of "$edge_pid"); a1=$(rss_of "$agent_pid")
 per() { echo $(( ($2 - $1) * 1024 / N )); }
 echo "$MODE, $N idle connections: edge $(per "$e0" "$e1") B/conn, agent $(per "$a0" "$a1") B/conn, together $(( $(per "$e0" "$e1") + $(per "$a0" "$a1") )) B/conn"
 exec 3>&-

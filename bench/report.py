@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's JSON lines into one table (medians, ratios to direct) and a JSON file."""
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -11,7 +12,7 @@ for r in rows:
     by[(r["contender"], r["workload"], r.get("conns"))].append(r)
     if r.get("error"):
         # Failed runs carry no connection count; file them under the workload's usual one.
-        usual = {"bulk1": 1, "bulk16": 16, "connect": 4, "rr": 1}.get(r["workload"])
+        usual = {"bulk1": 1, "bulk16": 16, "bulk16_1core": 16, "bulk16_allcores": 16, "connect": 4, "rr": 1}.get(r["workload"])
         by[(r["contender"], r["workload"], usual)].append(r)
 failures = [(r["contender"], r["workload"]) for r in rows if r.get("error")]
 
@@ -157,6 +158,46 @@ if rss:
 for b in bind:
     v = b["bind"]["p50_us"] / 1000
     target("bind latency p50", f"{v:.2f} ms", "<= 5 ms", v <= 5)
+
+print("\nTargets (issue 18, performance round two, same run):")
+pre = "nginx preread"
+if get(up, "connect_cpu_us") and get(pre, "connect_cpu_us"):
+    r = get(up, "connect_cpu_us") / get(pre, "connect_cpu_us")
+    target("relay CPU per new passthrough connection, edge + agent, vs nginx ssl_preread",
+           f"{get(up, 'connect_cpu_us'):.0f} / {get(pre, 'connect_cpu_us'):.0f} µs = {r:.2f}x", "<= 1.6x", r <= 1.6)
+else:
+    target("relay CPU per new passthrough connection vs nginx ssl_preread", None, "<= 1.6x", False)
+if get(up, "connect_per_s") and get(pre, "connect_per_s"):
+    r = get(up, "connect_per_s") / get(pre, "connect_per_s")
+    target("passthrough new conns/s vs nginx ssl_preread", f"{r:.2f}x", ">= 0.9x", r >= 0.9)
+if get(up, "bulk16_mib_s") and direct.get("bulk16_mib_s"):
+    r = get(up, "bulk16_mib_s") / direct["bulk16_mib_s"]
+    target("passthrough bulk 16 conns vs direct", f"{r:.2f}x", ">= 0.55x", r >= 0.55)
+if get(up, "bulk16_mib_s") and get(rh, "bulk16_mib_s"):
+    r = get(up, "bulk16_mib_s") / get(rh, "bulk16_mib_s")
+    target("passthrough bulk 16 conns vs rathole tls", f"{r:.2f}x", ">= 1.5x", r >= 1.5)
+if get("burrow edge", "connect_per_s") and get(ngx, "connect_per_s"):
+    r = get("burrow edge", "connect_per_s") / get(ngx, "connect_per_s")
+    target("edge-termination new conns/s vs nginx ssl", f"{r:.2f}x", ">= 1.4x", r >= 1.4)
+if rss:
+    c, v = max(rss, key=lambda x: x[1])
+    target("idle RSS per connection at 10,000, edge + agent, worst mode", f"{v} KiB ({c})", "<= 12 KiB", v <= 12)
+one_core = median(up, "bulk16_1core", 16, lambda r: r["mib_per_s"])
+all_cores = median(up, "bulk16_allcores", 16, lambda r: r["mib_per_s"])
+if one_core and all_cores:
+    r = all_cores / one_core
+    target("one session's bulk 16 conns, edge + agent on every core vs pinned to one (taskset)",
+           f"{all_cores:.0f} / {one_core:.0f} MiB/s = {r:.2f}x", ">= 1.7x", r >= 1.7)
+else:
+    target("one session's bulk, every core vs one", None, ">= 1.7x", False)
+soak_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "soak.json")
+if os.path.exists(soak_path):
+    soak = json.load(open(soak_path))
+    r = soak["rss_ratio_end_to_min5"]["total"]
+    target(f"RSS after {soak['minutes']} min of steady load vs minute 5, edge + agents (bench/soak.sh, its last run)",
+           f"{r:.2f}x", "<= 1.1x", r <= 1.1)
+else:
+    target("RSS after 30 min of steady load vs minute 5", None, "<= 1.1x (run bench/soak.sh)", False)
 
 if http_contenders:
     base = "http nginx" if "http nginx" in http_summary else None

@@ -11,6 +11,8 @@
 # Client and contenders share this machine's cores: compare ratios, not absolutes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ "$QUICK" = 1 ]; then
@@ -67,13 +69,7 @@ wait_for() {
 
 echo "== certificates (ECDSA P-256, the same key for every contender that terminates)"
 cd "$WORK"
-openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 -out ca.pem 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out leaf.ec 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in leaf.ec -out leaf.key
-openssl req -new -key leaf.key -subj "/CN=bench.test" -out leaf.csr 2>/dev/null
-printf 'subjectAltName=DNS:bench.test,DNS:agent.bench.test,DNS:edge.bench.test,DNS:http.bench.test,DNS:localhost,IP:127.0.0.1\n' > san.ext
-openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out leaf.pem 2>/dev/null
+make_certs "bench CA" "DNS:bench.test,DNS:agent.bench.test,DNS:edge.bench.test,DNS:http.bench.test,DNS:localhost,IP:127.0.0.1"
 
 echo "== services and contenders"
 start echo_tls "$BENCH" echo --cert leaf.pem --key leaf.key
@@ -306,6 +302,17 @@ for run in $(seq 1 "$RUNS"); do
     measure "$name" "$run" connect --workload connect --conns 4
     measure "$name" "$run" rr --workload rr --conns 1
   done
+  # One session's bulk throughput with its edge and agent pinned to one core, then on
+  # every core (issue 18: does the tunnel use them?). The client and echo are not pinned.
+  if picked "burrow upstream" && [ "$(nproc)" -gt 1 ]; then
+    pids="$PID_edge_upstream $PID_agent_upstream"
+    common=(--target "$EDGE_UPSTREAM" --sni bench.test --ca "$WORK/ca.pem")
+    echo "== run $run/$RUNS: burrow upstream, edge + agent on one core, then on all $(nproc)"
+    for p in $pids; do taskset -a -p -c 0 "$p" >/dev/null; done
+    measure "burrow upstream" "$run" bulk16_1core --workload bulk --conns 16
+    for p in $pids; do taskset -a -p -c "0-$(($(nproc) - 1))" "$p" >/dev/null; done
+    measure "burrow upstream" "$run" bulk16_allcores --workload bulk --conns 16
+  fi
 done
 
 # HTTP rows (issue 16): keep-alive requests/s and latency through burrow's HTTPS reverse

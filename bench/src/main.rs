@@ -110,6 +110,9 @@ struct RunArgs {
     /// Message size for `rr` (bytes).
     #[arg(long, default_value_t = 1024)]
     size: usize,
+    /// New connections per second for `steady`.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,6 +123,9 @@ enum Workload {
     Connect,
     /// Request/response of `size` bytes on each connection; latency percentiles.
     Rr,
+    /// New connections at a constant `rate` (at most `conns` open), each echoing 1 KiB to
+    /// 256 KiB, checked, then closing: the soak's load.
+    Steady,
 }
 
 #[tokio::main]
@@ -133,6 +139,7 @@ async fn main() -> Result<()> {
                 Workload::Bulk => bulk(&args).await?,
                 Workload::Connect => connect(&args).await?,
                 Workload::Rr => rr(&args).await?,
+                Workload::Steady => steady(&args).await?,
             };
             println!("{result}");
             Ok(())
@@ -414,6 +421,69 @@ async fn rr(args: &RunArgs) -> Result<serde_json::Value> {
     Ok(
         json!({"workload": "rr", "conns": args.target.conns, "size": args.size,
               "per_s": hist.len() as f64 / secs, "latency": percentiles(&hist)}),
+    )
+}
+
+async fn steady(args: &RunArgs) -> Result<serde_json::Value> {
+    if !args.rate.is_finite() || args.rate <= 0.0 {
+        bail!("--rate must be above 0");
+    }
+    let tls = connector(&args.target.ca)?;
+    let pat = pattern();
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.target.conns.max(1)));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.secs);
+    let (mut started, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let mut settle = |done: Result<Result<u64>, tokio::task::JoinError>| match done
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+    {
+        Ok(n) => bytes += n,
+        Err(e) => {
+            errors += 1;
+            eprintln!("steady: {e:#}");
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let slot = slots.clone().acquire_owned().await?;
+        let (t, tls, pat) = (args.target.clone(), tls.clone(), pat.clone());
+        // Sizes cycle through 1 KiB ..= 256 KiB, from a place in the pattern that moves.
+        let len = 1024 + (started as usize * 7919) % (255 * 1024);
+        let off = (started as usize * 4099) % (pat.len() - len);
+        started += 1;
+        tasks.spawn(async move {
+            let _slot = slot;
+            let conn = dial(&t, &tls).await?;
+            let (mut r, mut w) = tokio::io::split(conn);
+            let msg = &pat[off..off + len];
+            let mut back = vec![0u8; len];
+            let (sent, got) = tokio::join!(w.write_all(msg), r.read_exact(&mut back));
+            sent?;
+            got?;
+            if back != msg {
+                bail!("echo differs");
+            }
+            w.shutdown().await?;
+            anyhow::Ok(2 * len as u64)
+        });
+        while let Some(done) = tasks.try_join_next() {
+            settle(done);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        settle(done);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if errors > 0 {
+        bail!("{errors} of {started} connections failed");
+    }
+    Ok(
+        json!({"workload": "steady", "conns": args.target.conns, "started": started,
+              "per_s": started as f64 / secs, "bytes_checked": bytes, "secs": secs}),
     )
 }
 
