@@ -6,10 +6,11 @@
 //! bind goes to one connected runner; once that edge accepts it, the endpoint is
 //! registered (pinned to the URL the edge gave) and every other runner binds it too.
 
+use super::listener::ConnSink;
 use super::observe::EndpointStats;
 use super::runner::{BindReply, BindRequest, Request};
 use super::tunnel::{establish, Connected, EdgeAddr, Ids, Settings};
-use super::{Conn, SessionInner};
+use super::SessionInner;
 use crate::error::{Error, ErrorCode, Result};
 use crate::wire::BindSpec;
 use std::net::{IpAddr, SocketAddr};
@@ -84,7 +85,7 @@ impl Edges {
         inner: &SessionInner,
         spec: BindSpec,
         agent_tls: Option<TlsAcceptor>,
-        conns: mpsc::Sender<Conn>,
+        sink: Arc<ConnSink>,
         stats: Arc<EndpointStats>,
     ) -> Result<String> {
         let mut changes = self.changes.subscribe();
@@ -108,7 +109,7 @@ impl Edges {
             let request = Request::Bind(Box::new(BindRequest {
                 spec: spec.clone(),
                 agent_tls: agent_tls.clone(),
-                conns: conns.clone(),
+                sink: sink.clone(),
                 stats: stats.clone(),
                 reply,
             }));

@@ -12,7 +12,7 @@ use crate::splice::splice;
 use crate::tls;
 use crate::wire::{BindSpec, Proto};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -54,8 +54,15 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
     if let Some(upstream) = &spec.forwards_to {
         stats.set_forwards_to(upstream);
     }
-    let (tx, rx) = mpsc::channel(session.max_pending());
-    let url = match session.bind(bind, agent_tls, tx, stats.clone()).await {
+    let (queue, rx) = mpsc::channel(session.max_pending());
+    let sink = Arc::new(ConnSink {
+        queue,
+        direct: OnceLock::new(),
+    });
+    let url = match session
+        .bind(bind, agent_tls, sink.clone(), stats.clone())
+        .await
+    {
         Ok(url) => url,
         Err(e) => {
             session.observer().endpoint_closed(&endpoint_id);
@@ -73,8 +80,58 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
         forwards_to: spec.forwards_to.unwrap_or_default(),
         proxy_proto: spec.proxy_proto,
         conns: rx,
+        sink,
         stats,
     })
+}
+
+/// Where a bound endpoint's connections go: into its [`Listener`]'s queue, or, once the
+/// listener has become a [`Forwarder`], straight to the upstream from the task that read
+/// the stream's header (one task, one queue and one wake-up fewer per connection).
+pub(crate) struct ConnSink {
+    queue: mpsc::Sender<Conn>,
+    direct: OnceLock<Direct>,
+}
+
+/// A forwarder's way to its upstream.
+struct Direct {
+    dialer: Arc<Dialer>,
+    proxy_proto: Option<ProxyProto>,
+    terminate_at: TerminateAt,
+    /// The forwarder's connections (its `open_connections` and `wait_connections`).
+    connections: TaskTracker,
+    /// Cancelled when the forwarder closes.
+    stop: CancellationToken,
+    span: tracing::Span,
+}
+
+impl ConnSink {
+    /// True when a connection would be refused for want of room in the listener's queue.
+    pub(crate) fn is_full(&self) -> bool {
+        self.direct.get().is_none() && self.queue.capacity() == 0
+    }
+
+    /// Hands `conn` to the listener, or forwards it here until it ends. (Boxed: a
+    /// future keeps an argument's room twice, at each level it is passed down.)
+    pub(crate) async fn deliver(&self, conn: Box<Conn>) {
+        if let Some(direct) = self.direct.get() {
+            if direct.stop.is_cancelled() {
+                return; // closed: dropped unaccepted, the edge resets the client
+            }
+            let _counted = direct.connections.token();
+            let forwarded = forward_one(
+                conn,
+                &direct.dialer,
+                direct.proxy_proto,
+                direct.terminate_at,
+            );
+            return forwarded.instrument(direct.span.clone()).await;
+        }
+        if let Err(mpsc::error::TrySendError::Full(mut conn)) = self.queue.try_send(*conn) {
+            conn.failed("refused: too many connections pending (max_pending)");
+            tracing::warn!(client = %conn.client_addr(), "refused: the endpoint already has max_pending connections waiting to be accepted");
+        }
+    }
 }
 
 /// Binds `spec` on `session` and forwards every connection to `upstream`.
@@ -100,6 +157,7 @@ pub struct Listener {
     forwards_to: String,
     proxy_proto: Option<ProxyProto>,
     conns: mpsc::Receiver<Conn>,
+    sink: Arc<ConnSink>,
     stats: Arc<EndpointStats>,
 }
 
@@ -226,6 +284,17 @@ impl Forwarder {
         };
         let connections = forwarder.connections.clone();
         let span = tracing::info_span!("forward", url = %listener.url);
+        // From now on connections go straight to the upstream; the loop below serves
+        // those the listener had queued already.
+        let _ = listener.sink.direct.set(Direct {
+            dialer: dialer.clone(),
+            proxy_proto,
+            terminate_at: listener.terminate_at,
+            connections: connections.clone(),
+            stop: stop.clone(),
+            span: span.clone(),
+        });
+        let terminate_at = listener.terminate_at;
         let task = tokio::spawn(
             async move {
                 loop {
@@ -235,14 +304,11 @@ impl Forwarder {
                     };
                     let dialer = dialer.clone();
                     let session_stop = session.stopped();
-                    tracing::info!(client = %conn.client_addr(), sni = conn.sni().unwrap_or("-"), terminate_at = %listener.terminate_at, "connection");
                     session.tasks().spawn(connections.track_future(
                         async move {
                             tokio::select! {
                                 _ = session_stop.cancelled() => {}
-                                r = forward(conn, &dialer, proxy_proto) => if let Err(e) = r {
-                                    tracing::info!(error = %e, "connection ended");
-                                },
+                                _ = forward_one(Box::new(conn), &dialer, proxy_proto, terminate_at) => {}
                             }
                         }
                         .in_current_span(),
@@ -327,7 +393,24 @@ impl Drop for Forwarder {
     }
 }
 
-async fn forward(mut conn: Conn, dialer: &Dialer, proxy_proto: Option<ProxyProto>) -> Result<()> {
+/// Forwards one connection of a forwarder until it ends, logging it and how it ended.
+async fn forward_one(
+    conn: Box<Conn>,
+    dialer: &Dialer,
+    proxy_proto: Option<ProxyProto>,
+    terminate_at: TerminateAt,
+) {
+    tracing::info!(client = %conn.client_addr(), sni = conn.sni().unwrap_or("-"), %terminate_at, "connection");
+    if let Err(e) = forward(conn, dialer, proxy_proto).await {
+        tracing::info!(error = %e, "connection ended");
+    }
+}
+
+async fn forward(
+    mut conn: Box<Conn>,
+    dialer: &Dialer,
+    proxy_proto: Option<ProxyProto>,
+) -> Result<()> {
     let started = std::time::Instant::now();
     // Boxed: dialling's timers and address lookup are not kept for the splice.
     let dialled = Box::pin(dialer.dial()).await;
@@ -346,7 +429,7 @@ async fn forward(mut conn: Conn, dialer: &Dialer, proxy_proto: Option<ProxyProto
             .await
             .map_err(|e| Error::io("PROXY header to upstream", e))?;
     }
-    let result = splice(&mut conn, &mut upstream).await;
+    let result = splice(&mut *conn, &mut upstream).await;
     if let Err(e) = &result {
         conn.failed(format!("reset: {}", e.message()));
     }

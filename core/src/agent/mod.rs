@@ -45,7 +45,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -306,7 +305,7 @@ pub(crate) struct Registered {
     pub(crate) url: String,
     /// The runner whose edge gave `url`.
     pub(crate) origin: usize,
-    pub(crate) conns: mpsc::Sender<Conn>,
+    pub(crate) sink: Arc<listener::ConnSink>,
     pub(crate) agent_tls: Option<TlsAcceptor>,
     pub(crate) stats: Arc<observe::EndpointStats>,
 }
@@ -519,14 +518,14 @@ impl Session {
         &self,
         spec: BindSpec,
         agent_tls: Option<TlsAcceptor>,
-        conns: mpsc::Sender<Conn>,
+        sink: Arc<listener::ConnSink>,
         stats: Arc<observe::EndpointStats>,
     ) -> Result<String> {
         if self.inner.stop.is_cancelled() {
             return Err(Error::new(ErrorCode::Closed, "the session is closed"));
         }
         let inner = &self.inner;
-        let bind = inner.edges.bind(inner, spec, agent_tls, conns, stats);
+        let bind = inner.edges.bind(inner, spec, agent_tls, sink, stats);
         match tokio::time::timeout(BIND_TIMEOUT, bind).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(

@@ -4,6 +4,7 @@
 
 use super::conn::{Conn, ConnIo};
 use super::hooks::AfterCommand;
+use super::listener::ConnSink;
 use super::observe::EndpointStats;
 use super::spec::EndpointKind;
 use super::tunnel::{establish, Connected, EdgeAddr, Ids, Settings};
@@ -34,7 +35,7 @@ pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 pub(crate) struct BindRequest {
     pub(crate) spec: BindSpec,
     pub(crate) agent_tls: Option<TlsAcceptor>,
-    pub(crate) conns: mpsc::Sender<Conn>,
+    pub(crate) sink: Arc<ConnSink>,
     pub(crate) stats: Arc<EndpointStats>,
     pub(crate) reply: oneshot::Sender<BindReply>,
 }
@@ -306,9 +307,18 @@ impl Runner {
                     let inner = self.inner.clone();
                     let stop = self.inner.stop.clone();
                     self.inner.tasks.spawn(async move {
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = dispatch(inner, stream) => {}
+                        // Boxed: reading the header and an agent-side handshake take
+                        // more room than serving the connection does, and the box is
+                        // freed before that begins.
+                        let accepted = tokio::select! {
+                            _ = stop.cancelled() => None,
+                            accepted = Box::pin(accept_stream(inner, stream)) => accepted,
+                        };
+                        if let Some((sink, conn)) = accepted {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = sink.deliver(conn) => {}
+                            }
                         }
                     });
                 }
@@ -516,7 +526,7 @@ impl Runner {
                         let BindRequest {
                             mut spec,
                             agent_tls,
-                            conns,
+                            sink,
                             stats,
                             reply,
                         } = *req;
@@ -528,7 +538,7 @@ impl Runner {
                                 spec,
                                 url: url.clone(),
                                 origin: self.index,
-                                conns,
+                                sink,
                                 agent_tls,
                                 stats,
                             },
@@ -628,21 +638,31 @@ fn pin_to_url(spec: &mut BindSpec, url: &str) {
     }
 }
 
-/// Reads a proxy stream's header and hands the connection to its endpoint.
-async fn dispatch(inner: Arc<SessionInner>, mut stream: MuxStream) {
+/// Reads a proxy stream's header: the connection it carries, and where that goes
+/// (`None` when it is refused).
+async fn accept_stream(
+    inner: Arc<SessionInner>,
+    mut stream: MuxStream,
+) -> Option<(Arc<ConnSink>, Box<Conn>)> {
     let header: StreamHeader = match timeout(STREAM_HEADER_TIMEOUT, read_header(&mut stream)).await
     {
         Ok(Ok(h)) => h,
-        Ok(Err(e)) => return tracing::warn!(error = %e, "bad proxy stream"),
-        Err(_) => return tracing::warn!("proxy stream sent no header in time"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "bad proxy stream");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!("proxy stream sent no header in time");
+            return None;
+        }
     };
     let target = inner
         .endpoints()
         .get(&header.endpoint_id)
-        .map(|r| (r.conns.clone(), r.agent_tls.clone(), r.stats.clone()));
-    let Some((conns, agent_tls, stats)) = target else {
+        .map(|r| (r.sink.clone(), r.agent_tls.clone(), r.stats.clone()));
+    let Some((sink, agent_tls, stats)) = target else {
         tracing::debug!(endpoint_id = %header.endpoint_id, "stream for a closed endpoint");
-        return;
+        return None;
     };
     let refused = |why: &str| stats.refused(header.client_addr, header.sni.as_deref(), why);
     let io = match agent_tls {
@@ -651,25 +671,23 @@ async fn dispatch(inner: Arc<SessionInner>, mut stream: MuxStream) {
                 Ok(Ok(tls)) => ConnIo::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     refused("agent TLS handshake failed");
-                    return tracing::info!(client = %header.client_addr, error = %e, "agent TLS handshake failed");
+                    tracing::info!(client = %header.client_addr, error = %e, "agent TLS handshake failed");
+                    return None;
                 }
                 Err(_) => {
                     refused("agent TLS handshake timed out");
-                    return tracing::info!(client = %header.client_addr, "agent TLS handshake timed out");
+                    tracing::info!(client = %header.client_addr, "agent TLS handshake timed out");
+                    return None;
                 }
             }
         }
         _ => ConnIo::Plain(stream),
     };
-    if conns.capacity() == 0 {
+    if sink.is_full() {
         refused("refused: too many connections pending (max_pending)");
-        return tracing::warn!(client = %header.client_addr, "refused: the endpoint already has max_pending connections waiting to be accepted");
+        tracing::warn!(client = %header.client_addr, "refused: the endpoint already has max_pending connections waiting to be accepted");
+        return None;
     }
     let track = stats.opened(header.client_addr, header.sni.as_deref());
-    if let Err(mpsc::error::TrySendError::Full(mut conn)) =
-        conns.try_send(Conn::new(header, io, track))
-    {
-        conn.failed("refused: too many connections pending (max_pending)");
-        tracing::warn!(client = %conn.client_addr(), "refused: the endpoint already has max_pending connections waiting to be accepted");
-    }
+    Some((sink, Box::new(Conn::new(header, io, track))))
 }

@@ -96,22 +96,33 @@ pub(crate) async fn accept_tcp(
         _ = accept_loop(shared, listener, stop, move |shared, tcp, peer| {
             let route = route.clone();
             async move {
-                if let Err(e) = serve_tcp_conn(shared, route, tcp, peer).await {
-                    tracing::info!(reason = %e, "connection ended");
+                // Boxed, as for tls:// below: setting up is transient, relaying is not.
+                match Box::pin(set_up_tcp_conn(shared, route, tcp, peer)).await {
+                    Ok(mut relay) => relay.run().await,
+                    Err(e) => tracing::info!(reason = %e, "connection ended"),
                 }
             }
         }) => {}
     }
 }
 
-async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
-    let Some(hello) = read_hello(&shared, &mut tcp).await else {
-        return;
-    };
+async fn serve_tls_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    // Boxed: setting a connection up (its ClientHello, a handshake, opening the stream
+    // to the agent) takes several times the room relaying it does, and the box is freed
+    // before the relay begins; an idle connection keeps only the relay's state.
+    if let Some(mut relay) = Box::pin(set_up_tls_conn(shared, tcp, peer)).await {
+        relay.run().await
+    }
+}
+
+async fn set_up_tls_conn(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Relay<TcpStream>> {
+    let hello = read_hello(&shared, &mut tcp).await?;
     let client = Client::direct(&tcp, peer);
-    let Some((tcp, hello)) = answer_challenge(&shared, tcp, hello).await else {
-        return;
-    };
+    let (tcp, hello) = answer_challenge(&shared, tcp, hello).await?;
     // A validation for a name another edge of the cluster is ordering: that edge answers.
     if hello.info.alpn.iter().any(|p| p == ACME_TLS_ALPN) {
         if let Some(owner) = shared
@@ -120,10 +131,13 @@ async fn serve_tls_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAdd
             .and_then(|c| c.challenge_owner(&hello.sni))
         {
             let raw = hello.info.raw;
-            if let Err(e) = forward(&shared, tcp, &raw, &hello.sni, client, &[owner]).await {
+            // Boxed: rare, and a task is allocated at the size of its largest state.
+            let owners = [owner];
+            let forwarded = Box::pin(forward(&shared, tcp, &raw, &hello.sni, client, &owners));
+            if let Err(e) = forwarded.await {
                 tracing::info!(reason = %e, "forwarded ACME validation ended");
             }
-            return;
+            return None;
         }
     }
     route_tls(shared, tcp, hello, client).await
@@ -163,18 +177,20 @@ pub(crate) async fn serve_forwarded(shared: Arc<Shared>, mut stream: MuxStream) 
     }
     let span = tracing::info_span!("forwarded", client = %header.client_addr);
     async move {
-        let Some(hello) = read_hello(&shared, &mut stream).await else {
-            return;
-        };
-        let Some((stream, hello)) = answer_challenge(&shared, stream, hello).await else {
-            return;
-        };
-        let client = Client {
-            peer: header.client_addr,
-            server_addr: header.server_addr,
-            hops: header.hops,
-        };
-        route_tls(shared, stream, hello, client).await
+        // Boxed, as in `serve_tls_conn`.
+        let set_up = Box::pin(async move {
+            let hello = read_hello(&shared, &mut stream).await?;
+            let (stream, hello) = answer_challenge(&shared, stream, hello).await?;
+            let client = Client {
+                peer: header.client_addr,
+                server_addr: header.server_addr,
+                hops: header.hops,
+            };
+            route_tls(shared, stream, hello, client).await
+        });
+        if let Some(mut relay) = set_up.await {
+            relay.run().await
+        }
     }
     .instrument(span)
     .await
@@ -244,9 +260,15 @@ impl Client {
     }
 }
 
-/// Routes a connection by its SNI: to a local endpoint, or (when another edge of the
-/// cluster serves the name) across the link to that edge.
-async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, client: Client) {
+/// Routes a connection by its SNI: to a local endpoint (the relay to run, unless it was
+/// refused or is served as HTTP), or (when another edge of the cluster serves the name)
+/// across the link to that edge.
+async fn route_tls<IO: PublicIo>(
+    shared: Arc<Shared>,
+    mut io: IO,
+    hello: Hello,
+    client: Client,
+) -> Option<Relay<IO>> {
     let sni = hello.sni;
     let deadline = shared.config.handshake_timeout();
     let route = match find(&shared, &sni, client.hops) {
@@ -260,13 +282,13 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             if let Err(e) = forwarded.await {
                 tracing::info!(%sni, reason = %e, "forwarded connection ended");
             }
-            return;
+            return None;
         }
         None => {
             tracing::info!(%sni, "refused: no endpoint serves this SNI");
             shared.metrics.refused(Refusal::UnknownName);
             send_alert(&mut io, RefusalAlert::UnrecognizedName).await;
-            return;
+            return None;
         }
     };
     if route.http.is_some() {
@@ -277,7 +299,8 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
         // Boxed: a task is allocated at the size of its largest state, and an HTTP
         // server's (hyper's connection, its buffers, the proxy) would otherwise be
         // carried by every idle tls:// connection too (it was ~10 KiB of each).
-        return Box::pin(serve_http(shared, io, hello, client, route)).await;
+        Box::pin(serve_http(shared, io, hello, client, route)).await;
+        return None;
     }
     let target =
         Target::new(&shared, &route, client, Some(sni.clone())).pooled_in(shared.routes.as_ref());
@@ -287,32 +310,21 @@ async fn route_tls<IO: PublicIo>(shared: Arc<Shared>, mut io: IO, hello: Hello, 
             tracing::info!(%sni, %reason, "refused by traffic policy");
             shared.metrics.refused(Refusal::of_policy(&reason));
             send_alert(&mut io, RefusalAlert::AccessDenied).await;
-            return;
+            return None;
         }
     };
-    let result = match termination {
-        // Boxed, so that passthrough connections do not carry a TLS session's room.
-        Some(config) => {
-            Box::pin(terminate(
-                target,
-                *hello.info.accepted,
-                io,
-                config,
-                deadline,
-            ))
-            .await
-        }
+    let relay = match termination {
+        Some(config) => terminate(target, *hello.info.accepted, io, config, deadline).await,
         None => {
             tracing::info!(%sni, mode = "passthrough", "connection");
-            // Keep only the bytes to replay; free the parser's state for the splice.
             let raw = hello.info.raw;
             drop(hello.info.accepted);
-            proxy_raw(target, io, raw).await
+            relay_raw(target, io, raw).await
         }
     };
-    if let Err(e) = result {
-        tracing::info!(reason = %e, "connection ended");
-    }
+    relay
+        .inspect_err(|e| tracing::info!(reason = %e, "connection ended"))
+        .ok()
 }
 
 /// An http endpoint: terminate TLS here, then serve requests (a client the connection
@@ -431,12 +443,12 @@ impl PublicIo for MuxStream {
     }
 }
 
-async fn serve_tcp_conn(
+async fn set_up_tcp_conn(
     shared: Arc<Shared>,
     route: Arc<Route>,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<()> {
+) -> Result<Relay<TcpStream>> {
     let client = Client::direct(&tcp, peer);
     let target = Target::new(&shared, &route, client, None);
     let termination = route.decide(&target.conn_info()).map_err(|reason| {
@@ -448,7 +460,7 @@ async fn serve_tcp_conn(
     })?;
     let Some(config) = termination else {
         tracing::info!(mode = "tcp", "connection");
-        return proxy_raw(target, tcp, Vec::new()).await;
+        return relay_raw(target, tcp, Vec::new()).await;
     };
     let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let handshake = async {
@@ -464,7 +476,7 @@ async fn serve_tcp_conn(
     shared.metrics.handshake(began.elapsed());
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
     tracing::info!(mode = "tcp+edge-tls", "connection");
-    proxy_terminated(Target { sni, ..target }, tls).await
+    relay_terminated(Target { sni, ..target }, tls).await
 }
 
 /// How many members of a pool may stand in, one after the other, for a connection
@@ -576,14 +588,14 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Edge termination: finish the handshake the client started, then proxy plaintext.
+/// Edge termination: finish the handshake the client started; plaintext is relayed.
 async fn terminate<IO: PublicIo>(
     target: Target<'_>,
     accepted: rustls::server::Accepted,
     tcp: IO,
     config: Arc<rustls::ServerConfig>,
     deadline: Duration,
-) -> Result<()> {
+) -> Result<Relay<IO>> {
     let start = StartHandshake::from_parts(accepted, tcp);
     let began = std::time::Instant::now();
     let metrics = target.metrics;
@@ -599,7 +611,7 @@ async fn terminate<IO: PublicIo>(
                 mode = "edge",
                 "connection"
             );
-            proxy_terminated(target, tls).await
+            relay_terminated(target, tls).await
         }
         Ok(Err(e)) => Err(Error::io("edge TLS handshake", e)),
         Err(_) => Err(Error::new(
@@ -609,22 +621,26 @@ async fn terminate<IO: PublicIo>(
     }
 }
 
-/// Passthrough: replay what was read, then splice raw bytes.
-async fn proxy_raw<IO: PublicIo>(
+/// Passthrough: open the stream to the agent with what was read; raw bytes are relayed.
+async fn relay_raw<IO: PublicIo>(
     target: Target<'_>,
-    mut client: IO,
+    client: IO,
     already_read: Vec<u8>,
-) -> Result<()> {
+) -> Result<Relay<IO>> {
     let idle = target.idle;
-    let mut stream = target.open(false, None, None, &already_read).await?;
-    drop(already_read);
-    let result = splice_idle(&mut client, &mut stream, idle).await;
-    end_abnormally_on_error(&result, &client);
-    result.map(|_| ())
+    let stream = target.open(false, None, None, &already_read).await?;
+    Ok(Relay {
+        client: RelayClient::Raw(client),
+        stream,
+        idle,
+    })
 }
 
-/// Edge termination: splice the decrypted bytes.
-async fn proxy_terminated<IO: PublicIo>(target: Target<'_>, mut tls: TlsStream<IO>) -> Result<()> {
+/// Edge termination: open the stream to the agent; decrypted bytes are relayed.
+async fn relay_terminated<IO: PublicIo>(
+    target: Target<'_>,
+    tls: TlsStream<IO>,
+) -> Result<Relay<IO>> {
     let session = tls.get_ref().1;
     let alpn = session
         .alpn_protocol()
@@ -634,12 +650,50 @@ async fn proxy_terminated<IO: PublicIo>(target: Target<'_>, mut tls: TlsStream<I
         .and_then(|certs| certs.first())
         .and_then(|c| cert_subject(c));
     let idle = target.idle;
-    let mut stream = target.open(true, alpn, subject, &[]).await?;
-    let result = splice_idle(&mut tls, &mut stream, idle).await;
-    // Dropping the TLS stream sends no close_notify: with the reset, the client sees
-    // a truncated response as truncated.
-    end_abnormally_on_error(&result, tls.get_ref().0);
-    result.map(|_| ())
+    let stream = target.open(true, alpn, subject, &[]).await?;
+    Ok(Relay {
+        client: RelayClient::Tls(Box::new(tls)),
+        stream,
+        idle,
+    })
+}
+
+/// A public connection that is set up: the client's side and its stream to the agent,
+/// relayed until both directions end.
+struct Relay<IO> {
+    client: RelayClient<IO>,
+    stream: Counted<MuxStream>,
+    idle: Option<Duration>,
+}
+
+/// The client's side of a relay: its raw bytes, or TLS terminated here.
+enum RelayClient<IO> {
+    Raw(IO),
+    Tls(Box<TlsStream<IO>>),
+}
+
+impl<IO: PublicIo> Relay<IO> {
+    /// Relays until both directions end, an idle timeout or a failure (logged).
+    async fn run(&mut self) {
+        let (stream, idle) = (&mut self.stream, self.idle);
+        let result = match &mut self.client {
+            RelayClient::Raw(io) => {
+                let result = splice_idle(io, stream, idle).await;
+                end_abnormally_on_error(&result, io);
+                result
+            }
+            RelayClient::Tls(tls) => {
+                let result = splice_idle(&mut **tls, stream, idle).await;
+                // Dropping the TLS stream sends no close_notify: with the reset, the
+                // client sees a truncated response as truncated.
+                end_abnormally_on_error(&result, tls.get_ref().0);
+                result
+            }
+        };
+        if let Err(e) = result {
+            tracing::info!(reason = %e, "connection ended");
+        }
+    }
 }
 
 /// When a relay failed (the agent or the upstream ended abnormally, or the client
