@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Idle memory per proxied connection, edge and agent apart, on fresh processes:
 #
-#   bench/idle-profile.sh [upstream|edge] [CONNS]     # default: edge 10000
+#   bench/idle-profile.sh [upstream|agent|edge] [CONNS]   # default: edge 10000
 #   HEAPTRACK=1 bench/idle-profile.sh edge 2000       # and a heap profile of the edge
 #
-# One edge, one agent (passthrough to a TLS echo, or edge termination to a plain echo)
+# One edge, one agent (passthrough to a TLS echo; agent or edge termination to a plain echo)
 # and `burrow-bench idle`; RSS is read 2 s after every connection is up. With
 # HEAPTRACK=1 the edge runs under heaptrack and its peak consumers are printed.
 # Uses the release build of bench/run.sh (target/release); builds it if missing.
@@ -12,11 +12,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODE="${1:-edge}"; N="${2:-10000}"
-case "$MODE" in upstream|edge) ;; *) echo "mode: upstream or edge" >&2; exit 2 ;; esac
-BIN="$ROOT/target/release"
+case "$MODE" in upstream|agent|edge) ;; *) echo "mode: upstream, agent or edge" >&2; exit 2 ;; esac
+# BENCH_BIN=DIR runs the burrow and burrow-bench in DIR (another build, to compare).
+BIN="${BENCH_BIN:-$ROOT/target/release}"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-release_binaries "$ROOT"
+[ -n "${BENCH_BIN:-}" ] || release_binaries "$ROOT"
 WORK="$(mktemp -d)"; PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -30,6 +31,7 @@ if [ "$MODE" = upstream ]; then
 else
   "$BIN/burrow-bench" echo > echo.log 2>&1 & PIDS+=($!)
   tls_args=(--crt leaf.pem --key leaf.key)
+  [ "$MODE" = agent ] && tls_args+=(--terminate-at agent)
 fi
 printf 'open = true\nstate_dir = "%s"\n' "$WORK/state" > edge.toml
 if [ "${HEAPTRACK:-}" = 1 ]; then

@@ -34,7 +34,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     stop: CancellationToken,
     serve: F,
 ) where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     // Draining: the listener closes; connections already accepted go on.
@@ -59,14 +59,16 @@ pub(crate) async fn accept_loop<F, Fut>(
         // Accepted connections end with the edge, not with `stop`: a tcp:// endpoint's
         // listener stops when it is unbound, and its open connections finish.
         let conn_stop = shared.stop.clone();
-        let fut = serve(shared.clone(), tcp, peer);
+        let (serve, conn_shared) = (serve.clone(), shared.clone());
         shared.tasks.spawn(
             async move {
                 let _permit: OwnedSemaphorePermit = permit;
                 let _active = active;
+                // `serve` is called here, not before the block: a future moved into a
+                // block is kept twice in it, and this one lives as long as the connection.
                 tokio::select! {
                     _ = conn_stop.cancelled() => {}
-                    _ = fut => {}
+                    _ = serve(conn_shared, tcp, peer) => {}
                 }
             }
             .instrument(tracing::info_span!("conn", client = %peer)),
