@@ -14,16 +14,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODE="${1:-edge}"; N="${2:-10000}"
 case "$MODE" in upstream|agent|edge) ;; *) echo "mode: upstream, agent or edge" >&2; exit 2 ;; esac
 # BENCH_BIN=DIR runs the burrow and burrow-bench in DIR (another build, to compare).
-BIN="${BENCH_BIN:-$ROOT/target/release}"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-[ -n "${BENCH_BIN:-}" ] || release_binaries "$ROOT"
-WORK="$(mktemp -d)"; PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-cd "$WORK"
-ulimit -n "$(ulimit -Hn)"
-make_certs "idle CA" "DNS:idle.test"
+bench_start "idle CA" "DNS:idle.test"
 
 if [ "$MODE" = upstream ]; then
   "$BIN/burrow-bench" echo --cert leaf.pem --key leaf.key > echo.log 2>&1 & PIDS+=($!)

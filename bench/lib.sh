@@ -27,3 +27,17 @@ wait_line() {
 
 # rss_of PID: the process's resident set in KiB (0 once it is gone).
 rss_of() { awk '/VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# bench_start CA-NAME SUBJECT-ALT-NAMES: the common start of a bench script (ROOT set):
+# BIN, the binaries (BENCH_BIN=DIR, or this checkout's release build, built if missing);
+# WORK, a directory made current and removed on exit with every process in PIDS; the
+# open-file limit raised; certificates (make_certs) in WORK.
+bench_start() {
+  BIN="${BENCH_BIN:-$ROOT/target/release}"
+  [ -n "${BENCH_BIN:-}" ] || release_binaries "$ROOT"
+  WORK="$(mktemp -d)"; PIDS=()
+  trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  cd "$WORK"
+  ulimit -n "$(ulimit -Hn)"
+  make_certs "$1" "$2"
+}

@@ -232,13 +232,15 @@ TICKS_PER_S=$(getconf CLK_TCK)
 # measure NAME RUN LABEL ARGS...: one workload run; a failure is recorded, not fatal.
 measure() {
   local name="$1" run="$2" label="$3"; shift 3
-  local out ticks
+  local out ticks t0
   ticks=$(cpu_ticks "$pids")
+  t0=$(date +%s.%N)
   # A workload that hangs (a contender that loses a close) is cut off and recorded as failed.
   if out=$(timeout $((SECS * 10 + 30)) "$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
-    # CPU seconds the contender's own processes (server, or relays) spent on the run.
+    # CPU seconds the contender's own processes (server, or relays) spent on the run,
+    # and the run's wall time (connecting and closing included, as for the CPU).
     local cpu
-    cpu=$(python3 -c 'import sys; print("{\"cpu_s\": %.3f}" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3])))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S")
+    cpu=$(python3 -c 'import sys; print("{\"cpu_s\": %.3f, \"wall_s\": %.3f}" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S" "$t0" "$(date +%s.%N)")
     record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")" "$cpu"
   else
     echo "   $label failed: $(grep -m1 -v '^ ' "$WORK/last-error.log")"

@@ -17,16 +17,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MIN="${1:-30}"; RATE="${SOAK_RATE:-40}"
 [ "$MIN" -ge 6 ] || { echo "minutes: at least 6 (the baseline is minute 5)" >&2; exit 2; }
 # BENCH_BIN=DIR runs the burrow and burrow-bench in DIR (another build, to compare).
-BIN="${BENCH_BIN:-$ROOT/target/release}"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-[ -n "${BENCH_BIN:-}" ] || release_binaries "$ROOT"
-WORK="$(mktemp -d)"; PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-cd "$WORK"
-ulimit -n "$(ulimit -Hn)"
-make_certs "soak CA" "DNS:up.soak.test,DNS:edge.soak.test"
+bench_start "soak CA" "DNS:up.soak.test,DNS:edge.soak.test"
 # under NAME CMD...: CMD, or CMD under heaptrack writing NAME.heap.* with HEAPTRACK=1.
 under() {
   local name="$1"; shift
