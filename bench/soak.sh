@@ -21,9 +21,10 @@ MIN="${1:-30}"; RATE="${SOAK_RATE:-40}"
 . "$ROOT/bench/lib.sh"
 bench_start "soak CA" "DNS:up.soak.test,DNS:edge.soak.test"
 # under NAME CMD...: CMD, or CMD under heaptrack writing NAME.heap.* with HEAPTRACK=1.
+# It execs, so that `under ... &` leaves $! the process itself (stopped on exit).
 under() {
   local name="$1"; shift
-  if [ "${HEAPTRACK:-}" = 1 ]; then heaptrack -o "$WORK/$name.heap" "$@"; else "$@"; fi
+  if [ "${HEAPTRACK:-}" = 1 ]; then exec heaptrack -o "$WORK/$name.heap" "$@"; else exec "$@"; fi
 }
 # pid_of PATTERN: the newest process whose command line has PATTERN (heaptrack wraps it).
 pid_of() { pgrep -n -f "$1"; }
