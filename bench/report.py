@@ -175,7 +175,9 @@ if one_core and all_cores:
     r = all_cores / one_core
     # Cores the edge and agent kept busy in each mode: what the tunnel could use.
     busy = lambda w: median(up, w, 16, lambda x: x["cpu_s"] / x["wall_s"] if "wall_s" in x else None)
-    cores = f"; edge + agent busy {fmt(busy('bulk16_1core'), 2)} / {fmt(busy('bulk16_allcores'), 2)} cores"
+    machine = lambda w: median(up, w, 16, lambda x: x.get("machine_busy"))
+    cores = (f"; edge + agent busy {fmt(busy('bulk16_1core'), 2)} / {fmt(busy('bulk16_allcores'), 2)} cores, "
+             f"the whole machine {fmt((machine('bulk16_1core') or 0) * 100)} / {fmt((machine('bulk16_allcores') or 0) * 100)} % busy")
     target("one session's bulk 16 conns, edge + agent on every core vs pinned to one (taskset)",
            f"{all_cores:.0f} / {one_core:.0f} MiB/s = {r:.2f}x{cores}", ">= 1.7x", r >= 1.7)
 else:

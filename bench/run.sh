@@ -218,6 +218,8 @@ proc_sum() { local t=0; for p in $1; do t=$((t + $(awk "$3" "/proc/$p/$2" 2>/dev
 rss_kib() { proc_sum "$1" status '/VmRSS/{print $2}'; }
 # cpu_ticks PIDS: user + system CPU time the processes used so far, in clock ticks.
 cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
+# machine_ticks: "busy total" clock ticks of the whole machine so far (/proc/stat).
+machine_ticks() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
@@ -232,15 +234,17 @@ TICKS_PER_S=$(getconf CLK_TCK)
 # measure NAME RUN LABEL ARGS...: one workload run; a failure is recorded, not fatal.
 measure() {
   local name="$1" run="$2" label="$3"; shift 3
-  local out ticks t0
+  local out ticks t0 m0
   ticks=$(cpu_ticks "$pids")
   t0=$(date +%s.%N)
+  m0=$(machine_ticks)
   # A workload that hangs (a contender that loses a close) is cut off and recorded as failed.
   if out=$(timeout $((SECS * 10 + 30)) "$BENCH" run "${common[@]}" --secs "$SECS" "$@" 2>"$WORK/last-error.log"); then
     # CPU seconds the contender's own processes (server, or relays) spent on the run,
     # and the run's wall time (connecting and closing included, as for the CPU).
     local cpu
-    cpu=$(python3 -c 'import sys; print("{\"cpu_s\": %.3f, \"wall_s\": %.3f}" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4])))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S" "$t0" "$(date +%s.%N)")
+    # The share of the whole machine's cores that was busy (every process, the client too).
+    cpu=$(python3 -c 'import sys; b0, t0, b1, t1 = map(int, (sys.argv[6] + " " + sys.argv[7]).split()); print("{\"cpu_s\": %.3f, \"wall_s\": %.3f, \"machine_busy\": %.3f}" % ((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]), float(sys.argv[5]) - float(sys.argv[4]), (b1 - b0) / max(t1 - t0, 1)))' "$(cpu_ticks "$pids")" "$ticks" "$TICKS_PER_S" "$t0" "$(date +%s.%N)" "$m0" "$(machine_ticks)")
     record "$name" "$run" "$(echo "$out" | sed "s/\"workload\":\"[a-z]*\"/\"workload\":\"$label\"/")" "$cpu"
   else
     echo "   $label failed: $(grep -m1 -v '^ ' "$WORK/last-error.log")"
