@@ -61,7 +61,10 @@ function runChild (file) {
     child.stdout.on('data', (d) => { out += d })
     child.stderr.on('data', (d) => { err += d })
     const timer = setTimeout(() => child.kill('SIGKILL'), 60000)
-    child.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out, err }) })
+    // 'close', not 'exit': 'exit' can come before the child's last output has been read
+    // from its pipes (a busy parent sees both in one loop turn), which read as "code 0,
+    // printed nothing" about once in a few hundred runs.
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out, err }) })
   })
 }
 

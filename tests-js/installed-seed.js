@@ -53,7 +53,7 @@ async function main (certDir) {
         const m = /Ingress established at: (\S+)/.exec(out)
         if (m) resolve(m[1])
       })
-      child.on('exit', (code) => reject(new Error(`the seed exited (${code}) before printing its URL: ${out}`)))
+      child.on('close', (code) => reject(new Error(`the seed exited (${code}) before printing its URL: ${out}`)))
     })
     const message = Buffer.from('through the installed package')
     const got = await new Promise((resolve, reject) => {

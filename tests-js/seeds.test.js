@@ -27,7 +27,7 @@ function runSeed (source, certDir) {
       const m = /Ingress established at: (\S+)/.exec(out)
       if (m) resolve(m[1])
     })
-    child.on('exit', (code) => reject(new Error(`seed exited (${code}) before printing its URL: ${out}`)))
+    child.on('close', (code) => reject(new Error(`seed exited (${code}) before printing its URL: ${out}`)))
   })
   return { child, url }
 }
