@@ -17,7 +17,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// One edge address of the session, as the coordination sees its runner.
@@ -84,7 +83,7 @@ impl Edges {
         &self,
         inner: &SessionInner,
         spec: BindSpec,
-        agent_tls: Option<TlsAcceptor>,
+        agent_tls: Option<crate::tls::ServerTls>,
         sink: Arc<ConnSink>,
         stats: Arc<EndpointStats>,
     ) -> Result<String> {

@@ -16,7 +16,6 @@ use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -28,8 +27,7 @@ pub(crate) async fn listen(session: Session, spec: EndpointSpec) -> Result<Liste
             let cert = material
                 .check(None)?
                 .ok_or_else(|| Error::option("terminate_at=\"agent\" needs crt and key"))?;
-            let config = tls::server_config(&cert, &material.settings())?;
-            Some(TlsAcceptor::from(Arc::new(config)))
+            Some(tls::ServerTls::new(&cert, &material.settings())?)
         }
         Termination::Upstream | Termination::Edge(_) => None,
     };

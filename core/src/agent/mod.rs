@@ -45,7 +45,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
@@ -306,7 +305,7 @@ pub(crate) struct Registered {
     /// The runner whose edge gave `url`.
     pub(crate) origin: usize,
     pub(crate) sink: Arc<listener::ConnSink>,
-    pub(crate) agent_tls: Option<TlsAcceptor>,
+    pub(crate) agent_tls: Option<crate::tls::ServerTls>,
     pub(crate) stats: Arc<observe::EndpointStats>,
 }
 
@@ -517,7 +516,7 @@ impl Session {
     pub(crate) async fn bind(
         &self,
         spec: BindSpec,
-        agent_tls: Option<TlsAcceptor>,
+        agent_tls: Option<crate::tls::ServerTls>,
         sink: Arc<listener::ConnSink>,
         stats: Arc<observe::EndpointStats>,
     ) -> Result<String> {

@@ -14,12 +14,13 @@ use crate::wire::mux::MuxStream;
 use crate::wire::{
     read_header, AgentMsg, BindSpec, Command, ControlChannel, EdgeMsg, StreamHeader,
 };
+use rustls::server::Acceptor;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +35,7 @@ pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// A user's bind: what to serve and where to deliver the answer and the connections.
 pub(crate) struct BindRequest {
     pub(crate) spec: BindSpec,
-    pub(crate) agent_tls: Option<TlsAcceptor>,
+    pub(crate) agent_tls: Option<crate::tls::ServerTls>,
     pub(crate) sink: Arc<ConnSink>,
     pub(crate) stats: Arc<EndpointStats>,
     pub(crate) reply: oneshot::Sender<BindReply>,
@@ -666,8 +667,13 @@ async fn accept_stream(
     };
     let refused = |why: &str| stats.refused(header.client_addr, header.sni.as_deref(), why);
     let io = match agent_tls {
-        Some(acceptor) if !header.edge_terminated => {
-            match timeout(AGENT_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Some(server_tls) if !header.edge_terminated => {
+            let handshake = async {
+                let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+                let config = server_tls.for_hello(&start.client_hello());
+                start.into_stream(config).await
+            };
+            match timeout(AGENT_HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => ConnIo::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     refused("agent TLS handshake failed");

@@ -9,11 +9,10 @@ use crate::agent::http::Scheme;
 use crate::agent::{EndpointKind, TlsMaterial};
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::TrafficPolicy;
-use crate::tls;
+use crate::tls::ServerTls;
 use crate::wire::mux::MuxHandle;
 use crate::wire::BindSpec;
 use rustls::pki_types::ServerName;
-use rustls::ServerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -239,7 +238,7 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
             .policy
             .terminations()
             .iter()
-            .map(|t| edge_server_config(shared, name, &t.to_material()).map(Arc::new))
+            .map(|t| edge_server_config(shared, name, &t.to_material()))
             .collect::<Result<Vec<_>>>()?;
         Some(Arc::new(EdgePolicy {
             policy: prepared.policy.clone(),
@@ -250,7 +249,7 @@ fn route(owner: &Owner<'_>, prepared: &Prepared, name: &str) -> Result<Route> {
         session_id: owner.session_id.to_owned(),
         endpoint_id: prepared.spec.endpoint_id.clone(),
         tunnel: owner.tunnel.clone(),
-        edge_tls: edge_tls.map(Arc::new),
+        edge_tls,
         policy,
         pooled: prepared.spec.pooling_enabled,
         handling: handling(&prepared.spec),
@@ -345,7 +344,7 @@ pub(crate) fn pending_cert(
 }
 
 /// The rustls config for an edge-terminated endpoint named `name`.
-fn edge_server_config(shared: &Shared, name: &str, material: &TlsMaterial) -> Result<ServerConfig> {
+fn edge_server_config(shared: &Shared, name: &str, material: &TlsMaterial) -> Result<ServerTls> {
     // A wildcard endpoint needs a wildcard certificate: probe with a random label.
     let probe = match name.strip_prefix("*.") {
         Some(parent) => format!("w{:08x}.{parent}", rand::random::<u32>()),
@@ -353,10 +352,10 @@ fn edge_server_config(shared: &Shared, name: &str, material: &TlsMaterial) -> Re
     };
     let settings = material.settings();
     match material.check(Some(&probe))? {
-        Some(cert) => tls::server_config(&cert, &settings),
+        Some(cert) => ServerTls::new(&cert, &settings),
         None => {
             let resolver = super::certs::endpoint_resolver(shared, name)?;
-            tls::server_config_with_resolver(resolver, &settings)
+            ServerTls::with_resolver(resolver, &settings)
         }
     }
 }

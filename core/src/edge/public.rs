@@ -10,6 +10,7 @@ use crate::policy::ConnInfo;
 use crate::splice::splice_idle;
 use crate::tls::{
     cert_subject, read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert,
+    ServerTls,
 };
 use crate::wire::mux::MuxStream;
 use crate::wire::{read_header, write_header, StreamHeader};
@@ -348,6 +349,7 @@ async fn serve_http<IO: PublicIo + 'static>(
     };
     let denied = route.decide(&conn_info).err();
     let start = StartHandshake::from_parts(*hello.info.accepted, io);
+    let config = config.for_hello(&start.client_hello());
     let began = std::time::Instant::now();
     let tls = match timeout(shared.config.handshake_timeout(), start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
@@ -467,6 +469,7 @@ async fn set_up_tcp_conn(
     let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let handshake = async {
         let start = accept.await?;
+        let config = config.for_hello(&start.client_hello());
         start.into_stream(config).await
     };
     let began = std::time::Instant::now();
@@ -595,10 +598,11 @@ async fn terminate<IO: PublicIo>(
     target: Target<'_>,
     accepted: rustls::server::Accepted,
     tcp: IO,
-    config: Arc<rustls::ServerConfig>,
+    config: ServerTls,
     deadline: Duration,
 ) -> Result<Relay<IO>> {
     let start = StartHandshake::from_parts(accepted, tcp);
+    let config = config.for_hello(&start.client_hello());
     let began = std::time::Instant::now();
     let metrics = target.metrics;
     let handshake = timeout(deadline, start.into_stream(config)).await;

@@ -10,8 +10,8 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::{ConnInfo, TrafficPolicy, Verdict};
+use crate::tls::ServerTls;
 use crate::wire::mux::MuxHandle;
-use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,7 +26,7 @@ pub struct Route {
     /// Opens proxy streams to the agent.
     pub tunnel: MuxHandle,
     /// Set when the edge terminates TLS for this endpoint.
-    pub edge_tls: Option<Arc<ServerConfig>>,
+    pub edge_tls: Option<ServerTls>,
     /// The endpoint's traffic policy, with its `terminate-tls` configs built.
     pub policy: Option<Arc<EdgePolicy>>,
     /// The endpoint opted into pooling: endpoints of other sessions that opted in too
@@ -47,7 +47,7 @@ pub struct EdgePolicy {
     /// The parsed rules.
     pub policy: TrafficPolicy,
     /// One server config per `terminate-tls` action, in the policy's order.
-    pub terminations: Vec<Arc<ServerConfig>>,
+    pub terminations: Vec<ServerTls>,
 }
 
 impl Route {
@@ -58,7 +58,7 @@ impl Route {
 
     /// Runs the policy for one connection: `Err(reason)` refuses it, `Ok(config)` says
     /// whether (and how) the edge terminates TLS.
-    pub fn decide(&self, conn: &ConnInfo) -> Result<Option<Arc<ServerConfig>>, String> {
+    pub fn decide(&self, conn: &ConnInfo) -> Result<Option<ServerTls>, String> {
         let Some(p) = &self.policy else {
             return Ok(self.edge_tls.clone());
         };

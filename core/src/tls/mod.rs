@@ -5,14 +5,15 @@ mod ca;
 mod config;
 mod hello;
 mod pem;
+mod terminating;
 
 pub use ca::CertAuthority;
 pub use config::{
-    link_client_config, parse_version, provider, server_config, server_config_with_resolver,
-    tunnel_client_config, tunnel_server_config, upstream_client_config, ServerTlsSettings,
-    TlsVersion,
+    link_client_config, parse_version, provider, server_config, tunnel_client_config,
+    tunnel_server_config, upstream_client_config, ServerTlsSettings, TlsVersion,
 };
 pub use hello::{
     read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert, MAX_HELLO_BYTES,
 };
 pub use pem::{cert_subject, parse_certs, parse_key, CertKey};
+pub use terminating::ServerTls;

@@ -231,6 +231,22 @@ pub fn client_config_with(
     config
 }
 
+/// A TLS client config trusting `ca_pem`, with `provider`'s cipher suites in its order.
+pub fn client_config_with_provider(
+    ca_pem: &str,
+    provider: rustls::crypto::CryptoProvider,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Connects to `addr` with SNI `name`, trusting `ca_pem`.

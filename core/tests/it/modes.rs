@@ -232,3 +232,61 @@ async fn listen_hands_connections_to_rust_code() -> Result<()> {
     assert_eq!(&got, b"hello");
     Ok(())
 }
+
+/// A terminating server answers a client that lists AES-256-GCM first (as rustls's and
+/// OpenSSL's clients do) with AES-128-GCM, the cheaper handshake, and leaves a client that
+/// lists ChaCha20 first its choice; at the edge and at the agent alike.
+#[tokio::test]
+async fn terminating_servers_prefer_aes_128_gcm_unless_the_client_puts_chacha20_first() -> Result<()>
+{
+    use rustls::crypto::ring::cipher_suite as suite;
+    use rustls::CipherSuite;
+    let edge = open_edge().await;
+    let pki = Pki::new("suite CA");
+    let cert = pki.leaf(&["suite.agent.test"]);
+    let service = echo_server().await;
+    let session = session_for(&edge).await;
+    let _edge_fwd = session
+        .tls_endpoint()
+        .domain("suite.edge.test")
+        .terminate_at(TerminateAt::Edge)
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    let _agent_fwd = session
+        .tls_endpoint()
+        .domain("suite.agent.test")
+        .agent_termination(cert.crt.clone(), cert.key.clone())
+        .listen_and_forward(service.addr.to_string().parse()?)
+        .await?;
+    let aes_hardware = cfg!(target_arch = "x86_64")
+        && std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    let client_default_first = if aes_hardware {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+    } else {
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+    };
+    for (name, ca) in [
+        ("suite.edge.test", edge.ca_pem().to_owned()),
+        ("suite.agent.test", pki.ca_pem.clone()),
+    ] {
+        let rustls_default = client_config(&ca);
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+        ];
+        let chacha_first = client_config_with_provider(&ca, provider);
+        for (config, want) in [
+            (rustls_default, client_default_first),
+            (chacha_first, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+        ] {
+            let tls = tls_connect_with(edge.tls_addr(), name, config).await?;
+            let got = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+            assert_eq!(got, Some(want), "{name}");
+            echo_check(tls, &pseudo_random(64 * 1024, 3)).await?;
+        }
+    }
+    Ok(())
+}
