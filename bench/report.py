@@ -27,7 +27,7 @@ contenders = []
 http_contenders = []
 for r in rows:
     kind = http_contenders if r["contender"].startswith("http ") else contenders
-    if r["contender"] not in kind and r["workload"] not in ("bind", "lookup"):
+    if r["contender"] not in kind and r["workload"] not in ("bind", "lookup", "handshakes"):
         kind.append(r["contender"])
 HTTP_WORKLOADS = ["h1_1k", "h1_64k", "h2_1k", "h2_64k"]
 http_summary = {}
@@ -71,6 +71,7 @@ for c in contenders:
 
 bind = [r for r in rows if r["workload"] == "bind"]
 lookups = [r["lookup"] for r in rows if r["workload"] == "lookup"]
+handshakes = [r["handshakes"] for r in rows if r["workload"] == "handshakes"]
 direct = summary.get("direct", {})
 
 
@@ -126,6 +127,12 @@ def vs(name, a, b, key, goal, at_most=False):
     r = va / vb
     target(name, f"{r:.2f}x", f"{sign} {goal}x", r <= goal if at_most else r >= goal)
 
+
+for hs in handshakes:
+    print(f"TLS server CPU per full handshake (in memory, median of {hs['rounds']} rounds of {hs['count']}): "
+          f"{hs['burrow_us']:.0f} µs ({hs['burrow_suite']}) with burrow's suite choice, "
+          f"{hs['follow_client_us']:.0f} µs ({hs['follow_client_suite']}) following the client's order "
+          f"({hs['burrow_over_follow_client']:.2f}x)")
 
 one, hop = "cluster one edge", "cluster hop b->a"
 for lk in lookups:
@@ -222,5 +229,5 @@ if http_contenders:
 
 for c, w in failures:
     print(f"FAILED: {c} {w}")
-json.dump({"summary": summary, "http": http_summary, "bind": [b["bind"] for b in bind], "lookup": lookups, "runs": rows}, open(sys.argv[2], "w"), indent=1)
+json.dump({"summary": summary, "http": http_summary, "bind": [b["bind"] for b in bind], "lookup": lookups, "handshakes": handshakes, "runs": rows}, open(sys.argv[2], "w"), indent=1)
 print(f"\nwritten: {sys.argv[2]}")

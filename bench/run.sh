@@ -16,9 +16,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ "$QUICK" = 1 ]; then
-  RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10; LOOKUP_ROUTES=1000
+  RUNS=1; SECS=1; IDLE_COUNTS="200"; BIND_COUNT=10; LOOKUP_ROUTES=1000; HANDSHAKES=(--rounds 1 --count 100)
 else
-  RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50; LOOKUP_ROUTES=10000
+  RUNS=3; SECS=2; IDLE_COUNTS="1000 10000"; BIND_COUNT=50; LOOKUP_ROUTES=10000; HANDSHAKES=(--rounds 5 --count 2000)
 fi
 # picked NAME: true when BENCH_ONLY is unset or matches the contender NAME.
 picked() { [ -z "${BENCH_ONLY:-}" ] || echo "$1" | grep -qE "$BENCH_ONLY"; }
@@ -416,5 +416,8 @@ record "burrow" 1 "$("$BENCH" bind --server-addr "$TUNNEL" --root-cas "$WORK/sta
 
 echo "== cluster lookup cost ($LOOKUP_ROUTES names cached)"
 record "cluster" 1 "$("$BENCH" lookup --etcd "$ETCD_URL" --routes "$LOOKUP_ROUTES")"
+
+echo "== TLS server CPU per full handshake, in memory: burrow's suite choice vs the client's order"
+record "burrow" 1 "$("$BENCH" handshakes "${HANDSHAKES[@]}")"
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results$([ "$QUICK" = 1 ] && echo -quick).json"

@@ -1,8 +1,11 @@
 //! `burrow-bench`: the load tool behind `bench/run.sh`.
 //!
 //! It serves (`echo`), drives workloads against any TLS address (`run`), holds idle
-//! connections (`idle`) and measures burrow's bind latency (`bind`). Every workload
-//! checks every byte it gets back. Results are one JSON object per run on stdout.
+//! connections (`idle`), measures burrow's bind latency (`bind`) and a TLS server's CPU
+//! per handshake (`handshakes`). Every workload checks every byte it gets back. Results
+//! are one JSON object per run on stdout.
+
+mod handshakes;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,6 +67,16 @@ enum Command {
         upstream: String,
         /// How many binds.
         #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
+    /// Measure the server CPU of a full TLS handshake in memory: burrow's cipher suite
+    /// choice against following the client's order.
+    Handshakes {
+        /// Rounds (each runs both servers; the medians are printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Handshakes per server per round.
+        #[arg(long, default_value_t = 2000)]
         count: usize,
     },
     /// Measure a cluster edge's lookup of a name another edge serves, with `routes`
@@ -151,6 +164,7 @@ async fn main() -> Result<()> {
             upstream,
             count,
         } => bind(server_addr, root_cas, upstream, count).await,
+        Command::Handshakes { rounds, count } => handshakes::run(rounds, count),
         Command::Lookup {
             etcd,
             routes,
