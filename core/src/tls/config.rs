@@ -316,16 +316,7 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("edge.test").unwrap();
         let mut client = rustls::ClientConnection::new(client, name).unwrap();
         let mut server = rustls::ServerConnection::new(server).unwrap();
-        while client.is_handshaking() || server.is_handshaking() {
-            let mut wire = Vec::new();
-            client.write_tls(&mut wire).unwrap();
-            server.read_tls(&mut wire.as_slice()).unwrap();
-            server.process_new_packets().unwrap();
-            let mut wire = Vec::new();
-            server.write_tls(&mut wire).unwrap();
-            client.read_tls(&mut wire.as_slice()).unwrap();
-            client.process_new_packets().unwrap();
-        }
+        crate::tls::finish_handshake_in_memory(&mut client, &mut server);
         let suite = server.negotiated_cipher_suite().map(|s| s.suite());
         assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     }

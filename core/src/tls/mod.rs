@@ -17,3 +17,22 @@ pub use hello::{
 };
 pub use pem::{cert_subject, parse_certs, parse_key, CertKey};
 pub use terminating::ServerTls;
+
+/// Test helper: passes records between `client` and `server` until both have finished
+/// the handshake.
+#[cfg(test)]
+fn finish_handshake_in_memory(
+    client: &mut rustls::ClientConnection,
+    server: &mut rustls::ServerConnection,
+) {
+    while client.is_handshaking() || server.is_handshaking() {
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        server.read_tls(&mut wire.as_slice()).unwrap();
+        server.process_new_packets().unwrap();
+        let mut wire = Vec::new();
+        server.write_tls(&mut wire).unwrap();
+        client.read_tls(&mut wire.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+    }
+}

@@ -139,16 +139,7 @@ mod tests {
         let accepted = acceptor.accept().ok().flatten().unwrap();
         let config = tls.for_hello(&accepted.client_hello());
         let mut server = accepted.into_connection(config).ok().unwrap();
-        while client.is_handshaking() || server.is_handshaking() {
-            let mut wire = Vec::new();
-            server.write_tls(&mut wire).unwrap();
-            client.read_tls(&mut wire.as_slice()).unwrap();
-            client.process_new_packets().unwrap();
-            let mut wire = Vec::new();
-            client.write_tls(&mut wire).unwrap();
-            server.read_tls(&mut wire.as_slice()).unwrap();
-            server.process_new_packets().unwrap();
-        }
+        crate::tls::finish_handshake_in_memory(&mut client, &mut server);
         assert_eq!(
             client.negotiated_cipher_suite(),
             server.negotiated_cipher_suite()
