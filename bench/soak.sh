@@ -79,5 +79,8 @@ if [ "${HEAPTRACK:-}" = 1 ]; then
     HEAP_ARGS+=("$name=$WORK/$name.massif")
   done
 fi
-OUT="$ROOT/bench/soak$([ "${HEAPTRACK:-}" = 1 ] && echo -heaptrack).json"
+# (Not `OUT=...$([ ... ] && ...)`: under `set -e` an assignment whose substitution
+# fails ends the script, which made every plain run exit 1 here without a word.)
+OUT="$ROOT/bench/soak.json"
+if [ "${HEAPTRACK:-}" = 1 ]; then OUT="$ROOT/bench/soak-heaptrack.json"; fi
 python3 "$ROOT/bench/soak_report.py" "$MIN" "$RATE" samples.jsonl client_up.json client_edge.json "$OUT" "${HEAP_ARGS[@]}"
