@@ -156,9 +156,18 @@ except KeyboardInterrupt:
 """
 
 
+def _with_ctrl_c() -> None:
+    """In the child before Python starts: SIGINT as a terminal gives it. A test run started
+    in the background by a shell without job control inherits SIGINT ignored, and Python
+    then raises no KeyboardInterrupt at all (both tests below failed so, not burrow)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_interrupts_a_blocking_join(edge: burrow.Edge) -> None:
     code = CHILD_JOIN.format(tunnel=edge.tunnel_addr, ca=edge.ca_pem)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=_with_ctrl_c
+    )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
@@ -173,7 +182,9 @@ def test_ctrl_c_interrupts_a_blocking_forward() -> None:
     silent.settimeout(20)
     addr = "127.0.0.1:%d" % silent.getsockname()[1]
     code = CHILD_FORWARD.format(silent=addr, ca=Pki().ca_pem.decode())
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=_with_ctrl_c
+    )
     try:
         conn, _ = silent.accept()  # the child is inside forward() now
         p.send_signal(signal.SIGINT)
