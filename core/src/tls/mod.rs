@@ -16,7 +16,7 @@ pub use hello::{
     read_client_hello, send_alert, ClientHelloInfo, HelloError, RefusalAlert, MAX_HELLO_BYTES,
 };
 pub use pem::{cert_subject, parse_certs, parse_key, CertKey};
-pub use terminating::ServerTls;
+pub use terminating::{has_aes_hardware, ServerTls};
 
 /// Test helper: passes records between `client` and `server` until both have finished
 /// the handshake.

@@ -50,7 +50,7 @@ impl ServerTls {
 
     /// The config for the handshake `hello` begins.
     pub fn for_hello(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
-        if aes_hardware() && prefers_aes_gcm(hello.cipher_suites()) {
+        if has_aes_hardware() && prefers_aes_gcm(hello.cipher_suites()) {
             self.aes128_first.clone()
         } else {
             self.follow_client.clone()
@@ -78,8 +78,9 @@ fn prefers_aes_gcm(suites: &[CipherSuite]) -> bool {
     false
 }
 
-/// Whether this machine has AES and carry-less multiply instructions (fast AES-GCM).
-fn aes_hardware() -> bool {
+/// Whether this machine has AES and carry-less multiply instructions (fast AES-GCM): only
+/// then do terminating servers answer an AES-GCM-first client with AES-128-GCM.
+pub fn has_aes_hardware() -> bool {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     {
         std::arch::is_x86_feature_detected!("aes")
@@ -156,7 +157,7 @@ mod tests {
             suite::TLS13_AES_128_GCM_SHA256,
             suite::TLS13_CHACHA20_POLY1305_SHA256,
         ];
-        let expected = if aes_hardware() {
+        let expected = if has_aes_hardware() {
             CipherSuite::TLS13_AES_128_GCM_SHA256
         } else {
             CipherSuite::TLS13_AES_256_GCM_SHA384
@@ -172,7 +173,7 @@ mod tests {
             suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         ];
-        let expected = if aes_hardware() {
+        let expected = if has_aes_hardware() {
             CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
         } else {
             CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384

@@ -193,6 +193,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The certificates of `ca_pem` as a root store.
+fn roots(ca_pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    roots
+}
+
 /// A TLS client config trusting `ca_pem`.
 pub fn client_config(ca_pem: &str) -> rustls::ClientConfig {
     client_config_with(
@@ -210,14 +219,10 @@ pub fn client_config_with(
     client_cert: Option<&Leaf>,
     alpn: &[&str],
 ) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("ca pem")).expect("ca");
-    }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .expect("versions")
-        .with_root_certificates(roots);
+        .with_root_certificates(roots(ca_pem));
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
         Some(leaf) => builder
@@ -236,14 +241,10 @@ pub fn client_config_with_provider(
     ca_pem: &str,
     provider: rustls::crypto::CryptoProvider,
 ) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("ca pem")).expect("ca");
-    }
     rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem))
         .with_no_client_auth()
 }
 

@@ -258,10 +258,7 @@ async fn terminating_servers_prefer_aes_128_gcm_unless_the_client_puts_chacha20_
         .agent_termination(cert.crt.clone(), cert.key.clone())
         .listen_and_forward(service.addr.to_string().parse()?)
         .await?;
-    let aes_hardware = cfg!(target_arch = "x86_64")
-        && std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("pclmulqdq");
-    let client_default_first = if aes_hardware {
+    let client_default_first = if burrow_core::tls::has_aes_hardware() {
         CipherSuite::TLS13_AES_128_GCM_SHA256
     } else {
         CipherSuite::TLS13_AES_256_GCM_SHA384
